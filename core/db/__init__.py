@@ -1,0 +1,1 @@
+"""The database: schema, connection URLs and migrations."""

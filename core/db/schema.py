@@ -1,0 +1,101 @@
+"""The PostgreSQL schema as SQLAlchemy Core tables (migrations live in core/migrations).
+
+Rows are keyed by `(run_id, id)`: `run_id` is '' for the live stream and the backtest
+run's id otherwise, so a backtest never mixes with live scores and a replayed or
+redelivered event can never make a second row (inserts use ON CONFLICT DO NOTHING).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Double,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    Table,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
+
+from core.features import PCA_COLUMNS
+
+LIVE_RUN = ""
+
+metadata = MetaData()
+
+#: Column names of the features in the database (lower case, EVENT_FEATURES order).
+FEATURE_COLUMNS: tuple[str, ...] = ("time", *(name.lower() for name in PCA_COLUMNS), "amount")
+
+transactions = Table(
+    "transactions",
+    metadata,
+    Column("run_id", Text, nullable=False, server_default=text("''")),
+    Column("id", Text, nullable=False),
+    *(Column(name, Double, nullable=False) for name in FEATURE_COLUMNS),
+    Column("label", SmallInteger, nullable=True),
+    Column("produced_at", TIMESTAMP(timezone=True), nullable=True),
+    Column("ingested_at", TIMESTAMP(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("run_id", "id", name="pk_transactions"),
+    Index("ix_transactions_run_time", "run_id", "time"),
+    Index("ix_transactions_frauds", "run_id", "time", postgresql_where=text("label = 1")),
+)
+
+scores = Table(
+    "scores",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("id", Text, nullable=False),
+    Column("model_version", Text, nullable=False),
+    Column("score", Double, nullable=False),
+    Column("recon_error", Double, nullable=False),
+    Column("alert", Boolean, nullable=False),
+    Column("scored_at", TIMESTAMP(timezone=True), nullable=False, server_default=func.now()),
+    Column("latency_ms", Double, nullable=True),
+    PrimaryKeyConstraint("run_id", "id", name="pk_scores"),
+    ForeignKeyConstraint(
+        ["run_id", "id"], ["transactions.run_id", "transactions.id"], ondelete="CASCADE", name="fk_scores_tx"
+    ),
+    Index("ix_scores_run_scored", "run_id", text("scored_at DESC"), text("id DESC")),
+    Index(
+        "ix_scores_alerts", "run_id", text("scored_at DESC"), text("id DESC"), postgresql_where=text("alert")
+    ),
+    Index("ix_scores_model_version", "model_version"),
+    Index("ix_scores_run_score", "run_id", "score"),
+)
+
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("version", Text, primary_key=True),
+    Column("created_at", TIMESTAMP(timezone=True), nullable=False, server_default=func.now()),
+    Column("bundle_path", Text, nullable=False),
+    Column("threshold", Double, nullable=False),
+    Column("manifest", JSONB, nullable=False),
+    Column("active", Boolean, nullable=False, server_default=text("false")),
+    Index("ux_model_versions_one_active", "active", unique=True, postgresql_where=text("active")),
+)
+
+backtest_runs = Table(
+    "backtest_runs",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("model_version", Text, nullable=False),
+    Column("bundle_path", Text, nullable=False),
+    Column("threshold", Double, nullable=False),
+    Column("time_from", Double, nullable=False),
+    Column("time_to", Double, nullable=False),
+    Column("status", Text, nullable=False, server_default=text("'pending'")),
+    Column("expected_count", Integer, nullable=True),
+    Column("created_at", TIMESTAMP(timezone=True), nullable=False, server_default=func.now()),
+    Column("started_at", TIMESTAMP(timezone=True), nullable=True),
+    Column("finished_at", TIMESTAMP(timezone=True), nullable=True),
+    Column("metrics", JSONB, nullable=True),
+    Column("error", Text, nullable=True),
+)

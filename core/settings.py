@@ -1,0 +1,86 @@
+"""One settings object for every process, read from environment variables (and `.env`).
+
+Every variable is prefixed `FRAUDSTREAM_` (`DATABASE_URL` is also accepted, as most
+platforms set it). Leaving the broker or the database unset means "use the embedded
+one": the supervisor starts it and hands its address to the services it launches.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    """Settings shared by the producer, scorer, API, dashboard and the command."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FRAUDSTREAM_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    kafka_bootstrap_servers: str | None = Field(
+        default=None, description="host:port[,host:port]; unset = embedded Tansu broker"
+    )
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("FRAUDSTREAM_DATABASE_URL", "DATABASE_URL", "database_url"),
+        description="postgresql://... ; unset = embedded PostgreSQL",
+    )
+    topic_transactions: str = "transactions"
+    topic_alerts: str = "alerts"
+    topic_dead_letters: str = "transactions-dlq"
+    topic_partitions: int = Field(default=4, ge=1, le=256)
+
+    model_path: Path = Field(default=PROJECT_ROOT / "models" / "default")
+    data_path: Path | None = Field(default=None, description="CSV to replay; unset = shipped sample")
+    state_dir: Path = Field(default=PROJECT_ROOT / ".fraudstream")
+
+    host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    dashboard_port: int = Field(default=8050, ge=1, le=65535)
+    scorer_web_port: int = Field(default=6066, ge=1, le=65535)
+    broker_port: int = Field(default=0, ge=0, le=65535, description="embedded broker; 0 = a free port")
+    postgres_port: int = Field(default=0, ge=0, le=65535, description="embedded PostgreSQL; 0 = a free port")
+
+    api_url: str | None = Field(default=None, description="where the dashboard finds the API")
+    api_token: str | None = Field(default=None, description="bearer token required by write endpoints")
+    cors_origins: list[str] = Field(default_factory=list)
+
+    scorer_batch_size: int = Field(default=4000, ge=1, le=100_000)
+    scorer_batch_timeout: float = Field(default=0.05, gt=0, le=10)
+
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_only(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql", "postgres://")):
+            raise ValueError("database_url must be a postgresql:// URL")
+        return value
+
+    @property
+    def resolved_api_url(self) -> str:
+        return self.api_url or f"http://{self.host}:{self.api_port}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once (FastAPI's `Depends(get_settings)` convention)."""
+    return Settings()
+
+
+def settings_env(settings: Settings, **overrides: str) -> dict[str, str]:
+    """The settings as FRAUDSTREAM_* variables, to hand them to a child process unchanged."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            continue
+        env[f"FRAUDSTREAM_{name.upper()}"] = json.dumps(value) if isinstance(value, list) else str(value)
+    env.update(overrides)
+    return env

@@ -1,0 +1,104 @@
+"""Fixtures that start the real broker and the real PostgreSQL once per test session.
+
+Each test gets its own database (migrated) and its own topics, so tests never see each
+other's rows or messages, while the servers themselves start only once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from core.db.migrate import upgrade
+from core.kafka import ensure_topics
+from core.runtime.broker import EmbeddedBroker
+from core.runtime.postgres import EmbeddedPostgres
+from core.settings import Settings
+
+
+@dataclass(frozen=True)
+class Infra:
+    bootstrap_servers: str
+    admin_url: str
+    postgres: EmbeddedPostgres
+    broker: EmbeddedBroker
+
+    def database_url(self, name: str) -> str:
+        return self.admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@dataclass(frozen=True)
+class Topics:
+    transactions: str
+    alerts: str
+    dead_letters: str
+    partitions: int
+
+
+@pytest.fixture(scope="session")
+def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
+    root = tmp_path_factory.mktemp("infra")
+    postgres = EmbeddedPostgres(root / "postgres", root / "postgres.log")
+    broker = EmbeddedBroker(root / "broker.log")
+    postgres.start()
+    try:
+        broker.start()
+        yield Infra(broker.bootstrap_servers, postgres.admin_url, postgres, broker)
+    finally:
+        broker.stop()
+        postgres.stop()
+
+
+async def _admin(infra: Infra, sql: str) -> None:
+    conn = await asyncpg.connect(infra.admin_url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def database_url(infra: Infra) -> Iterator[str]:
+    """A fresh, migrated database for this test."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(infra, f"CREATE DATABASE {name}"))
+    url = infra.database_url(name)
+    upgrade(url)
+    yield url
+    if infra.postgres.process is not None and infra.postgres.process.poll() is None:
+        asyncio.run(_admin(infra, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture
+def topics(infra: Infra) -> Topics:
+    """Fresh topics for this test (4 partitions, as a scaled deployment would have)."""
+    suffix = uuid.uuid4().hex[:8]
+    made = Topics(f"transactions-{suffix}", f"alerts-{suffix}", f"transactions-dlq-{suffix}", 4)
+    asyncio.run(
+        ensure_topics(
+            infra.bootstrap_servers,
+            {made.transactions: made.partitions, made.alerts: made.partitions, made.dead_letters: 1},
+        )
+    )
+    return made
+
+
+@pytest.fixture
+def settings(infra: Infra, database_url: str, topics: Topics, tmp_path: Path) -> Settings:
+    """Settings pointing at this test's database and topics, with its own state folder."""
+    return Settings(
+        kafka_bootstrap_servers=infra.bootstrap_servers,
+        database_url=database_url,
+        topic_transactions=topics.transactions,
+        topic_alerts=topics.alerts,
+        topic_dead_letters=topics.dead_letters,
+        topic_partitions=topics.partitions,
+        state_dir=tmp_path / "state",
+        _env_file=None,
+    )
