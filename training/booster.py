@@ -1,0 +1,109 @@
+"""Fit the XGBoost classifier: early stopping on the validation stretch, optional refit.
+
+Why: the number of boosting rounds is the hyperparameter that matters most and the one
+most easily over-fitted, so it is chosen on the validation stretch (AUPRC). Fraud
+patterns drift over time, so the final model can then be refitted on train + validation
+with that number of rounds, letting the most recent labelled data in. Class imbalance is
+handled with `scale_pos_weight` (the square root of the negative/positive ratio: the full
+ratio over-weights ~300 frauds and hurts precision; chosen on validation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import xgboost as xgb
+from tqdm.auto import tqdm
+
+DEFAULT_PARAMS: dict[str, Any] = {
+    "objective": "binary:logistic",
+    "eval_metric": "aucpr",
+    "tree_method": "hist",
+    "max_depth": 6,
+    "learning_rate": 0.05,
+    "subsample": 0.8,
+    "colsample_bytree": 0.8,
+    "min_child_weight": 1.0,
+    "max_bin": 256,
+    "nthread": 2,
+}
+
+
+@dataclass
+class BoosterFit:
+    booster: xgb.Booster
+    rounds: int
+    validation_auprc: float
+    params: dict[str, Any]
+
+
+class _Progress(xgb.callback.TrainingCallback):
+    """A tqdm bar over boosting rounds."""
+
+    def __init__(self, total: int, desc: str, enabled: bool) -> None:
+        self.bar = tqdm(total=total, desc=desc, unit="round", disable=not enabled, leave=False)
+
+    def after_iteration(self, model: Any, epoch: int, evals_log: dict) -> bool:
+        self.bar.update(1)
+        return False
+
+    def after_training(self, model: Any) -> Any:
+        self.bar.close()
+        return model
+
+
+def imbalance_weight(labels: np.ndarray) -> float:
+    """sqrt(negatives / positives): a softened class weight."""
+    positives = max(int(np.sum(labels)), 1)
+    return float(np.sqrt((labels.size - positives) / positives))
+
+
+def fit_booster(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    validation_x: np.ndarray,
+    validation_y: np.ndarray,
+    *,
+    feature_names: list[str],
+    params: dict[str, Any] | None = None,
+    max_rounds: int = 600,
+    early_stopping: int = 60,
+    seed: int = 0,
+    progress: bool = True,
+    desc: str = "xgboost",
+) -> BoosterFit:
+    """Train with early stopping on validation AUPRC; return the booster cut at its best round."""
+    full = {**DEFAULT_PARAMS, "scale_pos_weight": imbalance_weight(train_y), **(params or {}), "seed": seed}
+    dtrain = xgb.DMatrix(train_x, label=train_y, feature_names=feature_names)
+    dvalid = xgb.DMatrix(validation_x, label=validation_y, feature_names=feature_names)
+    booster = xgb.train(
+        full,
+        dtrain,
+        num_boost_round=max_rounds,
+        evals=[(dvalid, "validation")],
+        early_stopping_rounds=early_stopping,
+        verbose_eval=False,
+        callbacks=[_Progress(max_rounds, desc, progress)],
+    )
+    rounds = int(booster.best_iteration) + 1
+    best = booster[:rounds]
+    return BoosterFit(booster=best, rounds=rounds, validation_auprc=float(booster.best_score), params=full)
+
+
+def refit_booster(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    feature_names: list[str],
+    params: dict[str, Any],
+    rounds: int,
+    progress: bool = True,
+    desc: str = "xgboost refit",
+) -> xgb.Booster:
+    """Train a fixed number of rounds on (train + validation) with already-chosen params."""
+    full = {**params, "scale_pos_weight": imbalance_weight(y)}
+    dtrain = xgb.DMatrix(x, label=y, feature_names=feature_names)
+    bar = _Progress(rounds, desc, progress)
+    return xgb.train(full, dtrain, num_boost_round=rounds, verbose_eval=False, callbacks=[bar])
