@@ -82,15 +82,15 @@ def main(argv: list[str] | None = None) -> int:
 def _migrate(settings) -> int:  # type: ignore[no-untyped-def]
     from core.db.migrate import upgrade
     from core.db.urls import redacted
-    from core.runtime.stack import NotConfigured, resolve_endpoints
+    from core.runtime.stack import NotConfigured, resolve_database_url
 
     try:
-        endpoints = resolve_endpoints(settings)
+        database_url = resolve_database_url(settings)
     except NotConfigured as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    upgrade(endpoints.database_url)
-    print(f"migrated {redacted(endpoints.database_url)}")
+    upgrade(database_url)
+    print(f"migrated {redacted(database_url)}")
     return 0
 
 

@@ -108,25 +108,27 @@ class Infra:
 
 def resolve_endpoints(settings: Settings) -> Endpoints:
     """Configured endpoints first; else those of a running embedded stack; else a clear error."""
-    bootstrap, database_url = settings.kafka_bootstrap_servers, settings.database_url
-    if bootstrap is None or database_url is None:
-        runtime = _running_stack(settings.state_dir)
-        if runtime is None:
-            missing = [
-                name
-                for name, value in (
-                    ("FRAUDSTREAM_KAFKA_BOOTSTRAP_SERVERS", bootstrap),
-                    ("FRAUDSTREAM_DATABASE_URL", database_url),
-                )
-                if value is None
-            ]
-            raise NotConfigured(
-                f"{' and '.join(missing)} not set and no embedded stack is running: "
-                "start one with `fraudstream infra` (or `fraudstream up`), or set the variables"
-            )
-        bootstrap = bootstrap or runtime["bootstrap_servers"]
-        database_url = database_url or runtime["database_url"]
-    return Endpoints(bootstrap, database_url)
+    return Endpoints(resolve_bootstrap_servers(settings), resolve_database_url(settings))
+
+
+def resolve_bootstrap_servers(settings: Settings) -> str:
+    return settings.kafka_bootstrap_servers or _from_running_stack(
+        settings, "bootstrap_servers", "FRAUDSTREAM_KAFKA_BOOTSTRAP_SERVERS"
+    )
+
+
+def resolve_database_url(settings: Settings) -> str:
+    return settings.database_url or _from_running_stack(settings, "database_url", "FRAUDSTREAM_DATABASE_URL")
+
+
+def _from_running_stack(settings: Settings, key: str, variable: str) -> str:
+    runtime = _running_stack(settings.state_dir)
+    if runtime is None:
+        raise NotConfigured(
+            f"{variable} is not set and no embedded stack is running: start one with "
+            "`fraudstream infra` (or `fraudstream up`), or set the variable"
+        )
+    return runtime[key]
 
 
 def _running_stack(state_dir: Path) -> dict | None:
