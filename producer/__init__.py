@@ -1,0 +1,1 @@
+"""CSV → Kafka replay: publishes the Kaggle transactions as events, paced as asked."""

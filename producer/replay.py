@@ -1,0 +1,211 @@
+"""Replay a Kaggle-format CSV onto the transactions topic, as the events of `core.events`.
+
+    report = await replay(SAMPLE_PATH, bootstrap_servers="127.0.0.1:9092",
+                          topic="transactions", rate=2000, limit=10_000)
+
+Every good row becomes one event keyed by its stable id (`core.events.transaction_id`:
+the values plus how many identical rows came before), so replaying the same file twice
+publishes the same ids and the scorer stores each transaction once. Bad rows are skipped
+and listed in the report with their row number and reason; nothing is dropped silently.
+
+Stopping: set `stop` (the command does so on Ctrl-C) and the replay stops at the next
+row, waits until everything it sent is acknowledged by the broker, and reports how far
+it got. Cancelling the task also flushes before the cancellation goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from core.dataset import CsvRow, CsvSchemaError, iter_csv_rows, load_csv
+from core.events import build_event, encode_event, transaction_id
+from core.kafka import make_producer
+from producer.pacing import Pacing
+
+#: Delivery futures awaited together: bounds memory, keeps the producer's batches full.
+_INFLIGHT = 20_000
+#: Give the event loop a turn this often when not pacing (heartbeats, Ctrl-C).
+_YIELD_EVERY = 2_000
+
+
+@dataclass(frozen=True)
+class SelectedRow:
+    """A row chosen for publishing, with its stable id."""
+
+    row_number: int
+    values: tuple[float, ...]
+    label: int | None
+    event_id: str
+
+
+@dataclass(frozen=True)
+class ReplayReport:
+    """What a replay did: events sent, rows skipped (row number, reason), how fast."""
+
+    sent: int
+    skipped_rows: list[tuple[int, str]]
+    elapsed: float
+    rate_achieved: float
+    interrupted: bool
+    last_row: int | None = None
+    last_time: float | None = None
+    pacing: str = field(default="as fast as possible")
+
+
+def read_rows(path: str | Path) -> Iterable[CsvRow]:
+    """The rows of a CSV as `iter_csv_rows` yields them, read the fast way when the file is clean.
+
+    A clean file is parsed at once by the vectorised strict reader (several times faster
+    than row by row, which matters at 20,000 events/s); a file with any bad row makes that
+    reader refuse, and we fall back to streaming it row by row so the bad rows are reported
+    one by one and the good ones still go out. A wrong header fails either way.
+    """
+    try:
+        data = load_csv(path)
+    except CsvSchemaError:
+        return iter_csv_rows(path)
+    labels = data.labels.tolist()
+    return (
+        (number, tuple(values), labels[number - 1], None)
+        for number, values in enumerate(data.raw.tolist(), start=1)
+    )
+
+
+def select_rows(
+    rows: Iterable[CsvRow],
+    skipped: list[tuple[int, str]],
+    *,
+    time_from: float | None = None,
+    time_to: float | None = None,
+    limit: int | None = None,
+) -> Iterator[SelectedRow]:
+    """Good rows inside [time_from, time_to), at most `limit`, each with its stable id.
+
+    Bad rows are appended to `skipped` as they pass. Identical rows share their `Time`, so
+    a time window holds all copies of a row or none: counting occurrences inside the
+    window gives the same ids as counting over the whole file.
+    """
+    if limit is not None and limit <= 0:
+        return
+    seen: dict[str, int] = {}
+    chosen = 0
+    for row_number, values, label, error in rows:
+        if error is not None or values is None:
+            skipped.append((row_number, error or "unreadable row"))
+            continue
+        data_time = values[0]
+        if time_from is not None and data_time < time_from:
+            continue
+        if time_to is not None and data_time >= time_to:
+            continue
+        first_id = transaction_id(values, 0)
+        occurrence = seen.get(first_id, 0)
+        seen[first_id] = occurrence + 1
+        event_id = first_id if occurrence == 0 else transaction_id(values, occurrence)
+        yield SelectedRow(row_number, values, label, event_id)
+        chosen += 1
+        if limit is not None and chosen >= limit:
+            return
+
+
+async def replay(
+    path: str | Path,
+    *,
+    bootstrap_servers: str,
+    topic: str,
+    rate: float | None = None,
+    speed: float | None = None,
+    time_from: float | None = None,
+    time_to: float | None = None,
+    limit: int | None = None,
+    run_id: str | None = None,
+    progress: bool = True,
+    stop: asyncio.Event | None = None,
+) -> ReplayReport:
+    """Publish the rows of `path` to `topic`; see the module docstring."""
+    pacing = Pacing(rate=rate, speed=speed)
+    if time_from is not None and time_to is not None and time_to <= time_from:
+        raise ValueError(f"empty time window: from {time_from} to {time_to}")
+    rows = read_rows(path)  # reads and checks the file now: a wrong file fails before we connect
+    skipped: list[tuple[int, str]] = []
+    selected = select_rows(rows, skipped, time_from=time_from, time_to=time_to, limit=limit)
+
+    producer = make_producer(bootstrap_servers)
+    await producer.start()
+    bar = tqdm(
+        total=limit,
+        disable=not progress,
+        unit=" tx",
+        unit_scale=True,
+        desc=f"replay → {topic}",
+        smoothing=0.1,
+        mininterval=0.5,
+    )
+    sent = 0
+    last: SelectedRow | None = None
+    interrupted = False
+    pending: list[asyncio.Future] = []
+    started = time.perf_counter()
+    first_time: float | None = None
+    shown = 0
+    try:
+        for row in selected:
+            if stop is not None and stop.is_set():
+                interrupted = True
+                break
+            if first_time is None:
+                first_time = row.values[0]
+            if not pacing.unlimited:
+                ahead = pacing.due(sent, row.values[0], first_time=first_time) - (
+                    time.perf_counter() - started
+                )
+                if ahead > 0.001:
+                    await asyncio.sleep(ahead)
+                    if stop is not None and stop.is_set():
+                        interrupted = True
+                        break
+            elif sent % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            event = build_event(row.values, event_id=row.event_id, label=row.label, run_id=run_id)
+            pending.append(await producer.send(topic, encode_event(event), key=row.event_id.encode()))
+            sent += 1
+            last = row
+            if len(pending) >= _INFLIGHT:
+                await asyncio.gather(*pending)
+                pending.clear()
+            if sent - shown >= 1000:
+                bar.update(sent - shown)
+                shown = sent
+    finally:  # also on cancellation: what was handed to the producer is delivered first
+        try:
+            await _flush(producer, pending)
+        finally:
+            await producer.stop()
+            bar.update(sent - shown)
+            bar.close()
+    elapsed = time.perf_counter() - started
+    return ReplayReport(
+        sent=sent,
+        skipped_rows=skipped,
+        elapsed=elapsed,
+        rate_achieved=sent / elapsed if elapsed > 0 else 0.0,
+        interrupted=interrupted,
+        last_row=last.row_number if last else None,
+        last_time=last.values[0] if last else None,
+        pacing=pacing.describe(),
+    )
+
+
+async def _flush(producer, pending: list[asyncio.Future]) -> None:
+    """Wait until every message handed to the producer is acknowledged (or failed)."""
+    if pending:
+        batch = list(pending)
+        pending.clear()
+        await asyncio.gather(*batch)
+    await producer.flush()
