@@ -1,0 +1,266 @@
+"""Live: KPIs, the newest alerts (click one for its explanation) and throughput over time.
+
+Each panel has its own callback on the shared tick and costs one API request per tick;
+the client caches answers for the tick, so more tabs do not mean more load on the API.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import dash
+import plotly.graph_objects as go
+from dash import Input, Output, State, dash_table, dcc, html
+from plotly.subplots import make_subplots
+
+from dashboard.client import ApiError, ApiUnreachable
+from dashboard.components import (
+    COLORS,
+    empty_figure,
+    fmt_int,
+    fmt_num,
+    fmt_pct,
+    graph,
+    kpi_card,
+    notice,
+    page_header,
+    panel,
+    problem_text,
+    styled,
+)
+from dashboard.context import api, settings
+from dashboard.waterfall import waterfall_figure
+
+dash.register_page(__name__, path="/", name="Live", title="fraudstream · live", order=0)
+
+ALERT_ROWS = 15
+KPI_IDS = ("kpi-scored", "kpi-alerts", "kpi-alert-rate", "kpi-caught", "kpi-throughput", "kpi-p99")
+TABLE_COLUMNS = [
+    {"name": "scored at", "id": "scored_at"},
+    {"name": "transaction", "id": "short_id"},
+    {"name": "amount", "id": "amount", "type": "numeric"},
+    {"name": "score", "id": "score", "type": "numeric"},
+    {"name": "label", "id": "label"},
+    {"name": "latency ms", "id": "latency_ms", "type": "numeric"},
+]
+
+
+def layout(**_query: Any) -> html.Div:
+    refresh_ms = settings().refresh_ms
+    return html.Div(
+        [
+            page_header(
+                "Live", f"Transactions as the scorer stores them; refreshes every {refresh_ms / 1000:g} s."
+            ),
+            html.Div(id="live-notice"),
+            html.Div(
+                [
+                    kpi_card("kpi-scored", "Transactions scored"),
+                    kpi_card("kpi-alerts", "Alerts"),
+                    kpi_card("kpi-alert-rate", "Alert rate"),
+                    kpi_card("kpi-caught", "Confirmed frauds caught"),
+                    kpi_card("kpi-throughput", "Throughput"),
+                    kpi_card("kpi-p99", "p99 latency"),
+                ],
+                className="kpis",
+            ),
+            html.Div(
+                [
+                    panel("Throughput and alerts", graph("live-timeseries", height=360)),
+                    panel(
+                        "Newest alerts",
+                        dash_table.DataTable(
+                            id="alerts-table",
+                            columns=TABLE_COLUMNS,
+                            data=[],
+                            page_action="none",
+                            style_table={"height": "340px", "overflowY": "auto"},
+                            style_cell={"padding": "6px 8px", "textAlign": "left", "border": "none"},
+                            style_header={"fontWeight": "600", "borderBottom": "1px solid #e5e7eb"},
+                            style_data_conditional=[
+                                {"if": {"filter_query": '{label} = "fraud"'}, "color": COLORS["fraud"]},
+                                {"if": {"state": "active"}, "backgroundColor": "#eef2ff", "border": "none"},
+                            ],
+                            cell_selectable=True,
+                        ),
+                        html.Div("Click a row to see why it was flagged.", className="muted small"),
+                        extra=html.Span(id="alerts-count"),
+                    ),
+                ],
+                className="grid grid-live",
+            ),
+            panel(
+                "Why was it flagged?",
+                html.Div(id="live-explanation-caption", className="muted"),
+                graph("live-explanation", height=420, message="Click an alert above to explain it."),
+            ),
+            dcc.Store(id="live-alerts-store"),
+            dcc.Interval(id="live-tick", interval=refresh_ms),
+        ]
+    )
+
+
+# ---------------------------------------------------------------------------- pure views
+
+
+def kpi_values(stats: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The six KPI values and their sub-lines from an `/api/stats` answer."""
+    latency = stats.get("latency_ms") or {}
+    window = stats.get("window_minutes")
+    values = [
+        fmt_int(stats.get("volume")),
+        fmt_int(stats.get("alerts")),
+        fmt_pct(stats.get("alert_rate")),
+        fmt_int(stats.get("true_alerts")),
+        fmt_num(stats.get("throughput_per_s"), 1),
+        fmt_num(latency.get("p99"), 1, " ms"),
+    ]
+    subs = [
+        f"{fmt_int(stats.get('window_scored'))} in the last {window:g} min" if window else "",
+        f"{fmt_int(stats.get('window_alerts'))} in the last {window:g} min" if window else "",
+        f"fraud rate {fmt_pct(stats.get('fraud_rate'))} (labelled)",
+        f"of {fmt_int(stats.get('frauds'))} labelled frauds",
+        f"transactions/s, last {window:g} min" if window else "transactions/s",
+        f"p50 {fmt_num(latency.get('p50'), 1)} · p95 {fmt_num(latency.get('p95'), 1)} ms",
+    ]
+    return values, subs
+
+
+def timeseries_figure(series: dict[str, Any]) -> go.Figure:
+    """Scored transactions per second (area) and alerts per bucket (bars) over the last minutes."""
+    points = series.get("points") or []
+    if not points or not any(p["scored"] for p in points):
+        return empty_figure(f"Nothing scored in the last {series.get('minutes', 0):g} minutes.", height=360)
+    bucket = max(1, int(series.get("bucket_seconds") or 1))
+    t = [p["t"] for p in points]
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(
+        go.Scatter(
+            x=t,
+            y=[p["scored"] / bucket for p in points],
+            name="scored / s",
+            mode="lines",
+            line={"color": COLORS["live"], "width": 2, "shape": "hv"},
+            fill="tozeroy",
+            fillcolor="rgba(76,120,168,0.15)",
+        ),
+        secondary_y=False,
+    )
+    fig.add_trace(
+        go.Bar(
+            x=t,
+            y=[p["alerts"] for p in points],
+            name=f"alerts / {bucket} s",
+            marker_color=COLORS["alert"],
+            opacity=0.85,
+        ),
+        secondary_y=True,
+    )
+    fig.update_yaxes(title_text="transactions / s", rangemode="tozero", secondary_y=False)
+    fig.update_yaxes(title_text="alerts", rangemode="tozero", showgrid=False, secondary_y=True)
+    return styled(fig, height=360)
+
+
+def _clock(value: str | None) -> str:
+    if not value:
+        return "–"
+    try:
+        return datetime.fromisoformat(value).strftime("%H:%M:%S")
+    except ValueError:
+        return value
+
+
+def _label(value: int | None) -> str:
+    return {1: "fraud", 0: "normal"}.get(value, "unknown") if value is not None else "unknown"
+
+
+def alert_rows(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Flat table rows (DataTable cells hold scalars only); `id` becomes the row id."""
+    return [
+        {
+            "id": item["id"],
+            "short_id": item["id"][:12],
+            "scored_at": _clock(item.get("scored_at")),
+            "amount": round(float(item["amount"]), 2),
+            "score": round(float(item["score"]), 4),
+            "label": _label(item.get("label")),
+            "latency_ms": None if item.get("latency_ms") is None else round(float(item["latency_ms"]), 1),
+        }
+        for item in items
+    ]
+
+
+def explain_body(item: dict[str, Any]) -> dict[str, Any]:
+    """The `/api/explain` body for a stored transaction: its raw inputs, as the event carries them."""
+    body: dict[str, Any] = {"time": item["time"], "amount": item["amount"], **(item.get("features") or {})}
+    return body
+
+
+# ---------------------------------------------------------------------------- callbacks
+
+
+@dash.callback(
+    *(Output(card, "children") for card in KPI_IDS),
+    *(Output(f"{card}-sub", "children") for card in KPI_IDS),
+    Output("live-notice", "children"),
+    Input("live-tick", "n_intervals"),
+)
+def update_kpis(_n: int | None) -> tuple[Any, ...]:
+    try:
+        stats = api().stats()
+    except (ApiUnreachable, ApiError) as exc:
+        return (*(["–"] * 6), *([""] * 6), notice(problem_text(exc), "error"))
+    values, subs = kpi_values(stats)
+    message = None
+    if not stats.get("volume"):
+        message = "No transactions scored yet. Start a replay (`fraudstream replay`) and they appear here."
+    return (*values, *subs, notice(message, "info"))
+
+
+@dash.callback(Output("live-timeseries", "figure"), Input("live-tick", "n_intervals"))
+def update_timeseries(_n: int | None) -> go.Figure:
+    try:
+        return timeseries_figure(api().timeseries())
+    except (ApiUnreachable, ApiError) as exc:
+        return empty_figure(problem_text(exc), height=360)
+
+
+@dash.callback(
+    Output("alerts-table", "data"),
+    Output("live-alerts-store", "data"),
+    Output("alerts-count", "children"),
+    Input("live-tick", "n_intervals"),
+)
+def update_alerts(_n: int | None) -> tuple[Any, ...]:
+    try:
+        page = api().alerts(limit=ALERT_ROWS)
+    except (ApiUnreachable, ApiError) as exc:
+        return dash.no_update, dash.no_update, problem_text(exc)
+    items = page.get("items", [])
+    keep = {item["id"]: explain_body(item) for item in items}
+    count = f"newest {len(items)}" if items else "no alerts yet"
+    return alert_rows(items), keep, count
+
+
+@dash.callback(
+    Output("live-explanation", "figure"),
+    Output("live-explanation-caption", "children"),
+    Input("alerts-table", "active_cell"),
+    State("live-alerts-store", "data"),
+    prevent_initial_call=True,
+)
+def explain_alert(active_cell: dict[str, Any] | None, stored: dict[str, Any] | None) -> tuple[Any, ...]:
+    row_id = (active_cell or {}).get("row_id")
+    body = (stored or {}).get(row_id) if row_id else None
+    if body is None:
+        return dash.no_update, dash.no_update
+    try:
+        explanation = api().explain(body)
+    except (ApiUnreachable, ApiError) as exc:
+        return empty_figure(problem_text(exc), height=420), ""
+    caption = (
+        f"Transaction {row_id[:12]}… scored {explanation['score']:.4f} "
+        f"(threshold {explanation['threshold']:.4f}, model {explanation['model_version'][:12]})."
+    )
+    return waterfall_figure(explanation), caption
