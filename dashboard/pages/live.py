@@ -6,30 +6,30 @@ the client caches answers for the tick, so more tabs do not mean more load on th
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import dash
 import plotly.graph_objects as go
 from dash import Input, Output, State, dash_table, dcc, html
-from plotly.subplots import make_subplots
 
 from dashboard.client import ApiError, ApiUnreachable
 from dashboard.components import (
     COLORS,
     empty_figure,
-    fmt_int,
-    fmt_num,
-    fmt_pct,
     graph,
     kpi_card,
     notice,
     page_header,
     panel,
     problem_text,
-    styled,
 )
 from dashboard.context import api, settings
+from dashboard.views.live import (
+    alert_rows,
+    explain_body,
+    kpi_values,
+    timeseries_figure,
+)
 from dashboard.waterfall import waterfall_figure
 
 dash.register_page(__name__, path="/", name="Live", title="fraudstream · live", order=0)
@@ -99,102 +99,6 @@ def layout(**_query: Any) -> html.Div:
             dcc.Interval(id="live-tick", interval=refresh_ms),
         ]
     )
-
-
-# ---------------------------------------------------------------------------- pure views
-
-
-def kpi_values(stats: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """The six KPI values and their sub-lines from an `/api/stats` answer."""
-    latency = stats.get("latency_ms") or {}
-    window = stats.get("window_minutes")
-    values = [
-        fmt_int(stats.get("volume")),
-        fmt_int(stats.get("alerts")),
-        fmt_pct(stats.get("alert_rate")),
-        fmt_int(stats.get("true_alerts")),
-        fmt_num(stats.get("throughput_per_s"), 1),
-        fmt_num(latency.get("p99"), 1, " ms"),
-    ]
-    subs = [
-        f"{fmt_int(stats.get('window_scored'))} in the last {window:g} min" if window else "",
-        f"{fmt_int(stats.get('window_alerts'))} in the last {window:g} min" if window else "",
-        f"fraud rate {fmt_pct(stats.get('fraud_rate'))} (labelled)",
-        f"of {fmt_int(stats.get('frauds'))} labelled frauds",
-        f"transactions/s, last {window:g} min" if window else "transactions/s",
-        f"p50 {fmt_num(latency.get('p50'), 1)} · p95 {fmt_num(latency.get('p95'), 1)} ms",
-    ]
-    return values, subs
-
-
-def timeseries_figure(series: dict[str, Any]) -> go.Figure:
-    """Scored transactions per second (area) and alerts per bucket (bars) over the last minutes."""
-    points = series.get("points") or []
-    if not points or not any(p["scored"] for p in points):
-        return empty_figure(f"Nothing scored in the last {series.get('minutes', 0):g} minutes.", height=360)
-    bucket = max(1, int(series.get("bucket_seconds") or 1))
-    t = [p["t"] for p in points]
-    fig = make_subplots(specs=[[{"secondary_y": True}]])
-    fig.add_trace(
-        go.Scatter(
-            x=t,
-            y=[p["scored"] / bucket for p in points],
-            name="scored / s",
-            mode="lines",
-            line={"color": COLORS["live"], "width": 2, "shape": "hv"},
-            fill="tozeroy",
-            fillcolor="rgba(76,120,168,0.15)",
-        ),
-        secondary_y=False,
-    )
-    fig.add_trace(
-        go.Bar(
-            x=t,
-            y=[p["alerts"] for p in points],
-            name=f"alerts / {bucket} s",
-            marker_color=COLORS["alert"],
-            opacity=0.85,
-        ),
-        secondary_y=True,
-    )
-    fig.update_yaxes(title_text="transactions / s", rangemode="tozero", secondary_y=False)
-    fig.update_yaxes(title_text="alerts", rangemode="tozero", showgrid=False, secondary_y=True)
-    return styled(fig, height=360)
-
-
-def _clock(value: str | None) -> str:
-    if not value:
-        return "–"
-    try:
-        return datetime.fromisoformat(value).strftime("%H:%M:%S")
-    except ValueError:
-        return value
-
-
-def _label(value: int | None) -> str:
-    return {1: "fraud", 0: "normal"}.get(value, "unknown") if value is not None else "unknown"
-
-
-def alert_rows(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Flat table rows (DataTable cells hold scalars only); `id` becomes the row id."""
-    return [
-        {
-            "id": item["id"],
-            "short_id": item["id"][:12],
-            "scored_at": _clock(item.get("scored_at")),
-            "amount": round(float(item["amount"]), 2),
-            "score": round(float(item["score"]), 4),
-            "label": _label(item.get("label")),
-            "latency_ms": None if item.get("latency_ms") is None else round(float(item["latency_ms"]), 1),
-        }
-        for item in items
-    ]
-
-
-def explain_body(item: dict[str, Any]) -> dict[str, Any]:
-    """The `/api/explain` body for a stored transaction: its raw inputs, as the event carries them."""
-    body: dict[str, Any] = {"time": item["time"], "amount": item["amount"], **(item.get("features") or {})}
-    return body
 
 
 # ---------------------------------------------------------------------------- callbacks

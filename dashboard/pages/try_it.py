@@ -10,27 +10,28 @@ from __future__ import annotations
 from typing import Any
 
 import dash
-import plotly.graph_objects as go
-from dash import Input, Output, State, ctx, dash_table, html
+from dash import Input, Output, State, ctx, dash_table, dcc, html
 
 from dashboard.client import ApiError, ApiUnreachable
 from dashboard.components import (
-    COLORS,
     empty_figure,
     graph,
     notice,
     page_header,
     panel,
     problem_text,
-    styled,
 )
 from dashboard.context import api
+from dashboard.views.try_it import (
+    FEATURES,
+    example_rows,
+    gauge_figure,
+    request_body,
+)
 from dashboard.waterfall import waterfall_figure
 
 dash.register_page(__name__, path="/try", name="Try it", title="fraudstream · try it", order=3)
 
-#: The inputs of `/api/predict`, in the order the form shows them.
-FEATURES: tuple[str, ...] = ("time", *(f"V{i}" for i in range(1, 29)), "amount")
 EXAMPLES = 50
 
 
@@ -63,6 +64,7 @@ def layout(**_query: Any) -> html.Div:
                             className="controls",
                         ),
                         html.Div(id="try-source", className="muted small", style={"margin": "8px 0"}),
+                        dcc.Store(id="try-example"),
                         dash_table.DataTable(
                             id="try-values",
                             columns=[
@@ -100,62 +102,13 @@ def layout(**_query: Any) -> html.Div:
     )
 
 
-# ---------------------------------------------------------------------------- pure views
-
-
-def example_rows(item: dict[str, Any]) -> list[dict[str, Any]]:
-    """Form rows for a stored transaction (`features` holds V1..V28)."""
-    values = {"time": item["time"], "amount": item["amount"], **(item.get("features") or {})}
-    return [{"feature": name, "value": values.get(name)} for name in FEATURES]
-
-
-def request_body(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The `/api/predict` body from the form; raises ValueError naming a missing or bad value."""
-    body: dict[str, Any] = {}
-    for row in rows:
-        value = row.get("value")
-        if value is None or value == "":
-            raise ValueError(f"{row['feature']} has no value")
-        try:
-            body[row["feature"]] = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{row['feature']} must be a number, got {value!r}") from None
-    return body
-
-
-def gauge_figure(score: float, threshold: float) -> go.Figure:
-    """A bullet gauge: the score as a bar, the threshold as a line."""
-    color = COLORS["fraud"] if score >= threshold else COLORS["normal"]
-    fig = go.Figure(
-        go.Indicator(
-            mode="number+gauge",
-            value=score,
-            number={"valueformat": ".4f", "font": {"size": 28}},
-            gauge={
-                "shape": "bullet",
-                "axis": {"range": [0, 1]},
-                "bar": {"color": color, "thickness": 0.6},
-                "bgcolor": "#f3f4f6",
-                "threshold": {
-                    "line": {"color": COLORS["threshold"], "width": 4},
-                    "thickness": 0.9,
-                    "value": threshold,
-                },
-            },
-            domain={"x": [0.18, 1], "y": [0.15, 0.85]},
-        )
-    )
-    fig = styled(fig, height=170)
-    fig.update_layout(margin={"l": 16, "r": 24, "t": 16, "b": 24})
-    return fig
-
-
 # ---------------------------------------------------------------------------- callbacks
 
 
 @dash.callback(
     Output("try-values", "data"),
     Output("try-source", "children"),
+    Output("try-example", "data"),
     Input("try-normal", "n_clicks"),
     Input("try-fraud", "n_clicks"),
     prevent_initial_call=True,
@@ -165,16 +118,17 @@ def load_example(normal_clicks: int, fraud_clicks: int) -> tuple[Any, ...]:
     try:
         page = api().anomalies(limit=EXAMPLES) if fraud else api().transactions(limit=EXAMPLES, label=0)
     except (ApiUnreachable, ApiError) as exc:
-        return dash.no_update, problem_text(exc)
+        return dash.no_update, problem_text(exc), dash.no_update
     items = [item for item in page.get("items", []) if item.get("features")]
     if not items:
         kind = "fraud" if fraud else "normal"
-        return dash.no_update, f"No stored {kind} transactions yet: replay some data first."
+        return dash.no_update, f"No stored {kind} transactions yet: replay some data first.", dash.no_update
     # Each click steps to the next stored example, so repeated clicks walk through them.
     item = items[((fraud_clicks if fraud else normal_clicks) - 1) % len(items)]
     label = {1: "fraud", 0: "normal"}.get(item.get("label"), "unlabelled")
     source = f"Stored transaction {item['id'][:12]}… (label: {label}, stored score {item['score']:.4f})."
-    return example_rows(item), source
+    rows = example_rows(item)
+    return rows, source, {"id": item["id"], "values": {r["feature"]: float(r["value"]) for r in rows}}
 
 
 @dash.callback(
@@ -184,11 +138,12 @@ def load_example(normal_clicks: int, fraud_clicks: int) -> tuple[Any, ...]:
     Output("try-notice", "children"),
     Input("try-score", "n_clicks"),
     State("try-values", "data"),
+    State("try-example", "data"),
     prevent_initial_call=True,
 )
-def score(_clicks: int, rows: list[dict[str, Any]]) -> tuple[Any, ...]:
+def score(_clicks: int, rows: list[dict[str, Any]], example: dict[str, Any] | None) -> tuple[Any, ...]:
     try:
-        body = request_body(rows)
+        body = request_body(rows, example)
     except ValueError as exc:
         return dash.no_update, dash.no_update, dash.no_update, notice(f"Cannot score: {exc}.", "warn")
     client = api()

@@ -1,0 +1,281 @@
+"""The dashboard's pure parts: the tick cache, settings, the client's error mapping and
+the figure builders, fed with bodies shaped like the API's response models."""
+
+from __future__ import annotations
+
+import math
+import socket
+import threading
+import time
+
+import pytest
+
+from dashboard.cache import TickCache
+from dashboard.client import ApiClient, ApiUnreachable
+from dashboard.settings import DashboardSettings
+from dashboard.views import explore, live, model, try_it
+from dashboard.waterfall import logit, waterfall_figure
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_tick_cache_reuses_an_answer_until_it_expires() -> None:
+    clock = FakeClock()
+    cache = TickCache(ttl=1.0, clock=clock)
+    calls: list[int] = []
+
+    def fetch() -> int:
+        calls.append(1)
+        return len(calls)
+
+    assert cache.get("stats", fetch) == 1
+    clock.now = 0.9
+    assert cache.get("stats", fetch) == 1
+    assert cache.get("alerts", fetch) == 2  # another key is another request
+    clock.now = 1.1
+    assert cache.get("stats", fetch) == 3
+
+
+def test_tick_cache_caches_errors_for_the_tick() -> None:
+    clock = FakeClock()
+    cache = TickCache(ttl=1.0, clock=clock)
+    calls: list[int] = []
+
+    def failing() -> None:
+        calls.append(1)
+        raise ApiUnreachable("down")
+
+    for _ in range(3):
+        with pytest.raises(ApiUnreachable):
+            cache.get("health", failing)
+    assert len(calls) == 1
+    clock.now = 2.0
+    assert cache.get("health", lambda: "back") == "back"
+
+
+def test_tick_cache_lets_one_thread_fetch_while_the_others_wait() -> None:
+    cache = TickCache(ttl=5.0)
+    calls: list[int] = []
+    started = threading.Event()
+
+    def slow() -> str:
+        calls.append(1)
+        started.set()
+        time.sleep(0.2)
+        return "answer"
+
+    results: list[str] = []
+    threads = [threading.Thread(target=lambda: results.append(cache.get("k", slow))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == ["answer"] * 8
+    assert len(calls) == 1
+
+
+def test_tick_cache_stays_bounded() -> None:
+    clock = FakeClock()
+    cache = TickCache(ttl=10.0, clock=clock, max_entries=4)
+    for i in range(20):
+        cache.get(i, lambda i=i: i)
+    assert len(cache._entries) <= 4
+    assert cache.get(19, lambda: "refetched") == 19  # the newest is still cached
+
+
+def test_settings_follow_the_fraudstream_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FRAUDSTREAM_API_PORT", "8123")
+    monkeypatch.setenv("FRAUDSTREAM_HOST", "0.0.0.0")
+    monkeypatch.setenv("FRAUDSTREAM_DASHBOARD_PORT", "8124")
+    s = DashboardSettings(_env_file=None)
+    assert s.resolved_api_url == "http://127.0.0.1:8123"  # a wildcard bind is reached through loopback
+    assert s.dashboard_port == 8124
+    monkeypatch.setenv("FRAUDSTREAM_API_URL", "http://10.0.0.5:9000/")
+    assert DashboardSettings(_env_file=None).resolved_api_url == "http://10.0.0.5:9000"
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_client_reports_an_unreachable_api_once_per_tick() -> None:
+    client = ApiClient(f"http://127.0.0.1:{_closed_port()}", timeout=1.0, live_ttl=5.0)
+    try:
+        with pytest.raises(ApiUnreachable, match="unreachable"):
+            client.stats()
+        with pytest.raises(ApiUnreachable):
+            client.stats()  # served from the tick cache: the same error, no new request
+    finally:
+        client.close()
+
+
+STATS = {
+    "run_id": "",
+    "volume": 12_345,
+    "labelled": 12_345,
+    "frauds": 40,
+    "alerts": 37,
+    "true_alerts": 33,
+    "alert_rate": 37 / 12_345,
+    "fraud_rate": 40 / 12_345,
+    "window_minutes": 1.0,
+    "window_scored": 600,
+    "window_alerts": 2,
+    "throughput_per_s": 10.0,
+    "latency_ms": {"count": 600, "p50": 4.2, "p95": 9.9, "p99": 15.25, "max": 20.0},
+}
+
+
+def test_kpis_show_the_stats_answer() -> None:
+    values, subs = live.kpi_values(STATS)
+    assert values == ["12,345", "37", "0.30%", "33", "10.0", "15.2 ms"]
+    assert "of 40 labelled frauds" in subs[3]
+    assert "p50 4.2" in subs[5]
+
+
+def test_kpis_survive_an_empty_database() -> None:
+    empty = {**STATS, "volume": 0, "alerts": 0, "true_alerts": 0, "alert_rate": 0.0, "throughput_per_s": 0.0}
+    empty["latency_ms"] = {"count": 0, "p50": None, "p95": None, "p99": None, "max": None}
+    values, _ = live.kpi_values(empty)
+    assert values[0] == "0" and values[5] == "–"
+
+
+def test_timeseries_plots_rates_and_says_when_empty() -> None:
+    points = [
+        {"t": f"2026-01-01T00:00:{s:02d}Z", "scored": 10 * s, "alerts": s % 3, "frauds": 0}
+        for s in range(0, 30, 5)
+    ]
+    fig = live.timeseries_figure({"minutes": 5, "bucket_seconds": 5, "points": points})
+    assert [trace.name for trace in fig.data] == ["scored / s", "alerts / 5 s"]
+    assert list(fig.data[0].y) == [p["scored"] / 5 for p in points]
+    empty = live.timeseries_figure({"minutes": 5, "bucket_seconds": 5, "points": []})
+    assert not empty.data and "Nothing scored" in empty.layout.annotations[0].text
+
+
+def test_histogram_is_per_class_share() -> None:
+    dist = {
+        "feature": "V14",
+        "scale": "linear",
+        "edges": [0.0, 1.0, 2.0, 3.0],
+        "series": [
+            {"name": "normal", "counts": [50, 30, 20], "total": 100, "mean": 1.0},
+            {"name": "fraud", "counts": [1, 1, 2], "total": 4, "mean": 2.0},
+            {"name": "alert", "counts": [0, 1, 2], "total": 3, "mean": 2.0},
+        ],
+    }
+    fig = explore.histogram_figure(dist)
+    assert [t.name.split()[0] for t in fig.data] == ["normal", "fraud"]
+    assert list(fig.data[0].y) == [0.5, 0.3, 0.2]
+    assert list(fig.data[1].y) == [0.25, 0.25, 0.5]
+    assert math.isclose(sum(fig.data[1].y), 1.0)
+
+
+def test_log_scale_histogram_places_bins_in_log_space() -> None:
+    edges = [0.0, 9.0, 99.0, 999.0]
+    dist = {
+        "feature": "Amount",
+        "scale": "log",
+        "edges": edges,
+        "series": [{"name": "normal", "counts": [1, 2, 1], "total": 4, "mean": 1.0}],
+    }
+    fig = explore.histogram_figure(dist)
+    assert list(fig.data[0].x) == pytest.approx([0.5, 1.5, 2.5])
+    assert list(fig.data[0].width) == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_scatter_splits_classes() -> None:
+    points = [
+        {"id": f"id{i}", "x": float(i), "y": float(-i), "label": i % 2, "score": 0.1, "alert": i % 4 == 1}
+        for i in range(10)
+    ]
+    fig = explore.scatter_figure({"x": "V14", "y": "V17", "points": points})
+    by_name = {t.name.split()[0]: t for t in fig.data}
+    assert len(by_name["normal"].x) == 5 and len(by_name["fraud"].x) == 5
+    assert fig.layout.xaxis.title.text == "V14"
+
+
+def test_waterfall_adds_up_to_the_model_log_odds() -> None:
+    contributions = [
+        {"feature": f"f{i}", "contribution": (-1) ** i * (i + 1) / 10, "value": 0.0} for i in range(20)
+    ]
+    base = -6.0
+    total = base + sum(c["contribution"] for c in contributions)
+    score = 1 / (1 + math.exp(-total))
+    fig = waterfall_figure(
+        {"base_value": base, "contributions": contributions, "score": score, "threshold": 0.5}, top=5
+    )
+    bars = fig.data[0]
+    assert list(bars.measure) == ["absolute", *["relative"] * 6, "total"]
+    assert bars.y[1] == "f19"  # largest |contribution| first
+    assert bars.x[-1] == pytest.approx(total)
+    assert base + sum(bars.x[1:-1]) == pytest.approx(total)
+    assert fig.layout.shapes[0].x0 == pytest.approx(logit(0.5))
+
+
+def test_model_views_pick_the_active_version() -> None:
+    curve = {"x": [0.0, 0.5, 1.0], "y": [0.0, 0.9, 1.0], "thresholds": [1.0, 0.5, 0.0]}
+    version = {
+        "model_version": "abc",
+        "threshold": 0.4,
+        "rows": 100,
+        "labelled": 100,
+        "frauds": 5,
+        "confusion": {"tp": 4, "fp": 1, "tn": 94, "fn": 1},
+        "precision": 0.8,
+        "recall": 0.8,
+        "f1": 0.8,
+        "auprc": 0.77,
+        "roc_auc": 0.97,
+        "roc": curve,
+        "pr": curve,
+    }
+    perf = {
+        "active_version": "abc",
+        "versions": [{**version, "model_version": "old"}, version],
+        "feature_importance": [{"feature": "V14", "importance": 0.4}, {"feature": "V4", "importance": 0.1}],
+        "importance_type": "share of total gain",
+        "offline_evaluation": {
+            "test": {
+                "ensemble": {"auprc": 0.8, "roc_auc": 0.98, "precision": 0.7, "recall": 0.75, "f1": 0.72}
+            },
+            "curves": {
+                "ensemble": {
+                    "roc": {"fpr": [0, 1], "tpr": [0, 1]},
+                    "pr": {"recall": [0, 1], "precision": [1, 0]},
+                }
+            },
+        },
+    }
+    assert model.active_performance(perf) is version
+    roc = model.curve_figure(perf, "roc")
+    assert [t.name for t in roc.data][:2] == ["offline test (0.980)", "live (0.970)"]
+    metrics = model.metrics_figure(perf)
+    assert list(metrics.data[0].y) == [0.8, 0.98, 0.7, 0.75, 0.72]
+    assert list(metrics.data[1].y) == [0.77, 0.97, 0.8, 0.8, 0.8]
+    confusion = model.confusion_figure(perf)
+    assert confusion.data[0].text[1][1] == "TP<br>4"
+
+
+def test_try_it_body_validates_and_keeps_an_unedited_examples_id() -> None:
+    item = {"id": "tx1", "time": 10.0, "amount": 5.5, "features": {f"V{i}": float(i) for i in range(1, 29)}}
+    rows = try_it.example_rows(item)
+    assert [r["feature"] for r in rows] == list(try_it.FEATURES)
+    example = {"id": "tx1", "values": {r["feature"]: float(r["value"]) for r in rows}}
+    assert try_it.request_body(rows, example)["id"] == "tx1"
+    edited = [dict(r) for r in rows]
+    edited[-1]["value"] = 999.0
+    assert "id" not in try_it.request_body(edited, example)
+    edited[3]["value"] = "abc"
+    with pytest.raises(ValueError, match="V3 must be a number"):
+        try_it.request_body(edited, example)
+    edited[3]["value"] = None
+    with pytest.raises(ValueError, match="V3 has no value"):
+        try_it.request_body(edited, example)
