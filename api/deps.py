@@ -1,0 +1,91 @@
+"""FastAPI dependencies: everything a route needs comes from the app's state through these.
+
+The lifespan (`api.main`) opens the resources once per process and puts them on
+`app.state`; routes ask for them with `Depends(...)`, so tests can build an app with
+other settings and nothing is a module-level global.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from api.cache import ResultCache
+from api.metrics import ApiMetrics
+from core.ensemble import Ensemble
+from core.settings import Settings
+
+_bearer = HTTPBearer(
+    auto_error=False, description="required by POST endpoints when FRAUDSTREAM_API_TOKEN is set"
+)
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_engine(request: Request) -> AsyncEngine:
+    return request.app.state.engine
+
+
+async def get_connection(
+    engine: Annotated[AsyncEngine, Depends(get_engine)],
+) -> AsyncIterator[AsyncConnection]:
+    """One pooled connection for the request (read-only work: no transaction is left open)."""
+    async with engine.connect() as conn:
+        yield conn
+
+
+def get_ensemble(request: Request) -> Ensemble:
+    ensemble = request.app.state.ensemble
+    if ensemble is None:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"no model bundle is loaded: {request.app.state.model_error}",
+        )
+    return ensemble
+
+
+def get_cache(request: Request) -> ResultCache:
+    return request.app.state.cache
+
+
+def get_metrics(request: Request) -> ApiMetrics:
+    return request.app.state.metrics
+
+
+def require_token(
+    settings: Annotated[Settings, Depends(get_settings)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """401 unless the request carries `Authorization: Bearer <FRAUDSTREAM_API_TOKEN>` (when one is set)."""
+    expected = settings.api_token
+    if not expected:
+        return
+    given = credentials.credentials if credentials is not None else ""
+    if not secrets.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing or wrong bearer token (send Authorization: Bearer $FRAUDSTREAM_API_TOKEN)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+Connection = Annotated[AsyncConnection, Depends(get_connection)]
+LoadedEnsemble = Annotated[Ensemble, Depends(get_ensemble)]
+Cache = Annotated[ResultCache, Depends(get_cache)]
+AppSettings = Annotated[Settings, Depends(get_settings)]
+Metrics = Annotated[ApiMetrics, Depends(get_metrics)]
+Authorized = Depends(require_token)
+
+
+async def run_watermark(conn: AsyncConnection, run_id: str) -> object:
+    """The run's newest scored_at: the cache key's freshness check (see `api.cache`)."""
+    from api import queries
+
+    return (await conn.execute(queries.watermark(run_id))).scalar()

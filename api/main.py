@@ -1,0 +1,160 @@
+"""The analytics API as an app factory: `create_app(settings)`.
+
+    uvicorn --factory api.main:create_app        # or: fraudstream api
+
+Resources are opened in the lifespan, once per process, and live on `app.state`: an
+async SQLAlchemy engine (asyncpg) for the analytics queries, an asyncpg pool for the
+predict write path (`core.db.store.store_scored`, the scorer's own statement), the
+loaded `Ensemble`, the batching `Predictor`, a lazily started Kafka producer, the
+result cache and the Prometheus registry. Nothing is opened at import time.
+
+A missing or broken model bundle does not stop the API: analytics keep working, and
+predict/explain/`/health` say why there is no model (503).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+from fastapi import FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from api.cache import ResultCache
+from api.metrics import ApiMetrics, MetricsMiddleware
+from api.predictor import Predictor
+from api.publisher import Publisher
+from api.registration import register_model
+from api.routes import backtests, distributions, meta, model, predict, scatter, stats, transactions
+from api.routes.meta import SERVICE_NAME, package_version
+from core.db.urls import asyncpg_dsn, sqlalchemy_url
+from core.ensemble import BundleError, Ensemble
+from core.runtime.stack import resolve_endpoints
+from core.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+_DESCRIPTION = """
+Analytics over the transactions the fraudstream scorer stores in PostgreSQL, plus live
+prediction and explanation with the same model bundle.
+
+`run_id` selects the live stream (`''`, the default) or a backtest run. Lists are newest
+first with keyset pagination (`next_cursor`). Write endpoints (`POST`) need
+`Authorization: Bearer <token>` when `FRAUDSTREAM_API_TOKEN` is set.
+"""
+
+
+def _load_model(settings: Settings) -> tuple[Ensemble | None, str | None]:
+    try:
+        return Ensemble.load(settings.model_path), None
+    except (BundleError, OSError) as exc:
+        log.warning("no model bundle loaded from %s: %s", settings.model_path, exc)
+        return None, f"{settings.model_path}: {exc}"
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    endpoints = resolve_endpoints(settings)
+    engine = create_async_engine(
+        sqlalchemy_url(endpoints.database_url), pool_size=8, max_overflow=8, pool_recycle=3600
+    )
+    pool = await asyncpg.create_pool(asyncpg_dsn(endpoints.database_url), min_size=0, max_size=8)
+    ensemble, model_error = _load_model(settings)
+    app.state.engine = engine
+    app.state.ensemble = ensemble
+    app.state.model_error = model_error
+    app.state.bootstrap_servers = endpoints.bootstrap_servers
+    app.state.publisher = Publisher(endpoints.bootstrap_servers)
+    app.state.predictor = Predictor(ensemble, pool) if ensemble is not None else None
+    if ensemble is not None:
+        try:
+            await register_model(engine, ensemble, settings.model_path)
+        except (OSError, DBAPIError) as exc:
+            log.warning("could not record model %s in model_versions: %s", ensemble.version, exc)
+        app.state.predictor.start()
+    try:
+        yield
+    finally:
+        if app.state.predictor is not None:
+            await app.state.predictor.close()
+        await app.state.publisher.close()
+        await pool.close()
+        await engine.dispose()
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("database error on %s: %s", request.url.path, exc)
+    return JSONResponse(
+        {"detail": f"database unavailable: {type(exc).__name__}"},
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+    )
+
+
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, without echoing the input back (it may hold NaN, which JSON cannot carry)."""
+    errors = [
+        {
+            "loc": list(error.get("loc", ())),
+            "msg": str(error.get("msg", "")),
+            "type": str(error.get("type", "")),
+        }
+        for error in exc.errors()
+    ]
+    summary = "; ".join(f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in errors[:5])
+    return JSONResponse(
+        {"detail": errors, "message": f"invalid request: {summary}"},
+        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+    )
+
+
+def create_app(settings: Settings | None = None, *, cache_seconds: float = 60.0) -> FastAPI:
+    """Build the app; `cache_seconds=0` turns the aggregate cache off (benchmarks of raw SQL)."""
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="fraudstream API",
+        version=package_version(),
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.cache = ResultCache(max_seconds=cache_seconds)
+    app.state.metrics = ApiMetrics()
+    app.state.ensemble = None
+    app.state.model_error = "the app has not started"
+    for router in (
+        meta.router,
+        stats.router,
+        transactions.router,
+        distributions.router,
+        scatter.router,
+        model.router,
+        predict.router,
+        backtests.router,
+    ):
+        app.include_router(router)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    for error in (
+        OSError,
+        InterfaceError,
+        OperationalError,
+        asyncpg.PostgresConnectionError,
+        ConnectionError,
+    ):
+        app.add_exception_handler(error, _database_unavailable)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    log.debug("%s app built", SERVICE_NAME)
+    return app

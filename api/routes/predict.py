@@ -1,0 +1,105 @@
+"""Score one transaction (and store it), explain one, or publish one to Kafka."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import numpy as np
+from aiokafka.errors import KafkaError
+from fastapi import APIRouter, HTTPException, Request, status
+
+from api.deps import AppSettings, Authorized, LoadedEnsemble, Metrics
+from api.explain import contributions
+from api.predictor import PredictRequest
+from api.schemas import ExplanationOut, Prediction, Problem, Published
+from core.db.schema import LIVE_RUN
+from core.events import TransactionIn, build_event, encode_event
+from core.features import EVENT_FEATURES
+
+router = APIRouter(prefix="/api", tags=["predict"])
+
+_AUTH_RESPONSES = {401: {"model": Problem, "description": "missing or wrong bearer token"}}
+
+
+@router.post(
+    "/predict",
+    response_model=Prediction,
+    dependencies=[Authorized],
+    summary="Score one transaction with the loaded model and store it",
+    responses={**_AUTH_RESPONSES, 503: {"model": Problem}},
+)
+async def predict(
+    body: TransactionIn, request: Request, ensemble: LoadedEnsemble, metrics: Metrics
+) -> Prediction:
+    """Stored like a scored event (live run unless `run_id` is given); `id` is generated when absent.
+    `stored` is false when a row with that id was already stored (it is not overwritten)."""
+    received = time.time()
+    predictor = request.app.state.predictor
+    event_id = body.id or uuid.uuid4().hex
+    run_id = body.run_id or LIVE_RUN
+    result = await predictor.predict(
+        PredictRequest(event_id, run_id, body.feature_values(), body.label, received)
+    )
+    metrics.predictions.inc()
+    if result.alert:
+        metrics.alerts.inc()
+    return Prediction(
+        id=event_id,
+        run_id=run_id,
+        score=result.score,
+        alert=result.alert,
+        recon_error=result.recon_error,
+        threshold=ensemble.threshold,
+        model_version=ensemble.version,
+        stored=result.stored,
+    )
+
+
+@router.post(
+    "/explain",
+    response_model=ExplanationOut,
+    dependencies=[Authorized],
+    summary="TreeSHAP contributions for one transaction",
+    responses={**_AUTH_RESPONSES, 503: {"model": Problem}},
+)
+async def explain(body: TransactionIn, ensemble: LoadedEnsemble) -> ExplanationOut:
+    """Nothing is stored. Contributions are in log-odds, largest |contribution| first."""
+    values = body.feature_values()
+    rows, explanation = contributions(ensemble, np.array([values], dtype=np.float64))
+    score = float(explanation.score[0])
+    return ExplanationOut(
+        score=score,
+        alert=score >= ensemble.threshold,
+        threshold=ensemble.threshold,
+        model_version=ensemble.version,
+        base_value=explanation.base_value,
+        contributions=rows[0],
+        inputs=dict(zip(EVENT_FEATURES, values, strict=True)),
+    )
+
+
+@router.post(
+    "/transactions",
+    response_model=Published,
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[Authorized],
+    summary="Publish one transaction to Kafka for the scorer",
+    responses={**_AUTH_RESPONSES, 503: {"model": Problem, "description": "broker not reachable"}},
+)
+async def publish(
+    body: TransactionIn, request: Request, settings: AppSettings, metrics: Metrics
+) -> Published:
+    """Built with the producer's event builder and keyed by `id` (generated when absent)."""
+    event_id = body.id or uuid.uuid4().hex
+    event = build_event(body.feature_values(), event_id=event_id, label=body.label, run_id=body.run_id)
+    try:
+        await request.app.state.publisher.publish(
+            settings.topic_transactions, event_id.encode(), encode_event(event)
+        )
+    except (KafkaError, ConnectionError, OSError, TimeoutError) as exc:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, f"cannot publish to Kafka: {type(exc).__name__}: {exc}"[:300]
+        ) from None
+    metrics.published.inc()
+    return Published(id=event_id, topic=settings.topic_transactions, run_id=body.run_id)

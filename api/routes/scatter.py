@@ -1,0 +1,63 @@
+"""Feature-pair points for a scatter plot: a random, balanced sample of frauds and normal rows."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from api import queries
+from api.deps import Cache, Connection, run_watermark
+from api.params import DEFAULT_RUN, RunId
+from api.routes.distributions import unknown_feature_response
+from api.schemas import Problem, Scatter, ScatterPoint
+
+router = APIRouter(prefix="/api", tags=["distributions"])
+
+#: Block-sample this many times the rows we need, to have enough after filtering by run and class.
+_OVERSAMPLE = 20
+FeatureName = Annotated[str, Query(max_length=40, description="Time, V1..V28, Amount, recon_error or score")]
+
+
+@router.get(
+    "/scatter",
+    response_model=Scatter,
+    summary="Balanced random sample of two features",
+    responses={422: {"model": Problem, "description": "unknown feature; `valid` lists the names"}},
+)
+async def scatter(
+    conn: Connection,
+    cache: Cache,
+    x: FeatureName = "V14",
+    y: FeatureName = "V17",
+    n: Annotated[int, Query(ge=2, le=5000, description="points in total (half frauds)")] = 500,
+    run_id: RunId = DEFAULT_RUN,
+):
+    fx, fy = queries.lookup_feature(x), queries.lookup_feature(y)
+    for name, found in ((x, fx), (y, fy)):
+        if found is None:
+            return unknown_feature_response(name, status.HTTP_422_UNPROCESSABLE_CONTENT)
+    assert fx is not None and fy is not None
+
+    async def compute() -> Scatter:
+        half = n // 2
+        frauds = (await conn.execute(queries.scatter_frauds(fx, fy, run_id, half))).all()
+        want = n - half
+        estimate = (await conn.execute(queries.table_rows_estimate())).scalar() or 0
+        normals = []
+        if estimate > 0:
+            percent = min(100.0, 100.0 * want * _OVERSAMPLE / estimate)
+            if percent < 100.0:
+                normals = (await conn.execute(queries.scatter_normals(fx, fy, run_id, want, percent))).all()
+        if len(normals) < want:  # a small run in a big table: sample its rows directly
+            normals = (await conn.execute(queries.scatter_normals(fx, fy, run_id, want, None))).all()
+        points = [
+            ScatterPoint(id=r.id, x=r.x, y=r.y, label=r.label, score=r.score, alert=r.alert)
+            for r in (*frauds, *normals)
+        ]
+        return Scatter(
+            run_id=run_id, x=fx.name, y=fy.name, points=points, frauds=len(frauds), normals=len(normals)
+        )
+
+    key = ("scatter", fx.name, fy.name, n, run_id)
+    return await cache.get(key, await run_watermark(conn, run_id), compute)

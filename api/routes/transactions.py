@@ -1,0 +1,137 @@
+"""Stored transactions: the full list, model alerts and confirmed frauds, newest first.
+
+Keyset pagination: each page ends with the cursor of its last row (scored_at, id) and
+the next page starts strictly after it, so pages never overlap or skip rows while new
+rows arrive (they land before the first page, not between pages).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, Query, Request, status
+
+from api import queries
+from api.deps import Connection, get_ensemble
+from api.explain import contributions
+from api.params import DEFAULT_RUN, RunId, decode_cursor, encode_cursor
+from api.schemas import Transaction, TransactionPage
+from core.db.schema import FEATURE_COLUMNS
+from core.features import PCA_COLUMNS
+
+router = APIRouter(prefix="/api", tags=["transactions"])
+
+Limit = Annotated[int, Query(ge=1, le=1000, description="rows per page")]
+Cursor = Annotated[str | None, Query(max_length=400, description="next_cursor of the previous page")]
+Score = Annotated[float | None, Query(ge=0, le=1, allow_inf_nan=False)]
+DataTime = Annotated[float | None, Query(allow_inf_nan=False, description="data time, seconds")]
+WithFeatures = Annotated[bool, Query(description="include V1..V28")]
+
+EXPLAIN_LIMIT = 100
+
+
+async def _page(
+    conn, where: queries.ListFilter, limit: int, cursor: str | None, with_features: bool
+) -> tuple[list, str | None]:
+    after = decode_cursor(cursor) if cursor else None
+    rows = (await conn.execute(queries.transaction_page(where, limit, after, with_features))).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = encode_cursor(rows[-1].scored_at, rows[-1].id) if more else None
+    return rows, next_cursor
+
+
+def _transaction(row, with_features: bool, top_features=None) -> Transaction:
+    features = {name: getattr(row, name.lower()) for name in PCA_COLUMNS} if with_features else None
+    return Transaction(
+        id=row.id,
+        run_id=row.run_id,
+        time=row.time,
+        amount=row.amount,
+        label=row.label,
+        score=row.score,
+        recon_error=row.recon_error,
+        alert=row.alert,
+        model_version=row.model_version,
+        scored_at=row.scored_at,
+        latency_ms=row.latency_ms,
+        features=features,
+        top_features=top_features,
+    )
+
+
+def _check_ranges(score_min, score_max, time_from, time_to) -> None:
+    if score_min is not None and score_max is not None and score_min > score_max:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "score_min must not exceed score_max")
+    if time_from is not None and time_to is not None and time_from > time_to:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "time_from must not exceed time_to")
+
+
+@router.get("/transactions", response_model=TransactionPage, summary="Stored transactions, newest first")
+async def list_transactions(
+    conn: Connection,
+    run_id: RunId = DEFAULT_RUN,
+    label: Annotated[int | None, Query(ge=0, le=1, description="ground truth: 0 or 1")] = None,
+    alert: Annotated[bool | None, Query(description="model alert flag")] = None,
+    score_min: Score = None,
+    score_max: Score = None,
+    time_from: DataTime = None,
+    time_to: DataTime = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+    features: WithFeatures = True,
+) -> TransactionPage:
+    _check_ranges(score_min, score_max, time_from, time_to)
+    where = queries.ListFilter(run_id, label, alert, score_min, score_max, time_from, time_to)
+    rows, next_cursor = await _page(conn, where, limit, cursor, features)
+    return TransactionPage(
+        run_id=run_id, items=[_transaction(r, features) for r in rows], next_cursor=next_cursor, limit=limit
+    )
+
+
+@router.get(
+    "/anomalies", response_model=TransactionPage, summary="Confirmed frauds (label = 1), newest first"
+)
+async def list_anomalies(
+    conn: Connection,
+    run_id: RunId = DEFAULT_RUN,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+    features: WithFeatures = True,
+) -> TransactionPage:
+    rows, next_cursor = await _page(conn, queries.ListFilter(run_id, label=1), limit, cursor, features)
+    return TransactionPage(
+        run_id=run_id, items=[_transaction(r, features) for r in rows], next_cursor=next_cursor, limit=limit
+    )
+
+
+@router.get("/alerts", response_model=TransactionPage, summary="Model alerts, newest first")
+async def list_alerts(
+    conn: Connection,
+    request: Request,
+    run_id: RunId = DEFAULT_RUN,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+    features: WithFeatures = True,
+    explain: Annotated[
+        bool,
+        Query(
+            description=f"add each alert's top features (TreeSHAP, loaded model; limit <= {EXPLAIN_LIMIT})"
+        ),
+    ] = False,
+    top: Annotated[int, Query(ge=1, le=40, description="how many top features with explain")] = 5,
+) -> TransactionPage:
+    if explain and limit > EXPLAIN_LIMIT:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, f"explain=true allows at most limit={EXPLAIN_LIMIT}"
+        )
+    rows, next_cursor = await _page(conn, queries.ListFilter(run_id, alert=True), limit, cursor, features)
+    tops: dict[str, list] = {}
+    if explain and rows:
+        stored = (await conn.execute(queries.raw_features(run_id, [r.id for r in rows]))).all()
+        raw = np.array([[getattr(r, name) for name in FEATURE_COLUMNS] for r in stored], dtype=np.float64)
+        explained, _ = contributions(get_ensemble(request), raw, top=top)
+        tops = {r.id: row for r, row in zip(stored, explained, strict=True)}
+    items = [_transaction(r, features, tops.get(r.id)) for r in rows]
+    return TransactionPage(run_id=run_id, items=items, next_cursor=next_cursor, limit=limit)
