@@ -1,0 +1,143 @@
+"""Fixtures for the API tests: a database filled through the scorer's write path, a live server.
+
+`api_db` stores the shipped sample exactly as the scorer does (real `Ensemble` scores,
+`core.db.store.store_scored`, ids from `core.events.transaction_id`), once per module.
+`serve` runs the real app under a real uvicorn on a free loopback port, in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import numpy as np
+import pytest
+import uvicorn
+
+from api.main import create_app
+from core.dataset import SAMPLE_PATH, load_csv
+from core.db.migrate import upgrade
+from core.db.store import ScoredRows, store_scored
+from core.ensemble import Ensemble
+from core.events import transaction_id
+from core.kafka import ensure_topics
+from core.runtime.processes import free_port
+from core.settings import Settings
+
+
+@dataclass(frozen=True)
+class StoredSample:
+    """What was stored, to check the API's answers against."""
+
+    database_url: str
+    ids: list[str]
+    raw: np.ndarray
+    labels: np.ndarray
+    score: np.ndarray
+    recon_error: np.ndarray
+    alert: np.ndarray
+    ensemble: Ensemble
+
+
+def stable_ids(raw: np.ndarray) -> list[str]:
+    """Ids as the producer makes them: identical rows are told apart by their occurrence."""
+    seen: Counter[bytes] = Counter()
+    ids = []
+    for row in raw:
+        key = row.tobytes()
+        ids.append(transaction_id(row.tolist(), seen[key]))
+        seen[key] += 1
+    return ids
+
+
+async def _fill(url: str, ensemble: Ensemble, raw: np.ndarray, labels: np.ndarray, ids: list[str]):
+    conn = await asyncpg.connect(url)
+    try:
+        scores, errors, alerts = [], [], []
+        for start in range(0, len(ids), 4000):
+            part = raw[start : start + 4000]
+            batch = ensemble.score(part)
+            rows = ScoredRows(
+                ids=ids[start : start + 4000],
+                features=part,
+                labels=labels[start : start + 4000].tolist(),
+                run_ids=[None] * len(part),
+                produced_at=[time.time()] * len(part),
+                model_version=ensemble.version,
+                score=batch.score,
+                recon_error=batch.recon_error,
+                alert=batch.alert,
+            )
+            await store_scored(conn, rows)
+            scores.append(batch.score)
+            errors.append(batch.recon_error)
+            alerts.append(batch.alert)
+        await conn.execute("ANALYZE")
+        return np.concatenate(scores), np.concatenate(errors), np.concatenate(alerts)
+    finally:
+        await conn.close()
+
+
+async def _admin(admin_url: str, sql: str) -> None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module", name="api_db")
+def api_db_fixture(infra, model_bundle: Path) -> Iterator[StoredSample]:
+    name = f"api_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(infra.admin_url, f"CREATE DATABASE {name}"))
+    url = infra.database_url(name)
+    upgrade(url)
+    data = load_csv(SAMPLE_PATH)
+    ensemble = Ensemble.load(model_bundle)
+    ids = stable_ids(data.raw)
+    score, error, alert = asyncio.run(_fill(url, ensemble, data.raw, data.labels, ids))
+    yield StoredSample(url, ids, data.raw, data.labels.astype(int), score, error, alert, ensemble)
+    if infra.postgres.process is not None and infra.postgres.process.poll() is None:
+        asyncio.run(_admin(infra.admin_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+def api_settings(infra, database_url: str, bundle: Path, tmp_path: Path, **overrides) -> Settings:
+    topic = f"transactions-{uuid.uuid4().hex[:8]}"
+    asyncio.run(ensure_topics(infra.bootstrap_servers, {topic: 2}))
+    return Settings(
+        kafka_bootstrap_servers=infra.bootstrap_servers,
+        database_url=database_url,
+        model_path=bundle,
+        topic_transactions=topic,
+        state_dir=tmp_path / "state",
+        _env_file=None,
+        **overrides,
+    )
+
+
+@contextlib.contextmanager
+def serve(settings: Settings) -> Iterator[str]:
+    """Run the app under uvicorn on a free 127.0.0.1 port; yield its base URL."""
+    port = free_port("127.0.0.1")
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="api-test-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the API server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
