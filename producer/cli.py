@@ -22,7 +22,7 @@ from aiokafka.errors import KafkaError
 from core.dataset import SAMPLE_PATH, CsvSchemaError, iter_csv_rows
 from core.events import MAX_RUN_ID_LENGTH
 from core.kafka import ensure_topics
-from core.runtime.stack import NotConfigured, resolve_endpoints, topic_partitions
+from core.runtime.stack import NotConfigured, resolve_bootstrap_servers, topic_partitions
 from core.settings import Settings
 from producer.replay import ReplayReport, replay
 
@@ -105,10 +105,10 @@ def describe(report: ReplayReport) -> list[str]:
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> ReplayReport:
-    endpoints = resolve_endpoints(settings)
+    bootstrap_servers = resolve_bootstrap_servers(settings)  # the producer needs no database
     topic = args.topic or settings.topic_transactions
     partitions = topic_partitions(settings).get(topic, settings.topic_partitions)
-    await ensure_topics(endpoints.bootstrap_servers, {topic: partitions})
+    await ensure_topics(bootstrap_servers, {topic: partitions})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -116,7 +116,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> ReplayReport:
     try:
         return await replay(
             args.data,
-            bootstrap_servers=endpoints.bootstrap_servers,
+            bootstrap_servers=bootstrap_servers,
             topic=topic,
             rate=args.rate,
             speed=args.speed,

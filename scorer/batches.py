@@ -1,0 +1,165 @@
+"""One batch from raw messages to durable rows: the I/O around `scorer.pipeline`.
+
+`BatchScorer.handle(messages)` returns only when the batch's transactions and scores are
+committed in PostgreSQL and its alerts and dead letters are acknowledged by the broker;
+the agent acknowledges the Kafka offsets after that and never before. While PostgreSQL
+or the broker is unavailable it retries with backoff, so offsets do not advance and
+nothing is skipped; the write is idempotent, so a batch redelivered after a crash or a
+rebalance makes no second row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from core.db.store import store_scored
+from core.db.urls import asyncpg_dsn
+from core.ensemble import Ensemble
+from core.kafka import make_producer
+from scorer.metrics import ScorerMetrics
+from scorer.pipeline import (
+    alert_messages,
+    by_model,
+    dead_letter_kind,
+    dead_letter_message,
+    decode,
+    score_batch,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+FIRST_BACKOFF = 0.1
+MAX_BACKOFF = 5.0
+
+
+async def retry_forever(
+    operation: Callable[[], Awaitable[T]],
+    *,
+    what: str,
+    on_failure: Callable[[], None] = lambda: None,
+    first: float = FIRST_BACKOFF,
+    cap: float = MAX_BACKOFF,
+) -> T:
+    """Run `operation` until it succeeds, sleeping first, 2*first, ... up to `cap` between tries.
+
+    Cancellation (a worker stopping, a rebalance) goes through at once: the batch is then
+    simply not acknowledged and will be delivered again.
+    """
+    delay = first
+    while True:
+        try:
+            return await operation()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # any failure of the sink means "not stored yet": wait and retry
+            on_failure()
+            log.warning("%s failed (%s: %s); retrying in %.1f s", what, type(exc).__name__, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(cap, delay * 2)
+
+
+@dataclass
+class BatchScorer:
+    """The worker's resources (model, database pool, producer) and the batch handler."""
+
+    ensemble: Ensemble
+    pool: asyncpg.Pool
+    producer: AIOKafkaProducer
+    metrics: ScorerMetrics
+    alerts_topic: str
+    dead_letters_topic: str
+    _closed: bool = field(default=False, init=False)
+
+    @classmethod
+    async def open(
+        cls,
+        *,
+        model_path: str,
+        database_url: str,
+        bootstrap_servers: str,
+        alerts_topic: str,
+        dead_letters_topic: str,
+        metrics: ScorerMetrics,
+    ) -> BatchScorer:
+        """Load the ensemble once and connect; waits (with backoff) for a database that is down."""
+        ensemble = Ensemble.load(model_path)
+        log.info("loaded model %s (threshold %.4f) from %s", ensemble.version, ensemble.threshold, model_path)
+        pool = await retry_forever(
+            lambda: asyncpg.create_pool(asyncpg_dsn(database_url), min_size=1, max_size=2),
+            what="connecting to PostgreSQL",
+            on_failure=metrics.store_retries.inc,
+        )
+        producer = make_producer(bootstrap_servers, linger_ms=1)
+        await producer.start()
+        return cls(ensemble, pool, producer, metrics, alerts_topic, dead_letters_topic)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self.producer.stop()
+        finally:
+            await self.pool.close()
+
+    def model_for(self, run_id: str | None) -> Ensemble:
+        """The ensemble for a run id; every event uses the active model until backtests bring theirs."""
+        return self.ensemble
+
+    async def handle(self, messages: Sequence[bytes]) -> None:
+        """Decode, score, store, then publish alerts and dead letters; see the module docstring."""
+        started = time.perf_counter()
+        self.metrics.consumed.inc(len(messages))
+        batch, dead = decode(messages)
+        outgoing: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]] | None]] = []
+        for ensemble, part in by_model(self.model_for, batch):
+            rows = score_batch(ensemble, part)
+            self.metrics.scored.inc(len(part))
+            new = await retry_forever(
+                lambda rows=rows: store_scored(self.pool, rows),
+                what=f"storing a batch of {len(part)}",
+                on_failure=self.metrics.store_retries.inc,
+            )
+            self.metrics.stored.inc(new)
+            stored_at = time.time()
+            for produced in part.produced_at:
+                if produced is not None:
+                    self.metrics.end_to_end_seconds.observe(max(0.0, stored_at - produced))
+            outgoing.extend(
+                (self.alerts_topic, key, value, None) for key, value in alert_messages(ensemble, rows)
+            )
+        for letter in dead:
+            value, headers = dead_letter_message(letter)
+            outgoing.append((self.dead_letters_topic, None, value, headers))
+        if outgoing:
+            await retry_forever(
+                lambda: self._publish(outgoing),
+                what=f"publishing {len(outgoing)} alerts/dead letters",
+                on_failure=self.metrics.publish_retries.inc,
+            )
+        alerts = sum(1 for topic, *_ in outgoing if topic == self.alerts_topic)
+        self.metrics.alerts.inc(alerts)
+        for letter in dead:
+            self.metrics.dead_letters.labels(dead_letter_kind(letter.reason)).inc()
+        if dead:
+            log.warning(
+                "%d malformed events sent to %s, e.g.: %s", len(dead), self.dead_letters_topic, dead[0].reason
+            )
+        self.metrics.batch_size.observe(len(messages))
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    async def _publish(self, outgoing: Sequence[tuple[str, bytes | None, bytes, list | None]]) -> None:
+        futures = [
+            await self.producer.send(topic, value, key=key, headers=headers)
+            for topic, key, value, headers in outgoing
+        ]
+        await asyncio.gather(*futures)

@@ -1,0 +1,236 @@
+"""End-to-end benchmark: CSV → producer → Kafka → scorer worker(s) → PostgreSQL, on this machine.
+
+    python -m scorer.bench --data /work/shared/data/creditcard.csv.gz [--workers 2] [--model DIR]
+
+Starts its own embedded broker and PostgreSQL in a temporary folder, its own scorer worker
+processes, and (without `--model`) trains a small bundle on the shipped sample. Then:
+
+1. throughput: replays the whole file as fast as possible and times first produce → last
+   committed row (the newest `scored_at` in PostgreSQL);
+2. latency: empties the tables and replays at a steady `--rate` (2,000/s) for `--seconds`,
+   then reads the per-row end-to-end latency (producer timestamp → row written) from
+   PostgreSQL: p50/p95/p99;
+3. for scale, a bare aiokafka consumer reads the same topic from the start.
+
+Prints one table. Figures vary with what else runs on the machine: run it on a quiet one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer
+
+from core.dataset import SAMPLE_PATH
+from core.runtime.processes import spawn, stop, wait_until
+from core.runtime.stack import Infra
+from core.settings import Settings, settings_env
+from producer.replay import replay
+
+
+def _metric(port: int, name: str) -> float:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return -1.0
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return -1.0
+
+
+async def _count(database_url: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM scores"))
+    finally:
+        await conn.close()
+
+
+async def _wait_stored(database_url: str, expected: int, timeout: float) -> float:
+    """Wait until `expected` scores are stored; return the newest scored_at (epoch seconds)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if await conn.fetchval("SELECT count(*) FROM scores") >= expected:
+                return float(await conn.fetchval("SELECT extract(epoch FROM max(scored_at)) FROM scores"))
+            await asyncio.sleep(0.2)
+        stored = await conn.fetchval("SELECT count(*) FROM scores")
+        raise TimeoutError(f"only {stored} of {expected} rows stored after {timeout:.0f} s")
+    finally:
+        await conn.close()
+
+
+async def _latencies(database_url: str) -> tuple[int, list[float]]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT count(*) AS n, percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY latency_ms) AS p "
+            "FROM scores"
+        )
+        return int(row["n"]), list(row["p"])
+    finally:
+        await conn.close()
+
+
+async def _truncate(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("TRUNCATE scores, transactions")
+    finally:
+        await conn.close()
+
+
+async def _bare_consumer(bootstrap_servers: str, topic: str, expected: int) -> float:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap_servers,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=16 << 20,
+        fetch_max_bytes=64 << 20,
+    )
+    await consumer.start()
+    try:
+        seen = 0
+        started = time.perf_counter()
+        while seen < expected:
+            for records in (await consumer.getmany(timeout_ms=500, max_records=50_000)).values():
+                seen += len(records)
+        return seen / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+
+
+def _train(out: Path) -> Path:
+    from training.pipeline import train
+
+    print(f"training a bundle on the sample → {out}", flush=True)
+    train(SAMPLE_PATH, out, epochs=3, progress=False)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="fraudstream-bench-") as tmp:
+        root = Path(tmp)
+        settings = Settings(state_dir=root / "state", topic_partitions=args.partitions, _env_file=None)
+        infra = Infra(settings)
+        endpoints = infra.start()
+        workers = []
+        try:
+            model = Path(args.model) if args.model else _train(root / "model")
+            env = settings_env(
+                settings,
+                FRAUDSTREAM_KAFKA_BOOTSTRAP_SERVERS=endpoints.bootstrap_servers,
+                FRAUDSTREAM_DATABASE_URL=endpoints.database_url,
+                FRAUDSTREAM_MODEL_PATH=str(model),
+                FRAUDSTREAM_LOG_LEVEL="WARNING",
+            )
+            ports = [settings.scorer_web_port + 100 + i for i in range(args.workers)]
+            for i, port in enumerate(ports):
+                workers.append(
+                    spawn(
+                        [sys.executable, "-m", "scorer.cli", "--web-port", str(port)],
+                        log_path=root / f"worker-{i}.log",
+                        env=env,
+                        cwd=Path(__file__).resolve().parents[1],
+                    )
+                )
+            wait_until(
+                lambda: (
+                    sum(max(0.0, _metric(p, "fraudstream_assigned_partitions")) for p in ports)
+                    >= args.partitions
+                    and all(_metric(p, "fraudstream_assigned_partitions") >= 0 for p in ports)
+                ),
+                timeout=120,
+                what=f"{args.workers} scorer worker(s) joining the group",
+                process=workers[0],
+                log_path=root / "worker-0.log",
+            )
+            print(f"{args.workers} worker(s) ready; replaying {args.data}", flush=True)
+
+            wall_start = time.time()
+            report = asyncio.run(
+                replay(
+                    args.data,
+                    bootstrap_servers=endpoints.bootstrap_servers,
+                    topic=settings.topic_transactions,
+                    progress=True,
+                )
+            )
+            last_commit = asyncio.run(_wait_stored(endpoints.database_url, report.sent, timeout=600))
+            throughput = report.sent / (last_commit - wall_start)
+            print(
+                f"stored {report.sent:,} rows; now latency at {args.rate:g}/s for {args.seconds:g} s",
+                flush=True,
+            )
+
+            asyncio.run(_truncate(endpoints.database_url))
+            steady = asyncio.run(
+                replay(
+                    args.data,
+                    bootstrap_servers=endpoints.bootstrap_servers,
+                    topic=settings.topic_transactions,
+                    rate=args.rate,
+                    limit=int(args.rate * args.seconds),
+                    progress=True,
+                )
+            )
+            asyncio.run(_wait_stored(endpoints.database_url, steady.sent, timeout=120))
+            measured, (p50, p95, p99) = asyncio.run(_latencies(endpoints.database_url))
+            bare = asyncio.run(
+                _bare_consumer(
+                    endpoints.bootstrap_servers, settings.topic_transactions, report.sent + steady.sent
+                )
+            )
+        finally:
+            for process in workers:
+                stop(process, timeout=30)
+            infra.stop()
+
+    rows = [
+        ("rows replayed", f"{report.sent:,}"),
+        ("scorer workers / partitions", f"{args.workers} / {args.partitions}"),
+        ("end-to-end throughput (first produce → last commit)", f"{throughput:,.0f} tx/s"),
+        ("produce rate (as fast as possible)", f"{report.rate_achieved:,.0f} tx/s"),
+        (f"latency p50 at {args.rate:g}/s ({measured:,} rows)", f"{p50:.1f} ms"),
+        (f"latency p95 at {args.rate:g}/s", f"{p95:.1f} ms"),
+        (f"latency p99 at {args.rate:g}/s", f"{p99:.1f} ms"),
+        (f"achieved steady rate (asked {args.rate:g}/s)", f"{steady.rate_achieved:,.0f} tx/s"),
+        ("bare aiokafka consumer, same topic", f"{bare:,.0f} msg/s"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    print()
+    print(f"| {'measure':<{width}} | value |")
+    print(f"|{'-' * (width + 2)}|-------|")
+    for name, value in rows:
+        print(f"| {name:<{width}} | {value} |")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scorer.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=SAMPLE_PATH, help="CSV to replay (default: the sample)")
+    parser.add_argument("--model", type=Path, help="model bundle (default: train one on the sample)")
+    parser.add_argument("--workers", type=int, default=2, help="scorer worker processes")
+    parser.add_argument("--partitions", type=int, default=4, help="partitions of the transactions topic")
+    parser.add_argument("--rate", type=float, default=2000.0, help="steady rate for the latency phase")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of the latency phase")
+    args = parser.parse_args(argv)
+    if not args.data.is_file():
+        parser.error(f"no such data file: {args.data}")
+    return run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
