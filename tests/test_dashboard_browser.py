@@ -1,0 +1,383 @@
+"""The dashboard in a real headless Chromium, against the real API and PostgreSQL.
+
+One stack per module (a migrated database filled through `core.db.store.store_scored`
+with real `Ensemble` scores of rows of the shipped sample, the API under uvicorn in a
+thread, the dashboard as its own process via `python -m dashboard`), then each page is
+checked for real content: KPI numbers equal the API's own stats, plots have traces, the
+live page follows new rows, Try it shows the model's score, and the banner reports an
+unreachable API and clears when it is back. Screenshots go to artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from selenium.webdriver.common.by import By
+
+from core.dataset import SAMPLE_PATH, Dataset, load_csv
+from core.db.migrate import upgrade
+from core.db.store import ScoredRows, store_scored
+from core.ensemble import Ensemble
+from core.events import transaction_id
+from core.settings import PROJECT_ROOT, Settings
+from tests.browser import chromium, chromium_available, screenshot, wait_for
+
+pytestmark = pytest.mark.skipif(
+    not chromium_available(),
+    reason="needs /usr/bin/chromium and /usr/bin/chromedriver (scripts/install-chromium.sh)",
+)
+
+SCREENSHOTS = PROJECT_ROOT / "artifacts" / "screenshots"
+SEED_ROWS = 2500
+MORE_ROWS = 300
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
+
+
+class ApiServer:
+    """The real FastAPI app under uvicorn in a thread; stop() and start() again on the same port."""
+
+    def __init__(self, settings: Settings, port: int) -> None:
+        self.settings = settings
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        from api.main import create_app
+
+        config = uvicorn.Config(
+            create_app(self.settings), host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="api", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 60
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the API did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=30)
+        self._server = self._thread = None
+
+    def get(self, path: str, **params: Any) -> Any:
+        response = httpx.get(self.url + path, params=params, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+
+def score_rows(ensemble: Ensemble, data: Dataset, run_id: str = "") -> ScoredRows:
+    batch = ensemble.score(data.raw)
+    ids = []
+    seen: dict[str, int] = {}
+    for values in data.raw:
+        first = transaction_id(values.tolist())
+        seen[first] = seen.get(first, -1) + 1  # identical rows get the next occurrence number
+        ids.append(transaction_id(values.tolist(), seen[first]))
+    now = time.time()
+    return ScoredRows(
+        ids=ids,
+        features=data.raw,
+        labels=[int(v) for v in data.labels],
+        run_ids=[run_id] * len(data),
+        produced_at=[now] * len(data),
+        model_version=ensemble.version,
+        score=batch.score,
+        recon_error=batch.recon_error,
+        alert=batch.alert,
+    )
+
+
+def store(database_url: str, rows: ScoredRows) -> int:
+    async def run() -> int:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return await store_scored(conn, rows)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+@pytest.fixture(scope="module")
+def sample() -> Dataset:
+    return load_csv(SAMPLE_PATH)
+
+
+@pytest.fixture(scope="module")
+def ensemble(model_bundle: Path) -> Ensemble:
+    return Ensemble.load(model_bundle)
+
+
+@pytest.fixture(scope="module")
+def stack_database(infra) -> Iterator[str]:
+    """One migrated database for the whole module (the pages share one stack)."""
+    name = f"test_dash_{uuid.uuid4().hex[:10]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(infra.admin_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f"CREATE DATABASE {name}"))
+    url = infra.database_url(name)
+    upgrade(url)
+    yield url
+    asyncio.run(admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture(scope="module")
+def api(
+    infra, stack_database: str, model_bundle: Path, sample: Dataset, ensemble: Ensemble, tmp_path_factory
+):
+    """The API on a free port, over a database holding the first SEED_ROWS sample rows, scored."""
+    stored = store(stack_database, score_rows(ensemble, sample.take(slice(0, SEED_ROWS))))
+    assert stored == SEED_ROWS
+    settings = Settings(
+        kafka_bootstrap_servers=infra.bootstrap_servers,
+        database_url=stack_database,
+        model_path=model_bundle,
+        state_dir=tmp_path_factory.mktemp("dash-state"),
+        _env_file=None,
+    )
+    server = ApiServer(settings, free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def dashboard(api: ApiServer, tmp_path_factory) -> Iterator[str]:
+    """`python -m dashboard` as its own process, pointed at the API, refreshing every second."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("dash-log") / "dashboard.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSTREAM_")}
+    env.update({"FRAUDSTREAM_API_URL": api.url, "FRAUDSTREAM_REFRESH_MS": "1000"})
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dashboard", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, log.read_text()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with chromium() as driver:
+        yield driver
+
+
+def text_of(driver: Any, element_id: str) -> str:
+    return driver.find_element(By.ID, element_id).text
+
+
+def graph_traces(driver: Any, graph_id: str) -> list[dict[str, Any]]:
+    """The traces Plotly actually drew in a dcc.Graph (type, name, number of points)."""
+    return driver.execute_script(
+        """
+        const plot = document.getElementById(arguments[0])?.querySelector('.js-plotly-plot');
+        if (!plot || !plot.data) return [];
+        return plot.data.map(t => ({type: t.type || 'scatter', name: t.name || '',
+                                    n: (t.x || t.values || t.z || []).length}));
+        """,
+        graph_id,
+    )
+
+
+def wait_traces(driver: Any, graph_id: str, at_least: int = 1, timeout: float = 30.0) -> list[dict[str, Any]]:
+    return wait_for(
+        driver,
+        lambda d: (traces := graph_traces(d, graph_id)) and len(traces) >= at_least and traces,
+        timeout,
+        f"{graph_id} never drew {at_least} trace(s); it has {graph_traces(driver, graph_id)}",
+    )
+
+
+def test_live_page_shows_the_api_numbers_and_explains_an_alert(
+    dashboard: str, api: ApiServer, browser
+) -> None:
+    stats = api.get("/api/stats")
+    assert stats["volume"] == SEED_ROWS and stats["alerts"] > 0
+    browser.get(dashboard + "/")
+    wait_for(
+        browser, lambda d: text_of(d, "kpi-scored") == f"{stats['volume']:,}", 30, "KPI never showed volume"
+    )
+    assert text_of(browser, "kpi-alerts") == f"{stats['alerts']:,}"
+    assert text_of(browser, "kpi-caught") == f"{stats['true_alerts']:,}"
+    assert text_of(browser, "kpi-alert-rate") == f"{100 * stats['alert_rate']:.2f}%"
+    assert text_of(browser, "kpi-p99").endswith(" ms")
+    traces = wait_traces(browser, "live-timeseries", 2)
+    assert [t["name"] for t in traces] == ["scored / s", "alerts / 5 s"]
+
+    alerts = api.get("/api/alerts", limit=15)["items"]
+    rows = wait_for(
+        browser,
+        lambda d: (
+            len(found := d.find_elements(By.CSS_SELECTOR, "#alerts-table td[data-dash-column='short_id']"))
+            == len(alerts)
+            and found
+        ),
+    )
+    assert rows[0].text == alerts[0]["id"][:12]  # newest first, as the API lists them
+    rows[0].click()
+    traces = wait_traces(browser, "live-explanation")
+    assert traces[0]["type"] == "waterfall"
+    wait_for(browser, lambda d: alerts[0]["id"][:12] in text_of(d, "live-explanation-caption"))
+    assert not browser.find_element(By.ID, "status-banner").is_displayed()
+    screenshot(browser, SCREENSHOTS / "live.png")
+
+
+def test_live_page_follows_new_rows(
+    dashboard: str, api: ApiServer, browser, stack_database, sample, ensemble
+) -> None:
+    browser.get(dashboard + "/")
+    before = api.get("/api/stats")["volume"]
+    wait_for(browser, lambda d: text_of(d, "kpi-scored") == f"{before:,}", 30)
+    added = store(stack_database, score_rows(ensemble, sample.take(slice(SEED_ROWS, SEED_ROWS + MORE_ROWS))))
+    assert added == MORE_ROWS
+    after = api.get("/api/stats")["volume"]
+    assert after == before + MORE_ROWS
+    wait_for(browser, lambda d: text_of(d, "kpi-scored") == f"{after:,}", 30, "the live KPI did not update")
+
+
+def test_explore_page_draws_the_distributions(dashboard: str, api: ApiServer, browser) -> None:
+    browser.get(dashboard + "/explore")
+    amount = wait_traces(browser, "explore-amount", 2)
+    assert [t["name"].split()[0] for t in amount] == ["normal", "fraud"]
+    dist = api.get("/api/distributions/amount")
+    frauds = next(s["total"] for s in dist["series"] if s["name"] == "fraud")
+    assert amount[1]["name"] == f"fraud ({frauds:,})"
+    feature = wait_traces(browser, "explore-feature", 2)
+    assert all(t["n"] == 50 for t in feature)  # the API's default 50 bins
+    scatter = wait_traces(browser, "explore-scatter", 2)
+    assert {t["name"].split()[0] for t in scatter} == {"normal", "fraud"}
+    screenshot(browser, SCREENSHOTS / "explore.png")
+
+
+def test_model_page_shows_curves_matrix_and_versions(
+    dashboard: str, api: ApiServer, browser, ensemble
+) -> None:
+    browser.get(dashboard + "/model")
+    roc = wait_traces(browser, "model-roc", 2)
+    names = [t["name"] for t in roc]
+    assert any(n.startswith("offline test") for n in names) and any(n.startswith("live") for n in names)
+    wait_traces(browser, "model-pr", 2)
+    assert wait_traces(browser, "model-confusion")[0]["type"] == "heatmap"
+    assert len(wait_traces(browser, "model-metrics", 2)) == 2
+    importance = wait_traces(browser, "model-importance")
+    assert importance[0]["n"] > 0
+    cells = wait_for(
+        browser,
+        lambda d: (
+            (found := d.find_elements(By.CSS_SELECTOR, "#model-versions td[data-dash-column='version']"))
+            and found
+        ),
+    )
+    assert cells[0].text == ensemble.version[:16]
+    screenshot(browser, SCREENSHOTS / "model.png")
+
+
+def test_try_it_scores_a_real_fraud(dashboard: str, api: ApiServer, browser, ensemble) -> None:
+    browser.get(dashboard + "/try")
+    wait_for(browser, lambda d: d.find_elements(By.ID, "try-fraud"), 20)[0].click()
+    fraud = api.get("/api/anomalies", limit=50)["items"][0]
+    wait_for(browser, lambda d: fraud["id"][:12] in text_of(d, "try-source"), 20, "no example loaded")
+    browser.find_element(By.ID, "try-score").click()
+    shown = wait_for(browser, lambda d: d.find_elements(By.ID, "try-score-value"), 20, "no score shown")[
+        0
+    ].text
+    raw = np.array([[fraud["time"], *(fraud["features"][f"V{i}"] for i in range(1, 29)), fraud["amount"]]])
+    assert shown == f"{float(ensemble.score(raw).score[0]):.4f}"
+    assert wait_traces(browser, "try-waterfall")[0]["type"] == "waterfall"
+    assert wait_traces(browser, "try-gauge")[0]["type"] == "indicator"
+    # The unedited example keeps its id: scoring it stored nothing new.
+    assert "stored as a new transaction" not in text_of(browser, "try-result")
+    screenshot(browser, SCREENSHOTS / "try_it.png")
+
+
+def test_backtests_page_renders(dashboard: str, api: ApiServer, browser) -> None:
+    browser.get(dashboard + "/backtests")
+    runs = api.get("/api/backtests")["runs"]
+    if runs:
+        wait_for(
+            browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#backtests-table td[data-dash-column='id']")
+        )
+    else:
+        wait_for(browser, lambda d: "No backtest runs yet" in text_of(d, "backtests-notice"), 20)
+    screenshot(browser, SCREENSHOTS / "backtests.png")
+
+
+def test_banner_reports_an_unreachable_api_and_clears_when_it_returns(
+    dashboard: str, api: ApiServer, browser
+) -> None:
+    browser.get(dashboard + "/")
+    volume = api.get("/api/stats")["volume"]
+    wait_for(browser, lambda d: text_of(d, "kpi-scored") == f"{volume:,}", 30)
+    api.stop()
+    try:
+        banner = wait_for(
+            browser,
+            lambda d: (
+                (b := d.find_element(By.ID, "status-banner")).is_displayed() and "unreachable" in b.text and b
+            ),
+            30,
+            "no banner while the API is down",
+        )
+        assert api.url in banner.text
+        wait_for(browser, lambda d: "unreachable" in text_of(d, "live-notice"), 15)
+        screenshot(browser, SCREENSHOTS / "api-unreachable.png")
+    finally:
+        api.start()
+    wait_for(
+        browser, lambda d: not d.find_element(By.ID, "status-banner").is_displayed(), 30, "banner stayed"
+    )
+    wait_for(browser, lambda d: text_of(d, "kpi-scored") == f"{volume:,}", 30, "the KPIs did not come back")
