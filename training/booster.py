@@ -1,7 +1,11 @@
-"""Fit the XGBoost classifier: early stopping on the validation stretch, optional refit.
+"""Fit the XGBoost classifier: rounds chosen on the validation stretch, optional refit.
 
 Why: the number of boosting rounds is the hyperparameter that matters most and the one
-most easily over-fitted, so it is chosen on the validation stretch (AUPRC). Fraud
+most easily over-fitted, so it is chosen on the validation stretch by AUPRC, measured at
+checkpoints every `step` rounds. (XGBoost's own `aucpr` early stopping was tried first and
+stopped after 4-8 rounds on the full data, while AUPRC on validation kept rising to
+0.78 by ~600 rounds: with ~57 validation frauds a per-round metric is too jumpy for a
+patience rule.) Fraud
 patterns drift over time, so the final model can then be refitted on train + validation
 with that number of rounds, letting the most recent labelled data in. Class imbalance is
 handled with `scale_pos_weight` (the square root of the negative/positive ratio: the full
@@ -17,9 +21,10 @@ import numpy as np
 import xgboost as xgb
 from tqdm.auto import tqdm
 
+from training.metrics import average_precision
+
 DEFAULT_PARAMS: dict[str, Any] = {
     "objective": "binary:logistic",
-    "eval_metric": "aucpr",
     "tree_method": "hist",
     "max_depth": 6,
     "learning_rate": 0.05,
@@ -69,27 +74,27 @@ def fit_booster(
     feature_names: list[str],
     params: dict[str, Any] | None = None,
     max_rounds: int = 600,
-    early_stopping: int = 60,
+    step: int = 50,
     seed: int = 0,
     progress: bool = True,
     desc: str = "xgboost",
 ) -> BoosterFit:
-    """Train with early stopping on validation AUPRC; return the booster cut at its best round."""
+    """Train `max_rounds`; keep the checkpoint (every `step` rounds) with the best validation AUPRC."""
     full = {**DEFAULT_PARAMS, "scale_pos_weight": imbalance_weight(train_y), **(params or {}), "seed": seed}
     dtrain = xgb.DMatrix(train_x, label=train_y, feature_names=feature_names)
-    dvalid = xgb.DMatrix(validation_x, label=validation_y, feature_names=feature_names)
-    booster = xgb.train(
-        full,
-        dtrain,
-        num_boost_round=max_rounds,
-        evals=[(dvalid, "validation")],
-        early_stopping_rounds=early_stopping,
-        verbose_eval=False,
-        callbacks=[_Progress(max_rounds, desc, progress)],
-    )
-    rounds = int(booster.best_iteration) + 1
-    best = booster[:rounds]
-    return BoosterFit(booster=best, rounds=rounds, validation_auprc=float(booster.best_score), params=full)
+    bar = _Progress(max_rounds, desc, progress)
+    booster = xgb.train(full, dtrain, num_boost_round=max_rounds, verbose_eval=False, callbacks=[bar])
+    checkpoints = sorted({*range(step, max_rounds + 1, step), max_rounds})
+    scores = {
+        rounds: average_precision(
+            validation_y, booster.inplace_predict(validation_x, iteration_range=(0, rounds))
+        )
+        for rounds in checkpoints
+    }
+    # The earliest checkpoint within 0.002 of the best: fewer trees for a difference that is noise.
+    best = max(scores.values())
+    rounds = min(r for r, value in scores.items() if value >= best - 0.002)
+    return BoosterFit(booster=booster[:rounds], rounds=rounds, validation_auprc=scores[rounds], params=full)
 
 
 def refit_booster(

@@ -54,7 +54,7 @@ AE_FILE = "autoencoder.pt"
 XGB_FILE = "xgboost.ubj"
 PNG_FILE = "curves.png"
 MODELS = ("ensemble", "xgboost_alone", "autoencoder_alone")
-DEFAULT_AE_FEATURES: tuple[str, ...] = ("recon_error", "residuals")
+DEFAULT_AE_FEATURES: tuple[str, ...] = ("recon_error",)
 
 
 @dataclass
