@@ -1,0 +1,263 @@
+"""The scorer as it runs: worker processes against the real broker and PostgreSQL.
+
+Each test starts `python -m scorer.cli` processes on its own topics and database, replays
+a few thousand rows of the sample, and checks PostgreSQL: every transaction stored exactly
+once, after a SIGKILL, a PostgreSQL outage, malformed events, or with two workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from core.dataset import SAMPLE_PATH
+from core.events import build_event, encode_event
+from core.runtime.processes import free_port, spawn, stop, wait_until
+from core.settings import Settings, settings_env
+from producer.replay import read_rows, replay, select_rows
+from scorer.pipeline import KIND_HEADER, REASON_HEADER
+from tests.streaming_fixtures import fetch, read_topic
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Worker:
+    """One scorer worker process with its metrics port."""
+
+    def __init__(self, settings: Settings, model: Path, log_path: Path) -> None:
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSTREAM_")}
+        env.update(settings_env(settings, FRAUDSTREAM_MODEL_PATH=str(model)))
+        self.log_path = log_path
+        self.process: subprocess.Popen = spawn(
+            [sys.executable, "-m", "scorer.cli", "--web-port", str(self.port)],
+            log_path=log_path,
+            env=env,
+            cwd=ROOT,
+        )
+
+    def metric(self, name: str) -> float:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as response:
+                text = response.read().decode()
+        except OSError:
+            return -1.0
+        total = 0.0
+        found = False
+        for line in text.splitlines():
+            if line.startswith(name) and not line.startswith("#") and line[len(name)] in " {":
+                total += float(line.rsplit(" ", 1)[1])
+                found = True
+        return total if found else 0.0
+
+    def wait_partitions(self, count: int, timeout: float = 60) -> None:
+        wait_until(
+            lambda: self.metric("fraudstream_assigned_partitions") == count,
+            timeout=timeout,
+            what=f"scorer worker reading {count} partitions",
+            process=self.process,
+            log_path=self.log_path,
+        )
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        stop(self.process, timeout=20)
+
+
+@pytest.fixture
+def workers(settings, model_bundle, tmp_path) -> Iterator:
+    started: list[Worker] = []
+
+    def start() -> Worker:
+        worker = Worker(settings, model_bundle, tmp_path / f"worker-{len(started)}.log")
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def expected_ids(limit: int) -> set[str]:
+    return {row.event_id for row in select_rows(read_rows(SAMPLE_PATH), [], limit=limit)}
+
+
+def stored(database_url: str) -> tuple[int, int, int]:
+    """(transactions, scores, distinct ids)."""
+    row = asyncio.run(
+        fetch(
+            database_url,
+            "SELECT (SELECT count(*) FROM transactions) AS t, (SELECT count(*) FROM scores) AS s, "
+            "(SELECT count(DISTINCT id) FROM scores) AS d",
+        )
+    )[0]
+    return row["t"], row["s"], row["d"]
+
+
+def wait_stored(database_url: str, count: int, timeout: float = 90) -> None:
+    wait_until(lambda: stored(database_url)[1] >= count, timeout=timeout, what=f"{count} rows stored")
+
+
+def replay_in_background(settings: Settings, **options) -> tuple[threading.Thread, dict]:
+    result: dict = {}
+
+    def run() -> None:
+        result["report"] = asyncio.run(
+            replay(
+                SAMPLE_PATH,
+                bootstrap_servers=settings.kafka_bootstrap_servers,
+                topic=settings.topic_transactions,
+                progress=False,
+                **options,
+            )
+        )
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def assert_exactly_once(database_url: str, limit: int) -> None:
+    ids = {r["id"] for r in asyncio.run(fetch(database_url, "SELECT id FROM scores"))}
+    assert ids == expected_ids(limit)
+    assert stored(database_url) == (limit, limit, limit)
+
+
+def test_sigkill_mid_replay_loses_and_duplicates_nothing(settings, workers) -> None:
+    limit = 6000
+    first = workers()
+    first.wait_partitions(4)
+    thread, _ = replay_in_background(settings, rate=1500, limit=limit)
+    wait_until(lambda: stored(settings.database_url)[1] >= 1500, timeout=60, what="first rows stored")
+    first.kill()
+    assert stored(settings.database_url)[1] < limit, "the kill must land in the middle of the replay"
+    second = workers()
+    thread.join(timeout=60)
+    wait_stored(settings.database_url, limit)
+    time.sleep(1.0)  # anything redelivered late would show up now
+    assert_exactly_once(settings.database_url, limit)
+    assert second.metric("fraudstream_consumed_total") > 0
+
+
+def test_postgres_outage_under_load_loses_nothing(settings, workers, infra) -> None:
+    limit = 5000
+    worker = workers()
+    worker.wait_partitions(4)
+    thread, _ = replay_in_background(settings, rate=1000, limit=limit)
+    wait_until(lambda: stored(settings.database_url)[1] >= 1000, timeout=60, what="first rows stored")
+    infra.postgres.stop()
+    try:
+        wait_until(
+            lambda: worker.metric("fraudstream_store_retries_total") > 0, timeout=30, what="store retries"
+        )
+    finally:
+        infra.postgres.start()
+    thread.join(timeout=60)
+    wait_stored(settings.database_url, limit)
+    assert_exactly_once(settings.database_url, limit)
+    assert worker.process.poll() is None, "the worker kept running through the outage"
+
+
+def test_malformed_events_go_to_the_dead_letter_topic(settings, workers, infra) -> None:
+    worker = workers()
+    worker.wait_partitions(4)
+    good = build_event([1.0] * 30, event_id="good-after-bad", label=0)
+    missing = dict(good)
+    del missing["V9"]
+    bad = [
+        b"{not json",
+        b"NaN",
+        encode_event(good).replace(b'"V2":1.0', b'"V2":1e999'),
+        orjson.dumps(missing),
+        orjson.dumps({**good, "amount": "a lot"}),
+        orjson.dumps({**good, "schema_version": 2}),
+        b"[]",
+    ]
+
+    async def publish() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=infra.bootstrap_servers)
+        await producer.start()
+        try:
+            for value in [*bad, encode_event(good)]:
+                await producer.send_and_wait(settings.topic_transactions, value, key=b"k")
+        finally:
+            await producer.stop()
+
+    asyncio.run(publish())
+    asyncio.run(
+        replay(
+            SAMPLE_PATH,
+            bootstrap_servers=infra.bootstrap_servers,
+            topic=settings.topic_transactions,
+            limit=3000,
+            progress=False,
+        )
+    )
+    wait_stored(settings.database_url, 3001)
+    letters = asyncio.run(read_topic(infra.bootstrap_servers, settings.topic_dead_letters, len(bad)))
+    assert sorted(value for _, value, _ in letters) == sorted(bad)
+    kinds = set()
+    for _, _, headers in letters:
+        headers = dict(headers)
+        assert headers[REASON_HEADER]
+        kinds.add(headers[KIND_HEADER].decode())
+    assert {"invalid_json", "missing_field", "not_a_number", "schema_version", "not_an_object"} <= kinds
+    assert worker.metric("fraudstream_dead_letters_total") == len(bad)
+
+    alerts_in_db = asyncio.run(fetch(settings.database_url, "SELECT id FROM scores WHERE alert"))
+    alerts = asyncio.run(read_topic(infra.bootstrap_servers, settings.topic_alerts, len(alerts_in_db)))
+    assert {key.decode() for key, _, _ in alerts} == {r["id"] for r in alerts_in_db}
+    assert all(len(orjson.loads(value)["top_features"]) == 3 for _, value, _ in alerts)
+
+    asyncio.run(  # replaying the same rows again makes no second row
+        replay(
+            SAMPLE_PATH,
+            bootstrap_servers=infra.bootstrap_servers,
+            topic=settings.topic_transactions,
+            limit=3000,
+            progress=False,
+        )
+    )
+    wait_until(
+        lambda: worker.metric("fraudstream_consumed_total") >= 3000 * 2 + len(bad) + 1,
+        timeout=60,
+        what="the second replay consumed",
+    )
+    assert stored(settings.database_url) == (3001, 3001, 3001)
+    assert worker.metric("fraudstream_stored_total") == 3001
+
+
+def test_two_workers_share_the_partitions(settings, workers) -> None:
+    limit = 4000
+    pair = [workers(), workers()]
+    for worker in pair:
+        worker.wait_partitions(2)
+    asyncio.run(
+        replay(
+            SAMPLE_PATH,
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            topic=settings.topic_transactions,
+            limit=limit,
+            progress=False,
+        )
+    )
+    wait_stored(settings.database_url, limit)
+    time.sleep(1.0)
+    assert_exactly_once(settings.database_url, limit)
+    consumed = [worker.metric("fraudstream_consumed_total") for worker in pair]
+    assert all(count > 0 for count in consumed) and sum(consumed) == limit
