@@ -27,7 +27,8 @@ COLORS = {
     "muted": "#6b7280",
 }
 _FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
-GRAPH_CONFIG = {"displaylogo": False, "responsive": True}
+# No mode bar: it covers the legends; drag still zooms and a double click resets.
+GRAPH_CONFIG = {"displaylogo": False, "displayModeBar": False, "responsive": True}
 
 
 def styled(fig: go.Figure, *, title: str | None = None, height: int = 320) -> go.Figure:
@@ -76,11 +77,13 @@ def problem_text(exc: Exception) -> str:
 
 def graph(graph_id: str, *, height: int = 320, message: str = "Loading…") -> dcc.Graph:
     """A graph that starts as an empty figure saying `message`."""
+    # The box has the figure's height, so the responsive graph never collapses to zero.
     return dcc.Graph(
         id=graph_id,
         figure=empty_figure(message, height=height),
         config=GRAPH_CONFIG,
         className="graph",
+        style={"height": f"{height}px"},
     )
 
 

@@ -7,6 +7,7 @@ anything; the browser gets a fresh profile and the flags that keep it off the ne
 
 from __future__ import annotations
 
+import base64
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -66,10 +67,12 @@ def wait_for(
 
 
 def screenshot(driver: webdriver.Chrome, path: Path) -> Path:
-    """Save the whole page (the window is resized to the document's height first)."""
+    """Save the whole page, beyond the viewport, without resizing the window (which would re-layout it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    height = driver.execute_script("return Math.max(document.body.scrollHeight, 800)")
-    driver.set_window_size(1440, min(int(height) + 40, 4000))
-    driver.save_screenshot(str(path))
-    driver.set_window_size(1440, 1000)
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    clip = {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 4000), "scale": 1}
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
+    )
+    path.write_bytes(base64.b64decode(shot["data"]))
     return path

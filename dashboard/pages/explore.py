@@ -56,7 +56,7 @@ def layout(**_query: Any) -> html.Div:
                 className="grid grid-2",
             ),
             panel(
-                "Feature pair",
+                "Feature pair (a balanced sample; ringed points are model alerts)",
                 graph("explore-scatter", height=460),
                 extra=html.Div(
                     [

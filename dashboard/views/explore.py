@@ -95,10 +95,12 @@ def scatter_figure(data: dict[str, Any], *, height: int = 460) -> go.Figure:
                     "color": COLORS[name],
                     "size": 6 if name == "fraud" else 5,
                     "opacity": 0.75 if name == "fraud" else 0.45,
-                    "line": {"width": [1.5 if p["alert"] else 0 for p in group], "color": COLORS["alert"]},
+                    "line": {"width": [1.2 if p["alert"] else 0 for p in group], "color": "#111827"},
                 },
-                customdata=[[p["id"][:12], p["score"]] for p in group],
-                hovertemplate="%{customdata[0]}<br>score %{customdata[1]:.4f}<extra>" + name + "</extra>",
+                customdata=[[p["id"][:12], p["score"], " (alert)" if p["alert"] else ""] for p in group],
+                hovertemplate="%{customdata[0]}<br>score %{customdata[1]:.4f}%{customdata[2]}<extra>"
+                + name
+                + "</extra>",
             )
         )
     fig.update_xaxes(title_text=data.get("x"))

@@ -76,7 +76,9 @@ def timeseries_figure(series: dict[str, Any]) -> go.Figure:
         secondary_y=True,
     )
     fig.update_yaxes(title_text="transactions / s", rangemode="tozero", secondary_y=False)
-    fig.update_yaxes(title_text="alerts", rangemode="tozero", showgrid=False, secondary_y=True)
+    fig.update_yaxes(
+        title_text="alerts", rangemode="tozero", showgrid=False, tickmode="auto", secondary_y=True
+    )
     return styled(fig, height=360)
 
 
