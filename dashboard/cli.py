@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(args.api_url, settings)
     try:
         server = make_server(args.host, args.port, app.server, threaded=True)
-    except OSError as exc:
+    except (OSError, SystemExit) as exc:  # Werkzeug reports a taken port by exiting
         print(
-            f"fraudstream dashboard: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
+            f"fraudstream dashboard: cannot listen on {args.host}:{args.port}: {getattr(exc, 'strerror', None) or 'address in use or not available'}",
             file=sys.stderr,
         )
         return 1

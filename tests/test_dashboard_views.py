@@ -279,3 +279,24 @@ def test_try_it_body_validates_and_keeps_an_unedited_examples_id() -> None:
     edited[3]["value"] = None
     with pytest.raises(ValueError, match="V3 has no value"):
         try_it.request_body(edited, example)
+
+
+def test_cli_refuses_bad_flags_with_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from dashboard.cli import main
+
+    assert main(["--bogus"]) == 2
+    assert main(["--port", "70000"]) == 2
+    assert main(["--api-url", "ftp://example"]) == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --bogus" in err and "--port must be 1..65535" in err
+
+
+def test_cli_says_when_the_port_is_taken(capsys: pytest.CaptureFixture[str]) -> None:
+    from dashboard.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["--port", str(port), "--api-url", "http://127.0.0.1:9"]) == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
