@@ -23,7 +23,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from api.cache import ResultCache
@@ -114,6 +114,13 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
     )
 
 
+async def _invalid_value(request: Request, exc: Exception) -> JSONResponse:
+    """PostgreSQL refused a value (a safety net: the routes validate before querying)."""
+    return JSONResponse(
+        {"detail": f"invalid value: {type(exc).__name__}"}, status_code=status.HTTP_400_BAD_REQUEST
+    )
+
+
 def create_app(settings: Settings | None = None, *, cache_seconds: float = 60.0) -> FastAPI:
     """Build the app; `cache_seconds=0` turns the aggregate cache off (benchmarks of raw SQL)."""
     settings = settings or get_settings()
@@ -140,6 +147,8 @@ def create_app(settings: Settings | None = None, *, cache_seconds: float = 60.0)
     ):
         app.include_router(router)
     app.add_exception_handler(RequestValidationError, _invalid_request)
+    for error in (asyncpg.DataError, DataError):
+        app.add_exception_handler(error, _invalid_value)
     for error in (
         OSError,
         InterfaceError,

@@ -13,10 +13,14 @@ from fastapi import HTTPException, Query, status
 from core.db.schema import LIVE_RUN
 from core.events import MAX_ID_LENGTH, MAX_RUN_ID_LENGTH
 
+#: PostgreSQL text cannot hold NUL characters: refuse them at the boundary.
+NO_NUL = r"^[^\x00]*$"
+
 RunId = Annotated[
     str,
     Query(
         max_length=MAX_RUN_ID_LENGTH,
+        pattern=NO_NUL,
         description="'' (default) for the live stream, or a backtest run id",
     ),
 ]
@@ -36,7 +40,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         payload = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         micros, row_id = payload
-        if type(micros) is not int or not isinstance(row_id, str) or len(row_id) > MAX_ID_LENGTH:
+        if (
+            type(micros) is not int
+            or not isinstance(row_id, str)
+            or len(row_id) > MAX_ID_LENGTH
+            or "\x00" in row_id
+        ):
             raise ValueError
         return _EPOCH + timedelta(microseconds=micros), row_id
     except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError, OverflowError):

@@ -80,16 +80,24 @@ class Predictor:
             batch = [await self._queue.get()]
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            try:
-                results = await self._score_and_store([request for request, _ in batch])
-            except Exception as exc:  # the requests get the error; the batcher keeps going
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
+            await self._settle(batch)
+
+    async def _settle(self, batch: list[tuple[PredictRequest, asyncio.Future]]) -> None:
+        """Score and store the batch; if it fails, retry one by one so one bad row fails alone."""
+        try:
+            results = await self._score_and_store([request for request, _ in batch])
+        except Exception as exc:  # the requests get the error; the batcher keeps going
+            if len(batch) > 1:
+                for item in batch:
+                    await self._settle([item])
+                return
+            log.warning("prediction failed: %s", exc)
+            if not batch[0][1].done():
+                batch[0][1].set_exception(exc)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
 
     async def _score_and_store(self, requests: list[PredictRequest]) -> list[PredictResult]:
         # A repeated (run_id, id) inside one batch would be stored once: score it once too.

@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Path, status
 
 from api import queries
 from api.deps import Connection
+from api.params import NO_NUL
 from api.schemas import BacktestList, BacktestRun, Problem
 from core.events import MAX_RUN_ID_LENGTH
 
@@ -31,7 +32,7 @@ async def list_runs(conn: Connection) -> BacktestList:
     responses={404: {"model": Problem}},
 )
 async def get_run(
-    conn: Connection, run_id: Annotated[str, Path(min_length=1, max_length=MAX_RUN_ID_LENGTH)]
+    conn: Connection, run_id: Annotated[str, Path(min_length=1, max_length=MAX_RUN_ID_LENGTH, pattern=NO_NUL)]
 ) -> BacktestRun:
     row = (await conn.execute(queries.backtest_one(run_id))).first()
     if row is None:

@@ -19,7 +19,28 @@ from core.features import EVENT_FEATURES
 
 router = APIRouter(prefix="/api", tags=["predict"])
 
+#: Inputs beyond this magnitude overflow the model's float32 arithmetic (the data stay within ±1e6).
+MAX_ABS_INPUT = 1e9
+
 _AUTH_RESPONSES = {401: {"model": Problem, "description": "missing or wrong bearer token"}}
+
+
+def check_body(body: TransactionIn) -> list[float]:
+    """What `TransactionIn` cannot say: no NUL in text, values in the model's range. 422 otherwise."""
+    for name in ("id", "run_id"):
+        value = getattr(body, name)
+        if value is not None and "\x00" in value:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name} must not contain NUL characters"
+            )
+    values = body.feature_values()
+    for name, value in zip(EVENT_FEATURES, values, strict=True):
+        if abs(value) > MAX_ABS_INPUT:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                f"{name}={value!r} is outside the range the model accepts (|x| <= {MAX_ABS_INPUT:g})",
+            )
+    return values
 
 
 @router.post(
@@ -35,12 +56,11 @@ async def predict(
     """Stored like a scored event (live run unless `run_id` is given); `id` is generated when absent.
     `stored` is false when a row with that id was already stored (it is not overwritten)."""
     received = time.time()
+    values = check_body(body)
     predictor = request.app.state.predictor
     event_id = body.id or uuid.uuid4().hex
     run_id = body.run_id or LIVE_RUN
-    result = await predictor.predict(
-        PredictRequest(event_id, run_id, body.feature_values(), body.label, received)
-    )
+    result = await predictor.predict(PredictRequest(event_id, run_id, values, body.label, received))
     metrics.predictions.inc()
     if result.alert:
         metrics.alerts.inc()
@@ -65,7 +85,7 @@ async def predict(
 )
 async def explain(body: TransactionIn, ensemble: LoadedEnsemble) -> ExplanationOut:
     """Nothing is stored. Contributions are in log-odds, largest |contribution| first."""
-    values = body.feature_values()
+    values = check_body(body)
     rows, explanation = contributions(ensemble, np.array([values], dtype=np.float64))
     score = float(explanation.score[0])
     return ExplanationOut(
@@ -91,8 +111,9 @@ async def publish(
     body: TransactionIn, request: Request, settings: AppSettings, metrics: Metrics
 ) -> Published:
     """Built with the producer's event builder and keyed by `id` (generated when absent)."""
+    values = check_body(body)
     event_id = body.id or uuid.uuid4().hex
-    event = build_event(body.feature_values(), event_id=event_id, label=body.label, run_id=body.run_id)
+    event = build_event(values, event_id=event_id, label=body.label, run_id=body.run_id)
     try:
         await request.app.state.publisher.publish(
             settings.topic_transactions, event_id.encode(), encode_event(event)

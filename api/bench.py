@@ -1,0 +1,366 @@
+"""Benchmark the API on the full data: p50/p99 of each GET, and /api/predict throughput.
+
+    python -m api.bench --data /work/shared/data/creditcard.csv.gz [--model models/default]
+
+What it does, all on loopback and in a temporary folder:
+
+1. starts its own embedded PostgreSQL and applies the migrations;
+2. scores every row of `--data` with the bundle and stores it through
+   `core.db.store.store_scored` (exactly what the scorer writes), then ANALYZEs;
+3. starts the API (`python -m api.cli`) as a subprocess, and a second one with the
+   aggregate cache off, so the table shows both the steady state and the cost of the SQL;
+4. measures with a small keep-alive HTTP/1.1 load generator written on asyncio streams
+   (cheap enough not to be the bottleneck on two cores): each GET at concurrency 8, then
+   `/api/predict` at concurrency 1 and 32 (new ids, so every request stores a row).
+
+Without `--model` (and no bundle at the default path) it trains a quick one on the
+shipped sample first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import numpy as np
+import orjson
+from tqdm import tqdm
+
+from core.dataset import SAMPLE_PATH, load_csv
+from core.db.migrate import upgrade
+from core.db.store import ScoredRows, store_scored
+from core.ensemble import Ensemble
+from core.events import transaction_id
+from core.features import EVENT_FEATURES
+from core.runtime.postgres import EmbeddedPostgres
+from core.runtime.processes import free_port, port_open, spawn, stop, wait_until
+from core.settings import Settings, settings_env
+
+GET_ENDPOINTS: tuple[str, ...] = (
+    "/",
+    "/api/stats",
+    "/api/stats/timeseries?minutes=5&bucket_seconds=5",
+    "/api/transactions?limit=100",
+    "/api/transactions?limit=100&label=1",
+    "/api/transactions?limit=100&score_min=0.5",
+    "/api/alerts?limit=100",
+    "/api/anomalies?limit=100",
+    "/api/distributions/amount",
+    "/api/distributions/feature/V14",
+    "/api/distributions/feature/score",
+    "/api/scatter?x=V14&y=V17&n=500",
+    "/api/model/performance",
+    "/api/models",
+    "/api/backtests",
+)
+
+
+@dataclass(frozen=True)
+class Measured:
+    requests: int
+    seconds: float
+    latencies_ms: np.ndarray
+    errors: Counter
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if len(self.latencies_ms) else float("nan")
+
+
+# --------------------------------------------------------------------------- load generator
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1])
+    length = 0
+    chunked = False
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+    if not chunked:
+        return status, await reader.readexactly(length)
+    body = bytearray()
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+        chunk = await reader.readexactly(size + 2)
+        if size == 0:
+            return status, bytes(body)
+        body += chunk[:-2]
+
+
+def _request(method: str, path: str, port: int, body: bytes | None = None) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: keep-alive"]
+    if body is not None:
+        lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
+
+
+async def load(
+    port: int,
+    requests: Sequence[bytes],
+    concurrency: int,
+    *,
+    total: int | None = None,
+    duration: float | None = None,
+) -> Measured:
+    """Send `requests` (cycled) over `concurrency` keep-alive connections; time each one."""
+    latencies: list[float] = []
+    errors: Counter = Counter()
+    sent = 0
+    deadline = time.perf_counter() + duration if duration else None
+
+    async def worker(offset: int) -> None:
+        nonlocal sent
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        i = offset
+        try:
+            while True:
+                if (total is not None and sent >= total) or (deadline and time.perf_counter() >= deadline):
+                    return
+                sent += 1
+                start = time.perf_counter()
+                writer.write(requests[i % len(requests)])
+                status, _ = await _read_response(reader)
+                latencies.append((time.perf_counter() - start) * 1000)
+                if status >= 400:
+                    errors[status] += 1
+                i += concurrency
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    return Measured(len(latencies), time.perf_counter() - started, np.asarray(latencies), errors)
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def _ids(raw: np.ndarray) -> list[str]:
+    seen: Counter[bytes] = Counter()
+    out = []
+    for row in raw:
+        key = row.tobytes()
+        out.append(transaction_id(row.tolist(), seen[key]))
+        seen[key] += 1
+    return out
+
+
+async def _fill(url: str, ensemble: Ensemble, data_path: Path, batch: int = 8192) -> int:
+    data = load_csv(data_path)
+    ids = _ids(data.raw)
+    conn = await asyncpg.connect(url)
+    stored = 0
+    try:
+        with tqdm(total=len(ids), desc="score + store", unit="rows") as bar:
+            for start in range(0, len(ids), batch):
+                part = data.raw[start : start + batch]
+                scored = ensemble.score(part)
+                rows = ScoredRows(
+                    ids=ids[start : start + batch],
+                    features=part,
+                    labels=data.labels[start : start + batch].tolist(),
+                    run_ids=[None] * len(part),
+                    produced_at=[time.time()] * len(part),
+                    model_version=ensemble.version,
+                    score=scored.score,
+                    recon_error=scored.recon_error,
+                    alert=scored.alert,
+                )
+                stored += await store_scored(conn, rows)
+                bar.update(len(part))
+        await conn.execute("VACUUM ANALYZE")
+    finally:
+        await conn.close()
+    return stored
+
+
+def _bundle(model: Path | None, work: Path) -> Path:
+    if model is not None:
+        return model
+    default = Settings(_env_file=None).model_path
+    if (default / "manifest.json").exists():
+        return default
+    from training.pipeline import train
+
+    print(f"no bundle at {default}: training a quick one on the shipped sample", file=sys.stderr)
+    out = work / "bundle"
+    train(SAMPLE_PATH, out, epochs=3, progress=True)
+    return out
+
+
+def _start_api(env: dict[str, str], port: int, log: Path, *, workers: int, cache: bool):
+    if cache:
+        argv = [sys.executable, "-m", "api.cli", "--port", str(port), "--workers", str(workers)]
+    else:
+        argv = [sys.executable, "-m", "api.bench", "--serve-uncached", "--port", str(port)]
+    process = spawn(argv, log_path=log, env=env, cwd=Path(__file__).resolve().parents[1])
+    wait_until(
+        lambda: port_open("127.0.0.1", port), timeout=120, what="the API", process=process, log_path=log
+    )
+    return process
+
+
+def _serve_uncached(port: int) -> int:
+    """The API with the aggregate cache off: every GET runs its SQL."""
+    import uvicorn
+
+    from api.main import create_app
+
+    uvicorn.run(
+        create_app(cache_seconds=0), host="127.0.0.1", port=port, log_level="warning", access_log=False
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------- run
+
+
+async def _bench_gets(port: int, port_uncached: int, requests_per_endpoint: int) -> list[tuple]:
+    rows = []
+    for path in tqdm(GET_ENDPOINTS, desc="GET endpoints", unit="endpoint"):
+        request = [_request("GET", path, port)]
+        await load(port, request, 2, total=20)  # warm up (and fill the cache)
+        cached = await load(port, request, 8, total=requests_per_endpoint)
+        request_u = [_request("GET", path, port_uncached)]
+        await load(port_uncached, request_u, 2, total=4)
+        uncached = await load(port_uncached, request_u, 8, total=max(40, requests_per_endpoint // 10))
+        rows.append((path, cached, uncached))
+    return rows
+
+
+def _predict_bodies(data_path: Path, port: int, n: int = 2000) -> list[bytes]:
+    data = load_csv(SAMPLE_PATH if data_path is None else data_path)
+    rng = np.random.default_rng(0)
+    picks = rng.choice(len(data.labels), size=n, replace=False)
+    bodies = []
+    for i in picks:
+        body = dict(zip(EVENT_FEATURES, data.raw[i].tolist(), strict=True))
+        bodies.append(_request("POST", "/api/predict", port, orjson.dumps(body)))
+    return bodies
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    body = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells]
+    return "\n".join([line, rule, *body])
+
+
+def run(args: argparse.Namespace) -> int:
+    work = Path(tempfile.mkdtemp(prefix="fraudstream-api-bench-"))
+    postgres = EmbeddedPostgres(work / "postgres", work / "postgres.log")
+    processes = []
+    try:
+        url = postgres.start()
+        upgrade(url)
+        bundle = _bundle(args.model, work)
+        ensemble = Ensemble.load(bundle)
+        started = time.perf_counter()
+        stored = asyncio.run(_fill(url, ensemble, args.data))
+        print(f"stored {stored:,} rows in {time.perf_counter() - started:.1f}s (model {ensemble.version})")
+        settings = Settings(
+            database_url=url,
+            kafka_bootstrap_servers="127.0.0.1:9",  # publishing is not measured; no broker needed
+            model_path=bundle,
+            state_dir=work / "state",
+            _env_file=None,
+        )
+        env = {**os.environ, **settings_env(settings)}
+        port, port_uncached = free_port(), free_port()
+        processes.append(_start_api(env, port, work / "api.log", workers=args.workers, cache=True))
+        processes.append(_start_api(env, port_uncached, work / "api-uncached.log", workers=1, cache=False))
+
+        get_rows = asyncio.run(_bench_gets(port, port_uncached, args.requests))
+        bodies = _predict_bodies(args.data, port)
+        predict_rows = []
+        for concurrency in (1, 32):
+            asyncio.run(load(port, bodies, concurrency, total=200))
+            measured = asyncio.run(load(port, bodies, concurrency, duration=args.duration))
+            predict_rows.append((concurrency, measured))
+    finally:
+        for process in processes:
+            stop(process)
+        postgres.stop()
+
+    print(f"\nGET endpoints, {stored:,} rows stored, concurrency 8, API workers {args.workers}")
+    print("(cached: steady state with the aggregate cache; SQL: the same API with the cache off)\n")
+    headers = ["endpoint", "p50 ms", "p99 ms", "req/s", "SQL p50 ms", "SQL p99 ms", "errors"]
+    table = [
+        (
+            path,
+            f"{c.pct(50):.2f}",
+            f"{c.pct(99):.2f}",
+            f"{c.rate:.0f}",
+            f"{u.pct(50):.1f}",
+            f"{u.pct(99):.1f}",
+            sum((c.errors + u.errors).values()),
+        )
+        for path, c, u in get_rows
+    ]
+    print(_table(headers, table))
+    print(f"\nPOST /api/predict ({args.duration:.0f}s each, new row stored per request)\n")
+    print(
+        _table(
+            ["concurrency", "requests", "req/s", "p50 ms", "p99 ms", "errors"],
+            [
+                (
+                    c,
+                    m.requests,
+                    f"{m.rate:.0f}",
+                    f"{m.pct(50):.2f}",
+                    f"{m.pct(99):.2f}",
+                    sum(m.errors.values()),
+                )
+                for c, m in predict_rows
+            ],
+        )
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m api.bench", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--data", type=Path, default=None, help="Kaggle CSV to store (default: shipped sample)"
+    )
+    parser.add_argument(
+        "--model", type=Path, default=None, help="model bundle (default: settings.model_path)"
+    )
+    parser.add_argument("--requests", type=int, default=400, help="requests per GET endpoint (default 400)")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per predict run (default 8)")
+    parser.add_argument("--workers", type=int, default=1, help="API worker processes (default 1)")
+    parser.add_argument("--serve-uncached", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_uncached:
+        return _serve_uncached(args.port)
+    if args.data is None:
+        args.data = SAMPLE_PATH
+    if not args.data.exists():
+        parser.error(f"--data {args.data}: no such file")
+    return run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
