@@ -17,7 +17,14 @@ from training.split import time_split
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
-    return train(SAMPLE_PATH, tmp_path_factory.mktemp("m") / "bundle", epochs=2, progress=False)
+    return train(
+        SAMPLE_PATH,
+        tmp_path_factory.mktemp("m") / "bundle",
+        epochs=2,
+        max_rounds=60,
+        threads=1,
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from training.cli import main
 from training.pipeline import MODELS, train
 from training.split import time_split
 
-FAST = ["--epochs", "2", "--quiet"]
+FAST = ["--epochs", "2", "--max-rounds", "60", "--threads", "1", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_manifest_records_what_the_issue_asks_for(cli_run: tuple[Path, int, str]
 
 
 def test_same_seed_gives_the_same_model(tmp_path: Path, cli_run: tuple[Path, int, str]) -> None:
-    again = train(SAMPLE_PATH, tmp_path / "again", seed=3, epochs=2, progress=False)
+    again = train(SAMPLE_PATH, tmp_path / "again", seed=3, epochs=2, max_rounds=60, threads=1, progress=False)
     first = read_manifest(cli_run[0])
     assert again.manifest["model"] == first["model"]
     assert again.manifest["files"]["autoencoder.pt"] == first["files"]["autoencoder.pt"]
@@ -90,7 +90,13 @@ def test_same_seed_gives_the_same_model(tmp_path: Path, cli_run: tuple[Path, int
 
 def test_threshold_rules_are_applied(tmp_path: Path) -> None:
     result = train(
-        SAMPLE_PATH, tmp_path / "b", threshold_rule="alert-rate", alert_rate=0.02, epochs=1, progress=False
+        SAMPLE_PATH,
+        tmp_path / "b",
+        threshold_rule="alert-rate",
+        alert_rate=0.02,
+        epochs=1,
+        max_rounds=60,
+        progress=False,
     )
     chosen = result.manifest["training"]["threshold_on_validation"]["ensemble"]
     assert chosen["rule"] == "alert-rate" and chosen["alert_rate"] <= 0.02 and "note" not in chosen
@@ -100,7 +106,7 @@ def test_threshold_rules_are_applied(tmp_path: Path) -> None:
 def test_refuses_to_replace_a_directory_that_is_not_a_bundle(tmp_path: Path) -> None:
     (tmp_path / "keep.txt").write_text("mine")
     with pytest.raises(ValueError, match="holds no model bundle"):
-        train(SAMPLE_PATH, tmp_path, epochs=1, progress=False)
+        train(SAMPLE_PATH, tmp_path, epochs=1, max_rounds=60, threads=1, progress=False)
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
 

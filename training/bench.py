@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_FULL_PATH)
     parser.add_argument("--out", type=Path, default=None, help="bundle directory (default: a temporary one)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resamples", type=int, default=2000)
     try:
         args = parser.parse_args(argv)
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         out = args.out or Path(scratch) / "bundle"
         started = time.perf_counter()
-        result = train(args.data, out, seed=args.seed, progress=False)
+        result = train(args.data, out, seed=args.seed, threads=args.threads, progress=False)
         wall = time.perf_counter() - started
         manifest = result.manifest
         stages = manifest["training"]["stage_seconds"]

@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--hidden", type=_hidden, default=AutoencoderConfig.hidden, help='encoder widths, "32,16,8"'
     )
+    parser.add_argument(
+        "--max-rounds", type=_positive_int, default=600, help="XGBoost rounds (the best is kept)"
+    )
+    parser.add_argument("--threads", type=_positive_int, default=2, help="CPU threads for torch and XGBoost")
     parser.add_argument("--no-refit", action="store_true", help="do not refit XGBoost on train + validation")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -122,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             ae_features=args.ae_features,
             hidden=args.hidden,
             refit=not args.no_refit,
+            max_rounds=args.max_rounds,
+            threads=args.threads,
             progress=not args.quiet,
         )
     except (CsvSchemaError, BundleError, ValueError, OSError) as exc:

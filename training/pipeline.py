@@ -112,10 +112,17 @@ def train(
     ae_features: tuple[str, ...] = DEFAULT_AE_FEATURES,
     hidden: tuple[int, ...] = AutoencoderConfig.hidden,
     refit: bool = True,
+    max_rounds: int = 600,
+    threads: int = 2,
     xgb_params: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train on `data_path` (Kaggle CSV), write the bundle to `out_dir`, return its manifest."""
+    """Train on `data_path` (Kaggle CSV), write the bundle to `out_dir`, return its manifest.
+
+    `threads` is used by torch and XGBoost alike. Two suits the 2-core target machine when it
+    is otherwise idle; on a busy machine use 1, because both libraries' worker threads
+    spin-wait and slow down many times over when the cores are oversubscribed.
+    """
     if threshold_rule not in metrics.THRESHOLD_RULES:
         raise ValueError(f"unknown threshold rule {threshold_rule!r}; use {metrics.THRESHOLD_RULES}")
     if epochs < 1:
@@ -144,7 +151,7 @@ def train(
     hours = {name: hour_of_day(part.raw) for name, part in parts.items()}
     labels = {name: part.labels for name, part in parts.items()}
 
-    ae_config = AutoencoderConfig(hidden=tuple(hidden), epochs=epochs)
+    ae_config = AutoencoderConfig(hidden=tuple(hidden), epochs=epochs, threads=threads)
     ae_fit = fit_autoencoder(
         scaled["train"][labels["train"] == 0],
         scaled["validation"][labels["validation"] == 0],
@@ -173,7 +180,8 @@ def train(
             x["validation"],
             labels["validation"],
             feature_names=names_by_model[model_name],
-            params=xgb_params,
+            params={"nthread": threads, **(xgb_params or {})},
+            max_rounds=max_rounds,
             seed=seed,
             progress=progress,
             desc=f"xgboost ({model_name})",
