@@ -342,6 +342,15 @@ def test_malformed_bodies_get_422(http: httpx.Client, api_db: StoredSample, cont
         assert "message" in response.json()
 
 
+def test_values_the_model_cannot_take_and_nul_text_get_422(http: httpx.Client, api_db: StoredSample) -> None:
+    huge = http.post("/api/predict", json=body_of(api_db, 0, V5=1e300))
+    assert huge.status_code == 422 and "V5" in huge.json()["detail"]
+    nul = http.post("/api/explain", json=body_of(api_db, 0, id="a\x00b"))
+    assert nul.status_code == 422 and "NUL" in nul.json()["detail"]
+    assert http.get("/api/stats", params={"run_id": "a\x00b"}).status_code == 422
+    assert http.get("/api/backtests/a%00b").status_code == 422
+
+
 def test_non_numeric_and_extra_fields_are_named(http: httpx.Client, api_db: StoredSample) -> None:
     body = body_of(api_db, 0, V3="1.5", color="red")
     response = http.post("/api/predict", json=body)

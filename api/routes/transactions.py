@@ -13,7 +13,8 @@ import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request, status
 
 from api import queries
-from api.deps import Connection, get_ensemble
+from api.cache import ResultCache
+from api.deps import Cache, Connection, get_ensemble, run_watermark
 from api.explain import contributions
 from api.params import DEFAULT_RUN, RunId, decode_cursor, encode_cursor
 from api.schemas import Transaction, TransactionPage
@@ -40,6 +41,20 @@ async def _page(
     rows = rows[:limit]
     next_cursor = encode_cursor(rows[-1].scored_at, rows[-1].id) if more else None
     return rows, next_cursor
+
+
+async def _cached_page(
+    conn, cache: ResultCache, where: queries.ListFilter, limit: int, cursor: str | None, with_features: bool
+) -> TransactionPage:
+    """A page, reused while no row was stored in the run (the dashboard polls the first page)."""
+
+    async def compute() -> TransactionPage:
+        rows, next_cursor = await _page(conn, where, limit, cursor, with_features)
+        items = [_transaction(r, with_features) for r in rows]
+        return TransactionPage(run_id=where.run_id, items=items, next_cursor=next_cursor, limit=limit)
+
+    key = ("page", where, limit, cursor, with_features)
+    return await cache.get(key, await run_watermark(conn, where.run_id), compute)
 
 
 def _transaction(row, with_features: bool, top_features=None) -> Transaction:
@@ -71,6 +86,7 @@ def _check_ranges(score_min, score_max, time_from, time_to) -> None:
 @router.get("/transactions", response_model=TransactionPage, summary="Stored transactions, newest first")
 async def list_transactions(
     conn: Connection,
+    cache: Cache,
     run_id: RunId = DEFAULT_RUN,
     label: Annotated[int | None, Query(ge=0, le=1, description="ground truth: 0 or 1")] = None,
     alert: Annotated[bool | None, Query(description="model alert flag")] = None,
@@ -84,10 +100,7 @@ async def list_transactions(
 ) -> TransactionPage:
     _check_ranges(score_min, score_max, time_from, time_to)
     where = queries.ListFilter(run_id, label, alert, score_min, score_max, time_from, time_to)
-    rows, next_cursor = await _page(conn, where, limit, cursor, features)
-    return TransactionPage(
-        run_id=run_id, items=[_transaction(r, features) for r in rows], next_cursor=next_cursor, limit=limit
-    )
+    return await _cached_page(conn, cache, where, limit, cursor, features)
 
 
 @router.get(
@@ -95,20 +108,19 @@ async def list_transactions(
 )
 async def list_anomalies(
     conn: Connection,
+    cache: Cache,
     run_id: RunId = DEFAULT_RUN,
     limit: Limit = 100,
     cursor: Cursor = None,
     features: WithFeatures = True,
 ) -> TransactionPage:
-    rows, next_cursor = await _page(conn, queries.ListFilter(run_id, label=1), limit, cursor, features)
-    return TransactionPage(
-        run_id=run_id, items=[_transaction(r, features) for r in rows], next_cursor=next_cursor, limit=limit
-    )
+    return await _cached_page(conn, cache, queries.ListFilter(run_id, label=1), limit, cursor, features)
 
 
 @router.get("/alerts", response_model=TransactionPage, summary="Model alerts, newest first")
 async def list_alerts(
     conn: Connection,
+    cache: Cache,
     request: Request,
     run_id: RunId = DEFAULT_RUN,
     limit: Limit = 100,
@@ -122,13 +134,17 @@ async def list_alerts(
     ] = False,
     top: Annotated[int, Query(ge=1, le=40, description="how many top features with explain")] = 5,
 ) -> TransactionPage:
-    if explain and limit > EXPLAIN_LIMIT:
+    if not explain:
+        return await _cached_page(
+            conn, cache, queries.ListFilter(run_id, alert=True), limit, cursor, features
+        )
+    if limit > EXPLAIN_LIMIT:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT, f"explain=true allows at most limit={EXPLAIN_LIMIT}"
         )
     rows, next_cursor = await _page(conn, queries.ListFilter(run_id, alert=True), limit, cursor, features)
     tops: dict[str, list] = {}
-    if explain and rows:
+    if rows:
         stored = (await conn.execute(queries.raw_features(run_id, [r.id for r in rows]))).all()
         raw = np.array([[getattr(r, name) for name in FEATURE_COLUMNS] for r in stored], dtype=np.float64)
         explained, _ = contributions(get_ensemble(request), raw, top=top)
