@@ -8,8 +8,10 @@ stopped after 4-8 rounds on the full data, while AUPRC on validation kept rising
 patience rule.) Fraud
 patterns drift over time, so the final model can then be refitted on train + validation
 with that number of rounds, letting the most recent labelled data in. Class imbalance is
-handled with `scale_pos_weight` (the square root of the negative/positive ratio: the full
-ratio over-weights ~300 frauds and hurts precision; chosen on validation).
+handled with `scale_pos_weight` = sqrt(negatives / positives), a softened class weight. On
+the validation stretch of the full data, no weight, the square root and the full ratio
+scored within 0.01 AUPRC of each other (0.787 / 0.782 / 0.791 at 600 rounds), well inside
+the noise of ~57 frauds, so the middle setting stays.
 """
 
 from __future__ import annotations
