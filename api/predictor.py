@@ -25,7 +25,7 @@ from core.ensemble import Ensemble
 log = logging.getLogger(__name__)
 
 _NEW_ROWS = """
-SELECT i.id FROM unnest($1::text[], $2::text[]) AS i(run_id, id)
+SELECT i.run_id, i.id FROM unnest($1::text[], $2::text[]) AS i(run_id, id)
 JOIN transactions t ON t.run_id = i.run_id AND t.id = i.id AND t.ingested_at = now()
 """
 
@@ -119,14 +119,17 @@ class Predictor:
             recon_error=scored.recon_error,
             alert=scored.alert,
         )
-        async with self.pool.acquire() as conn, conn.transaction():
-            new = await store_scored(conn, rows)
-            if new == len(firsts):
-                new_keys = set(unique)
-            else:  # some ids were stored before: this transaction's rows carry its now()
-                found = await conn.fetch(_NEW_ROWS, list(rows.run_ids), list(rows.ids))
-                new_ids = {record["id"] for record in found}
-                new_keys = {key for key in unique if key[1] in new_ids}
+        async with self.pool.acquire() as conn:
+            if len(firsts) == 1:  # the count says it all; no transaction round trips
+                new_keys = set(unique) if await store_scored(conn, rows) else set()
+            else:
+                async with conn.transaction():
+                    new = await store_scored(conn, rows)
+                    if new == len(firsts):
+                        new_keys = set(unique)
+                    else:  # some ids were stored before: this transaction's rows carry its now()
+                        found = await conn.fetch(_NEW_ROWS, list(rows.run_ids), list(rows.ids))
+                        new_keys = {(record["run_id"], record["id"]) for record in found}
         results: list[PredictResult] = []
         claimed: set[tuple[str, str]] = set()
         for request in requests:
