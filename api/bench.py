@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -302,6 +303,7 @@ def run(args: argparse.Namespace) -> int:
         for process in processes:
             stop(process)
         postgres.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
     print(f"\nGET endpoints, {stored:,} rows stored, concurrency 8, API workers {args.workers}")
     print("(cached: steady state with the aggregate cache; SQL: the same API with the cache off)\n")
