@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training import metrics
+from core import metrics
 
 # Eight rows, best score first: labels 1 0 1 1 0 0 1 0 (4 frauds).
 SCORES = np.array([0.95, 0.90, 0.80, 0.70, 0.60, 0.40, 0.30, 0.10])

@@ -22,8 +22,8 @@ import numpy as np
 
 from core.dataset import DEFAULT_FULL_PATH, load_csv
 from core.ensemble import Ensemble
+from core.metrics import interval, paired_bootstrap_ap
 from training.cli import format_table
-from training.metrics import interval, paired_bootstrap_ap
 from training.pipeline import MODELS, train
 from training.split import time_split
 

@@ -16,14 +16,14 @@ the noise of ~57 frauds, so the middle setting stays.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import xgboost as xgb
 from tqdm.auto import tqdm
 
-from training.metrics import average_precision
+from core.metrics import average_precision
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "objective": "binary:logistic",
@@ -44,6 +44,7 @@ class BoosterFit:
     rounds: int
     validation_auprc: float
     params: dict[str, Any]
+    checkpoints: dict[int, float] = field(default_factory=dict)
 
 
 class _Progress(xgb.callback.TrainingCallback):
@@ -96,7 +97,13 @@ def fit_booster(
     # The earliest checkpoint within 0.002 of the best: fewer trees for a difference that is noise.
     best = max(scores.values())
     rounds = min(r for r, value in scores.items() if value >= best - 0.002)
-    return BoosterFit(booster=booster[:rounds], rounds=rounds, validation_auprc=scores[rounds], params=full)
+    return BoosterFit(
+        booster=booster[:rounds],
+        rounds=rounds,
+        validation_auprc=scores[rounds],
+        params=full,
+        checkpoints=scores,
+    )
 
 
 def refit_booster(

@@ -15,8 +15,8 @@ from typing import Any
 from core.bundle import BundleError
 from core.dataset import SAMPLE_PATH, CsvSchemaError
 from core.ensemble import AE_FEATURE_KINDS
+from core.metrics import THRESHOLD_RULES
 from training.autoencoder import AutoencoderConfig, hidden_from_text
-from training.metrics import THRESHOLD_RULES
 from training.pipeline import DEFAULT_AE_FEATURES, MODELS, train
 
 EXIT_USAGE = 2

@@ -38,6 +38,7 @@ import sklearn
 import torch
 import xgboost as xgb
 
+from core import metrics
 from core.bundle import MANIFEST_NAME, write_manifest
 from core.dataset import load_csv
 from core.ensemble import (
@@ -51,7 +52,6 @@ from core.ensemble import (
 )
 from core.features import RAW_FEATURES
 from core.scaler import Scaler
-from training import metrics
 from training.autoencoder import AutoencoderConfig, fit_autoencoder
 from training.booster import fit_booster, refit_booster
 from training.plots import write_curves_png
@@ -280,6 +280,7 @@ def train(
                 name: {
                     "rounds": fits[name].rounds,
                     "validation_auprc": fits[name].validation_auprc,
+                    "validation_auprc_by_rounds": {str(r): v for r, v in fits[name].checkpoints.items()},
                     "params": fits[name].params,
                 }
                 for name in fits

@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import numpy as np  # noqa: E402
 
-from training import metrics  # noqa: E402
+from core import metrics  # noqa: E402
 
 
 def write_curves_png(
