@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-rounds", type=_positive_int, default=600, help="XGBoost rounds (the best is kept)"
     )
-    parser.add_argument("--threads", type=_positive_int, default=2, help="CPU threads for torch and XGBoost")
+    parser.add_argument("--threads", type=_positive_int, default=2, help="CPU threads for XGBoost")
     parser.add_argument("--no-refit", action="store_true", help="do not refit XGBoost on train + validation")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser

@@ -126,9 +126,9 @@ def train(
 ) -> TrainResult:
     """Train on `data_path` (Kaggle CSV), write the bundle to `out_dir`, return its manifest.
 
-    `threads` is used by torch and XGBoost alike. Two suits the 2-core target machine when it
-    is otherwise idle; on a busy machine use 1, because both libraries' worker threads
-    spin-wait and slow down many times over when the cores are oversubscribed.
+    `threads` is XGBoost's; the autoencoder always trains on one thread (see
+    `training.autoencoder`). Two suits the 2-core target machine; on a machine that is busy
+    with other work, 1 avoids waiting on descheduled worker threads.
     """
     if threshold_rule not in metrics.THRESHOLD_RULES:
         raise ValueError(f"unknown threshold rule {threshold_rule!r}; use {metrics.THRESHOLD_RULES}")
@@ -158,7 +158,7 @@ def train(
     hours = {name: hour_of_day(part.raw) for name, part in parts.items()}
     labels = {name: part.labels for name, part in parts.items()}
 
-    ae_config = AutoencoderConfig(hidden=tuple(hidden), epochs=epochs, threads=threads)
+    ae_config = AutoencoderConfig(hidden=tuple(hidden), epochs=epochs)
     ae_fit = fit_autoencoder(
         scaled["train"][labels["train"] == 0],
         scaled["validation"][labels["validation"] == 0],
