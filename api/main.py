@@ -23,16 +23,16 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from api.cache import ResultCache
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.predictor import Predictor
 from api.publisher import Publisher
-from api.registration import register_model
 from api.routes import backtests, distributions, meta, model, predict, scatter, stats, transactions
 from api.routes.meta import SERVICE_NAME, package_version
+from core.db.registry import register_model
 from core.db.urls import asyncpg_dsn, sqlalchemy_url
 from core.ensemble import BundleError, Ensemble
 from core.runtime.stack import resolve_endpoints
@@ -75,8 +75,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.predictor = Predictor(ensemble, pool) if ensemble is not None else None
     if ensemble is not None:
         try:
-            await register_model(engine, ensemble, settings.model_path)
-        except (OSError, DBAPIError) as exc:
+            async with pool.acquire() as conn:
+                await register_model(conn, ensemble, settings.model_path.resolve())
+        except (OSError, asyncpg.PostgresError) as exc:
             log.warning("could not record model %s in model_versions: %s", ensemble.version, exc)
         app.state.predictor.start()
     try:

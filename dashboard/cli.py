@@ -23,7 +23,7 @@ from dashboard.settings import DashboardSettings
 log = logging.getLogger("fraudstream.dashboard")
 
 
-def _parser(settings: DashboardSettings) -> argparse.ArgumentParser:
+def build_parser(settings: DashboardSettings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fraudstream dashboard", description="Serve the live fraudstream dashboard (Plotly Dash)."
     )
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"fraudstream dashboard: invalid FRAUDSTREAM_* setting:\n{exc}", file=sys.stderr)
         return 2
-    parser = _parser(settings)
+    parser = build_parser(settings)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed the message (or --help)

@@ -9,23 +9,22 @@ from pathlib import Path
 import asyncpg
 
 from core.db.registry import register_model
+from core.ensemble import Ensemble
 from core.runtime.processes import port_open
 from core.runtime.stack import Endpoints, Infra
 from core.settings import Settings, settings_env
 from fraudstream.supervisor import ServiceFailed, ServiceSpec, Supervisor, python_module, wait_for_job
 
 
-def ensure_bundle(settings: Settings) -> dict:
-    """The manifest of the configured bundle, training one on the shipped sample if none exists."""
-    from core.ensemble import Ensemble
-
+def ensure_bundle(settings: Settings) -> Ensemble:
+    """The configured bundle, training one on the shipped sample if none exists."""
     if not (settings.model_path / "manifest.json").exists():
         from core.dataset import SAMPLE_PATH
         from training.pipeline import train
 
         print(f"No model bundle at {settings.model_path}: training one on the shipped sample.")
         train(SAMPLE_PATH, settings.model_path)
-    return Ensemble.load(settings.model_path).manifest
+    return Ensemble.load(settings.model_path)
 
 
 def check_ports_free(settings: Settings) -> None:
@@ -41,10 +40,10 @@ def check_ports_free(settings: Settings) -> None:
             )
 
 
-async def _register(endpoints: Endpoints, manifest: dict, bundle: Path) -> None:
+async def _register(endpoints: Endpoints, ensemble: Ensemble, bundle: Path) -> None:
     conn = await asyncpg.connect(endpoints.database_url)
     try:
-        await register_model(conn, manifest, bundle, activate=True)
+        await register_model(conn, ensemble, bundle, activate=True)
     finally:
         await conn.close()
 
@@ -78,19 +77,19 @@ def run_up(
     settings: Settings, *, replay: bool = True, replay_rate: int = 1000, data: Path | None = None
 ) -> int:
     check_ports_free(settings)
-    manifest = ensure_bundle(settings)
+    ensemble = ensure_bundle(settings)
     infra = Infra(settings)
     print("Starting the embedded broker and PostgreSQL ...")
     endpoints = infra.start()
     supervisor = Supervisor(settings.state_dir / "logs", {})
     supervisor.install_signal_handlers()
     try:
-        asyncio.run(_register(endpoints, manifest, settings.model_path.resolve()))
+        asyncio.run(_register(endpoints, ensemble, settings.model_path.resolve()))
         supervisor.env = _child_env(settings, endpoints)
         for spec in service_specs(settings):
             print(f"Starting {spec.name} ...")
             supervisor.start(spec)
-        _print_banner(settings, endpoints, manifest)
+        _print_banner(settings, endpoints, ensemble)
         if replay:
             argv = python_module("fraudstream", "replay", "--rate", str(replay_rate))
             if data is not None:
@@ -152,7 +151,7 @@ def _child_env(settings: Settings, endpoints: Endpoints) -> dict[str, str]:
     return env
 
 
-def _print_banner(settings: Settings, endpoints: Endpoints, manifest: dict) -> None:
+def _print_banner(settings: Settings, endpoints: Endpoints, ensemble: Ensemble) -> None:
     api = settings.resolved_api_url
     print()
     print("fraudstream is up")
@@ -161,7 +160,7 @@ def _print_banner(settings: Settings, endpoints: Endpoints, manifest: dict) -> N
     print(
         f"  metrics        {api}/metrics  (scorer: http://{settings.host}:{settings.scorer_web_port}/metrics)"
     )
-    print(f"  model          {manifest['version']} (threshold {float(manifest['threshold']):.4f})")
+    print(f"  model          {ensemble.version} (threshold {ensemble.threshold:.4f})")
     print(f"  Kafka          {endpoints.bootstrap_servers} (embedded Tansu, memory only)")
     print(f"  PostgreSQL     {endpoints.database_url}")
     print(f"  logs           {settings.state_dir / 'logs'}")

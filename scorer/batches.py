@@ -23,7 +23,9 @@ from aiokafka import AIOKafkaProducer
 from core.db.store import store_scored
 from core.db.urls import asyncpg_dsn
 from core.ensemble import Ensemble
+from core.events import DeadLetter, EventBatch
 from core.kafka import make_producer
+from core.models import EnsembleResolver
 from scorer.metrics import ScorerMetrics
 from scorer.pipeline import (
     alert_messages,
@@ -32,6 +34,7 @@ from scorer.pipeline import (
     dead_letter_message,
     decode,
     score_batch,
+    split_unknown_runs,
 )
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,8 @@ T = TypeVar("T")
 
 FIRST_BACKOFF = 0.1
 MAX_BACKOFF = 5.0
+#: How often the worker asks the registry whether another model version became active.
+MODEL_REFRESH_SECONDS = 5.0
 
 
 async def retry_forever(
@@ -69,15 +74,21 @@ async def retry_forever(
 
 @dataclass
 class BatchScorer:
-    """The worker's resources (model, database pool, producer) and the batch handler."""
+    """The worker's resources (models, database pool, producer) and the batch handler."""
 
-    ensemble: Ensemble
+    models: EnsembleResolver
     pool: asyncpg.Pool
     producer: AIOKafkaProducer
     metrics: ScorerMetrics
     alerts_topic: str
     dead_letters_topic: str
     _closed: bool = field(default=False, init=False)
+    _watcher: asyncio.Task | None = field(default=None, init=False)
+
+    @property
+    def ensemble(self) -> Ensemble:
+        """The active model: what live events are scored with."""
+        return self.models.active
 
     @classmethod
     async def open(
@@ -100,28 +111,71 @@ class BatchScorer:
         )
         producer = make_producer(bootstrap_servers, linger_ms=1)
         await producer.start()
-        return cls(ensemble, pool, producer, metrics, alerts_topic, dead_letters_topic)
+        scorer = cls(EnsembleResolver(ensemble), pool, producer, metrics, alerts_topic, dead_letters_topic)
+        scorer._watcher = asyncio.create_task(scorer.watch_models())
+        return scorer
+
+    async def watch_models(self, every: float = MODEL_REFRESH_SECONDS) -> None:
+        """Hot reload: switch to the registry's active model version when it changes.
+
+        Batches run on the same event loop, so a switch lands between two batches, never
+        inside one; a registry that cannot be read just leaves the current model in place.
+        """
+        while True:
+            try:
+                async with self.pool.acquire() as conn:
+                    if await self.models.refresh_active(conn):
+                        self.metrics.model_reloads.inc()
+            except (OSError, asyncpg.PostgresError) as error:
+                log.warning("could not check the active model version: %s", error)
+            await asyncio.sleep(every)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        if self._watcher is not None:
+            self._watcher.cancel()
         try:
             await self.producer.stop()
         finally:
             await self.pool.close()
 
-    def model_for(self, run_id: str | None) -> Ensemble:
-        """The ensemble for a run id; every event uses the active model until backtests bring theirs."""
-        return self.ensemble
+    async def _resolve_models(
+        self, messages: Sequence[bytes], batch: EventBatch, dead: list[DeadLetter]
+    ) -> tuple[EventBatch, dict[str | None, Ensemble]]:
+        """Find each backtest run's model; live events get the active one.
+
+        Events of a run id that no backtest registered cannot be scored as asked: they go
+        to the dead-letter topic rather than be mixed in with another model's scores.
+        """
+        run_ids = {run_id for run_id in batch.run_ids if run_id is not None}
+        models: dict[str | None, Ensemble] = {None: self.models.active}
+        if not run_ids:
+            return batch, models
+
+        async def lookup() -> dict[str, Ensemble | None]:
+            async with self.pool.acquire() as conn:
+                return await self.models.for_runs(conn, run_ids)
+
+        runs = await retry_forever(
+            lookup, what="looking up backtest runs", on_failure=self.metrics.store_retries.inc
+        )
+        unknown = {run_id for run_id, ensemble in runs.items() if ensemble is None}
+        models.update((run_id, ensemble) for run_id, ensemble in runs.items() if ensemble is not None)
+        if unknown:
+            batch, refused = split_unknown_runs(messages, batch, unknown)
+            dead.extend(refused)
+        return batch, models
 
     async def handle(self, messages: Sequence[bytes]) -> None:
         """Decode, score, store, then publish alerts and dead letters; see the module docstring."""
         started = time.perf_counter()
         self.metrics.consumed.inc(len(messages))
         batch, dead = decode(messages)
+        batch, models = await self._resolve_models(messages, batch, dead)
         outgoing: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]] | None]] = []
-        for ensemble, part in by_model(self.model_for, batch):
+        for ensemble, part in by_model(models.__getitem__, batch):
             rows = score_batch(ensemble, part)
             self.metrics.scored.inc(len(part))
             new = await retry_forever(

@@ -39,6 +39,9 @@ class ScorerMetrics:
             "Failed attempts to publish alerts/dead letters (retried)",
             registry=r,
         )
+        self.model_reloads = Counter(
+            "fraudstream_model_reloads", "Switches to a newly activated model version", registry=r
+        )
         self.batch_seconds = Histogram(
             "fraudstream_batch_seconds", "Time to handle one batch", buckets=_BATCH_BUCKETS, registry=r
         )

@@ -75,6 +75,26 @@ def by_model(models: ModelSource, batch: EventBatch) -> Iterator[tuple[Ensemble,
         yield owner[key], take_rows(batch, np.asarray(positions, dtype=np.intp))
 
 
+def split_unknown_runs(
+    messages: Sequence[bytes], batch: EventBatch, unknown: set[str]
+) -> tuple[EventBatch, list[DeadLetter]]:
+    """Take the events of unregistered backtest runs out of `batch`, as dead letters.
+
+    Rare (a typo in a run id, a run deleted mid-replay), so the original bytes are found
+    again by decoding the batch's messages a second time.
+    """
+    keep = np.asarray([run_id not in unknown for run_id in batch.run_ids], dtype=bool)
+    refused = []
+    for raw in messages:
+        try:
+            run_id = orjson.loads(raw).get("run_id")
+        except (orjson.JSONDecodeError, AttributeError):
+            continue
+        if run_id in unknown:
+            refused.append(DeadLetter(raw, f"unknown backtest run_id {run_id!r}: create the run first"))
+    return take_rows(batch, np.flatnonzero(keep)), refused
+
+
 def score_batch(ensemble: Ensemble, batch: EventBatch) -> ScoredRows:
     """Score every event of the batch with one vectorised call; the rows `store_scored` writes."""
     scores = ensemble.score(batch.features)
@@ -132,6 +152,7 @@ def dead_letter_kind(reason: str) -> str:
         ("must be finite", "not_finite"),
         ("must be a number", "not_a_number"),
         ("must be a json object", "not_an_object"),
+        ("unknown backtest run_id", "unknown_run"),
     ):
         if needle in text:
             return kind

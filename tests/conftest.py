@@ -21,6 +21,9 @@ from core.runtime.broker import EmbeddedBroker
 from core.runtime.postgres import EmbeddedPostgres
 from core.settings import Settings
 
+#: Worker processes and topic/database helpers shared by the streaming and backtest tests.
+pytest_plugins = ["tests.streaming_fixtures"]
+
 
 @dataclass(frozen=True)
 class Infra:

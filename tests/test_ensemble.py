@@ -11,6 +11,7 @@ import pytest
 
 from core.dataset import SAMPLE_PATH, load_csv
 from core.ensemble import BundleError, Ensemble
+from core.scaler import Scaler
 from training.pipeline import TrainResult, train
 from training.split import time_split
 
@@ -158,3 +159,19 @@ def test_refuses_a_missing_weights_file(copy: Path) -> None:
     (copy / "xgboost.ubj").unlink()
     with pytest.raises(BundleError, match="missing xgboost.ubj"):
         Ensemble.load(copy)
+
+
+def test_scaler_round_trips_as_plain_numbers() -> None:
+    x = np.array([[1.0, 10.0, 5.0], [3.0, 30.0, 5.0], [5.0, 20.0, 5.0], [7.0, 1000.0, 5.0]])
+    standard = Scaler("standard").fit(x)
+    assert np.allclose(standard.transform(x).mean(axis=0), 0.0)
+    assert np.allclose(standard.transform(x)[:, :2].std(axis=0), 1.0)
+    assert standard.scale_[2] == 1.0  # a constant column is left unscaled, not divided by zero
+    data = json.loads(json.dumps(standard.to_dict()))
+    assert np.array_equal(Scaler.from_dict(data).transform(x), standard.transform(x))
+    robust = Scaler("robust").fit(x)
+    assert robust.center_[1] == 25.0  # the median, untouched by the 1000
+    with pytest.raises(ValueError, match="not fitted"):
+        Scaler().transform(x)
+    with pytest.raises(ValueError, match="scales positive"):
+        Scaler.from_dict({"method": "standard", "center": [0.0], "scale": [0.0]})

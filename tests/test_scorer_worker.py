@@ -8,89 +8,22 @@ once, after a SIGKILL, a PostgreSQL outage, malformed events, or with two worker
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
-import pytest
 from aiokafka import AIOKafkaProducer
 
 from core.dataset import SAMPLE_PATH
 from core.events import build_event, encode_event
-from core.runtime.processes import free_port, spawn, stop, wait_until
-from core.settings import Settings, settings_env
+from core.runtime.processes import wait_until
+from core.settings import Settings
 from producer.replay import read_rows, replay, select_rows
 from scorer.pipeline import KIND_HEADER, REASON_HEADER
 from tests.streaming_fixtures import fetch, read_topic
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Worker:
-    """One scorer worker process with its metrics port."""
-
-    def __init__(self, settings: Settings, model: Path, log_path: Path) -> None:
-        self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSTREAM_")}
-        env.update(settings_env(settings, FRAUDSTREAM_MODEL_PATH=str(model)))
-        self.log_path = log_path
-        self.process: subprocess.Popen = spawn(
-            [sys.executable, "-m", "scorer.cli", "--web-port", str(self.port)],
-            log_path=log_path,
-            env=env,
-            cwd=ROOT,
-        )
-
-    def metric(self, name: str) -> float:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as response:
-                text = response.read().decode()
-        except OSError:
-            return -1.0
-        total = 0.0
-        found = False
-        for line in text.splitlines():
-            if line.startswith(name) and not line.startswith("#") and line[len(name)] in " {":
-                total += float(line.rsplit(" ", 1)[1])
-                found = True
-        return total if found else 0.0
-
-    def wait_partitions(self, count: int, timeout: float = 60) -> None:
-        wait_until(
-            lambda: self.metric("fraudstream_assigned_partitions") == count,
-            timeout=timeout,
-            what=f"scorer worker reading {count} partitions",
-            process=self.process,
-            log_path=self.log_path,
-        )
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        stop(self.process, timeout=20)
-
-
-@pytest.fixture
-def workers(settings, model_bundle, tmp_path) -> Iterator:
-    started: list[Worker] = []
-
-    def start() -> Worker:
-        worker = Worker(settings, model_bundle, tmp_path / f"worker-{len(started)}.log")
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop()
 
 
 def expected_ids(limit: int) -> set[str]:
