@@ -5,11 +5,17 @@
 
 Stages: load and validate the CSV; split 60/20/20 by time; fit the scaler on the training
 stretch; fit the autoencoder on its normal rows; fit XGBoost on the scaled features plus
-the autoencoder features with early stopping on validation, and two baselines the same
-way (XGBoost without the autoencoder, the reconstruction error alone); choose the alert
-threshold on validation by the user's rule; refit the XGBoost models on train +
-validation with the chosen number of rounds; evaluate on the test stretch; write the
-bundle; reload it and check that it scores exactly as the in-memory model did.
+the autoencoder features, keeping the number of rounds that scores best on validation,
+and two baselines the same way (XGBoost without the autoencoder, the reconstruction error
+alone); choose the alert threshold on validation by the user's rule; refit the XGBoost
+models on train + validation with the chosen number of rounds; evaluate on the test
+stretch; write the bundle; reload it and check that it scores exactly as the in-memory
+model did.
+
+The threshold comes from the train-only model's validation scores and is carried over to
+the refitted model (the refitted model has seen the validation rows, so its scores there
+would flatter any threshold). The autoencoder and the scaler are not refitted: they stay
+fitted on the training stretch only.
 
 Every choice (rounds, threshold, which autoencoder features) is made on validation; the
 test stretch is only ever scored once, at the end.
