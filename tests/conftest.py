@@ -7,6 +7,7 @@ other's rows or messages, while the servers themselves start only once.
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,6 +43,18 @@ class Topics:
     alerts: str
     dead_letters: str
     partitions: int
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests never reach a developer's running stack or configured servers by accident."""
+    saved = dict(os.environ)
+    for name in [n for n in os.environ if n.startswith("FRAUDSTREAM_")] + ["DATABASE_URL"]:
+        os.environ.pop(name, None)
+    os.environ["FRAUDSTREAM_STATE_DIR"] = str(tmp_path_factory.mktemp("state"))
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")

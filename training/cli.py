@@ -84,7 +84,44 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=_positive_int, default=2, help="CPU threads for XGBoost")
     parser.add_argument("--no-refit", action="store_true", help="do not refit XGBoost on train + validation")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--activate",
+        action="store_true",
+        help="make the new bundle the active model: running scorers switch to it without a restart",
+    )
     return parser
+
+
+def register(bundle_dir: Path, *, activate: bool) -> str:
+    """Record the bundle in `model_versions` when a database is configured (or embedded and running)."""
+    import asyncio
+
+    import asyncpg
+
+    from core.db.registry import register_model
+    from core.ensemble import Ensemble
+    from core.runtime.stack import NotConfigured, resolve_database_url
+    from core.settings import Settings
+
+    try:
+        database_url = resolve_database_url(Settings())
+    except NotConfigured:
+        return "not registered: no database configured (the bundle is ready to serve as it is)"
+
+    ensemble, path = Ensemble.load(bundle_dir), bundle_dir.resolve()
+
+    async def run() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await register_model(conn, ensemble, path, activate=activate)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(run())
+    except (OSError, asyncpg.PostgresError) as error:
+        return f"not registered: the database is unreachable ({error})"
+    return "registered and made active" if activate else "registered (make it active with --activate)"
 
 
 def format_table(evaluation: dict[str, dict[str, Any]]) -> str:
@@ -144,4 +181,5 @@ def main(argv: list[str] | None = None) -> int:
     print(f"threshold {manifest['model']['threshold']:.4f} by rule {rule['rule']} (chosen on validation)")
     print("\nTest stretch (later transactions, never used for any choice):")
     print(format_table(manifest["evaluation"]["test"]))
+    print(f"\nmodel registry: {register(Path(result.bundle_dir), activate=args.activate)}")
     return 0
