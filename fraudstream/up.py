@@ -80,7 +80,11 @@ def run_up(
     ensemble = ensure_bundle(settings)
     infra = Infra(settings)
     print("Starting the embedded broker and PostgreSQL ...")
-    endpoints = infra.start()
+    try:
+        endpoints = infra.start()
+    except (RuntimeError, TimeoutError, OSError) as error:
+        print(f"error: cannot start the infrastructure: {error}")
+        return 1
     supervisor = Supervisor(settings.state_dir / "logs", {})
     supervisor.install_signal_handlers()
     try:
@@ -105,7 +109,7 @@ def run_up(
         print("Running. Press Ctrl-C to stop.")
         supervisor.wait()
         return 0
-    except ServiceFailed as error:
+    except (ServiceFailed, RuntimeError, TimeoutError) as error:  # a service died or never got ready
         print(f"error: {error}")
         return 1
     finally:
@@ -119,7 +123,11 @@ def run_infra(settings: Settings) -> int:
     infra = Infra(settings)
     supervisor = Supervisor(settings.state_dir / "logs", {})
     supervisor.install_signal_handlers()
-    endpoints = infra.start()
+    try:
+        endpoints = infra.start()
+    except (RuntimeError, TimeoutError, OSError) as error:
+        print(f"error: cannot start the infrastructure: {error}")
+        return 1
     try:
         print("Embedded infrastructure is up. Services started by hand find it automatically, or export:")
         print(f"  export FRAUDSTREAM_KAFKA_BOOTSTRAP_SERVERS={endpoints.bootstrap_servers}")
