@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -33,6 +34,7 @@ from core.runtime.processes import spawn, stop, wait_until
 from core.runtime.stack import Infra
 from core.settings import Settings, settings_env
 from producer.replay import replay
+from scorer.cpu import CpuMeter, per_100k
 
 
 def _metric(port: int, name: str) -> float:
@@ -158,7 +160,13 @@ def run(args: argparse.Namespace) -> int:
                 log_path=root / "worker-0.log",
             )
             print(f"{args.workers} worker(s) ready; replaying {args.data}", flush=True)
+            groups = {f"scorer worker {i}": (process.pid, True) for i, process in enumerate(workers)}
+            groups["postgres (server + backends)"] = (infra.postgres.process.pid, True)
+            groups["broker"] = (infra.broker.process.pid, True)
+            groups["producer (this process)"] = (os.getpid(), False)
+            meter = CpuMeter(groups)
 
+            cpu_start = meter.sample()
             wall_start = time.time()
             report = asyncio.run(
                 replay(
@@ -169,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
                 )
             )
             last_commit = asyncio.run(_wait_stored(endpoints.database_url, report.sent, timeout=600))
+            cpu_end = meter.sample()
             throughput = report.sent / (last_commit - wall_start)
             print(
                 f"stored {report.sent:,} rows; now latency at {args.rate:g}/s for {args.seconds:g} s",
@@ -176,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
             )
 
             asyncio.run(_truncate(endpoints.database_url))
+            steady_start = meter.sample()
             steady = asyncio.run(
                 replay(
                     args.data,
@@ -187,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
                 )
             )
             asyncio.run(_wait_stored(endpoints.database_url, steady.sent, timeout=120))
+            steady_end = meter.sample()
             measured, (p50, p95, p99) = asyncio.run(_latencies(endpoints.database_url))
             bare = asyncio.run(
                 _bare_consumer(
@@ -208,7 +219,19 @@ def run(args: argparse.Namespace) -> int:
         (f"latency p99 at {args.rate:g}/s", f"{p99:.1f} ms"),
         (f"achieved steady rate (asked {args.rate:g}/s)", f"{steady.rate_achieved:,.0f} tx/s"),
         ("bare aiokafka consumer, same topic", f"{bare:,.0f} msg/s"),
+        (
+            "load average (1 min) at start / end of throughput run",
+            f"{cpu_start.load:.2f} / {cpu_end.load:.2f}",
+        ),
+        (
+            "load average (1 min) at start / end of latency run",
+            f"{steady_start.load:.2f} / {steady_end.load:.2f}",
+        ),
     ]
+    fast = per_100k(cpu_start, cpu_end, report.sent)
+    slow = per_100k(steady_start, steady_end, steady.sent)
+    rows += [(f"CPU s per 100k events, throughput run: {name}", f"{fast[name]:.2f}") for name in fast]
+    rows += [(f"CPU s per 100k events, latency run: {name}", f"{slow[name]:.2f}") for name in slow]
     width = max(len(name) for name, _ in rows)
     print()
     print(f"| {'measure':<{width}} | value |")

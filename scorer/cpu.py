@@ -1,0 +1,62 @@
+"""CPU seconds per process group, for benchmarks on a shared machine.
+
+Wall-clock rates move with whatever else runs on the machine; the CPU seconds each of our
+processes spends per event do not (much). `CpuMeter` sums user + system time over each
+group's process tree (a PostgreSQL server with its backends, a worker, the broker) so a
+benchmark can report CPU seconds per 100,000 events beside its rates, and the load
+average it ran under.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import psutil
+
+
+def _tree_seconds(pid: int, *, children: bool) -> float:
+    """User + system CPU seconds of `pid` (and its live descendants when `children`)."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *(root.children(recursive=True) if children else ())]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """CPU seconds per group at one instant, and the 1-minute load average then."""
+
+    seconds: dict[str, float]
+    load: float
+
+
+class CpuMeter:
+    """Samples CPU seconds of named process groups: {name: (pid, include_children)}."""
+
+    def __init__(self, groups: Mapping[str, tuple[int, bool]]) -> None:
+        self.groups = dict(groups)
+
+    def sample(self) -> CpuSample:
+        return CpuSample(
+            {name: _tree_seconds(pid, children=kids) for name, (pid, kids) in self.groups.items()},
+            os.getloadavg()[0],
+        )
+
+
+def per_100k(before: CpuSample, after: CpuSample, events: int) -> dict[str, float]:
+    """CPU seconds per 100,000 events of each group between two samples (and their total)."""
+    scale = 100_000 / max(events, 1)
+    used = {name: (after.seconds[name] - before.seconds.get(name, 0.0)) * scale for name in after.seconds}
+    used["total"] = sum(used.values())
+    return used
