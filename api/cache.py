@@ -1,77 +1,266 @@
-"""A small per-app cache for aggregate answers, keyed by request and checked against the data.
+"""Aggregate answers served stale-while-revalidate, with a bounded age.
 
-Histograms, model curves and totals over the full data take tens of milliseconds in
-PostgreSQL; the dashboard asks for the same ones every few seconds. An answer is reused
-only while the run's watermark (its newest `scored_at`, one index probe) has not moved
-and it is younger than `max_seconds` (short for answers that depend on the clock, like
-"the last minute"). So a stored row invalidates everything it could change, a quiet
-database is not re-aggregated, and a live stream always gets fresh answers.
-Concurrent requests for the same missing key share one computation (single flight).
+Histograms, model curves and totals scan a run's rows; the live dashboard polls the same
+ones every few seconds while the scorer stores new rows every ~100 ms. Waiting for a
+fresh scan on every poll makes every poll pay the full query, so instead:
 
-The cache is owned by the app (`app.state.cache`), not a module global.
+- every answer is computed from one snapshot and remembers when: `as_of` (wall clock,
+  taken before the query starts, so the data are at least that new);
+- an answer younger than `max_age` is served as is, with no database round trip;
+- each key that is read again (one-off questions are not kept fresh) has ONE background task that starts the recompute just
+  before the answer reaches `max_age`, and swaps the new answer in when it is done.
+  Meanwhile the old answer is served. So a served answer is never older than
+  `max_age` plus the duration of the recompute that replaces it; if no recompute
+  started in time (a key nobody asked for lately, a failed recompute), the request
+  waits for one (single flight: concurrent requests share it);
+- a key nobody reads for `idle_seconds` stops being refreshed;
+- before recomputing an answer that does not move with the clock, the run's
+  watermark (its newest `scored_at`, one index probe) is compared: unchanged means
+  the answer is renewed without the query (at most `quiet_seconds` in a row);
+- rows written through this process (`/api/predict`) are seen by the next read:
+  `written(run_id)` makes older answers of that run unusable (read your writes).
+
+Answers are kept serialised (JSON bytes), so a hit costs no re-serialisation. The
+cache is owned by the app (`app.state.cache`) and computes on its own connections
+(`bind(engine)` in the lifespan): a recompute outlives the request that started it.
+`max_age <= 0` turns caching off (every request runs its queries).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
+
+import orjson
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+log = logging.getLogger(__name__)
+
+Compute = Callable[[AsyncConnection], Awaitable[Any]]
+Watermark = Callable[[AsyncConnection, str], Awaitable[Any]]
 
 
 @dataclass(frozen=True, slots=True)
-class _Entry:
-    created: float
+class Cached:
+    """One computed answer: the value, its JSON, and the snapshot it was computed from."""
+
     value: Any
+    body: bytes
+    as_of: datetime  # wall clock when the snapshot was taken
+    started: float  # the same instant on the cache's monotonic clock
+    computed: float  # when the queries last really ran (renewals by watermark keep this)
+    watermark: Any
+
+
+@dataclass(slots=True)
+class _Slot:
+    key: Hashable
+    run_id: str
+    compute: Compute
+    follows_clock: bool
+    last_access: float
+    reads: int = 0
+    entry: Cached | None = None
+    inflight: asyncio.Task | None = None
+    inflight_started: float = -math.inf
+    refresher: asyncio.Task | None = None
+    evicted: bool = field(default=False)
+
+
+def serialise(value: Any) -> bytes:
+    if isinstance(value, BaseModel):
+        return value.model_dump_json().encode()
+    return orjson.dumps(value)
 
 
 class ResultCache:
-    """Memoise `compute()` per key while the watermark is unchanged (see the module docstring)."""
+    """Stale-while-revalidate answers per key (see the module docstring)."""
 
-    def __init__(self, max_seconds: float = 60.0, max_entries: int = 512) -> None:
-        self.max_seconds = max_seconds
+    def __init__(
+        self,
+        max_age: float = 2.0,
+        *,
+        idle_seconds: float = 60.0,
+        quiet_seconds: float = 60.0,
+        max_entries: int = 256,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_age = max_age
+        self.idle_seconds = idle_seconds
+        self.quiet_seconds = quiet_seconds
         self.max_entries = max_entries
-        self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
-        self._inflight: dict[Hashable, asyncio.Future] = {}
+        self._clock = clock
+        self._slots: OrderedDict[Hashable, _Slot] = OrderedDict()
+        self._written: dict[str, float] = {}
+        self._engine: AsyncEngine | None = None
+        self._watermark: Watermark | None = None
         self.hits = 0
+        self.stale_hits = 0
         self.misses = 0
+        self.refreshes = 0
+        self.renewals = 0
+
+    # ------------------------------------------------------------------ wiring
+
+    def bind(self, engine: AsyncEngine, watermark: Watermark | None = None) -> None:
+        """Where recomputes get their connections; how to read a run's watermark."""
+        self._engine = engine
+        self._watermark = watermark
+
+    async def close(self) -> None:
+        """Stop every background refresh (the app is shutting down)."""
+        tasks = []
+        for slot in self._slots.values():
+            for task in (slot.refresher, slot.inflight):
+                if task is not None and not task.done():
+                    task.cancel()
+                    tasks.append(task)
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        self._slots.clear()
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_age > 0
+
+    # ------------------------------------------------------------------ reading
+
+    def written(self, run_id: str) -> None:
+        """Rows of `run_id` were stored through this process: later reads must include them."""
+        self._written[run_id] = self._clock()
 
     async def get(
-        self,
-        key: Hashable,
-        watermark: Any,
-        compute: Callable[[], Awaitable[Any]],
-        max_seconds: float | None = None,
-    ) -> Any:
-        """`compute()`'s value for `key`, reused while `watermark` is unchanged and young enough."""
-        limit = self.max_seconds if max_seconds is None else min(max_seconds, self.max_seconds)
-        if limit <= 0:
-            return await compute()
-        key = (key, watermark)
-        entry = self._entries.get(key)
-        if entry is not None and time.monotonic() - entry.created < limit:
-            self._entries.move_to_end(key)
-            self.hits += 1
-            return entry.value
-        pending = self._inflight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
+        self, key: Hashable, run_id: str, compute: Compute, *, follows_clock: bool = False
+    ) -> Cached:
+        """The answer for `key` (computed by `compute(conn)`), at most `max_age` + one recompute old.
+
+        `follows_clock`: the answer changes with time alone ("the last 5 minutes"), so an
+        unchanged watermark does not make it current.
+        """
+        if not self.enabled or key is None:  # key None: a question not worth keeping
+            self.misses += 1
+            return await self._compute_entry(run_id, compute, None, None)
+        now = self._clock()
+        slot = self._slot(key, run_id, compute, follows_clock, now)
+        must_follow = self._written.get(run_id, -math.inf)
+        entry = slot.entry
+        if entry is not None and entry.started > must_follow:
+            if now - entry.started <= self.max_age:
+                self.hits += 1
+                self._keep_fresh(slot)
+                return entry
+            if slot.inflight is not None and slot.inflight_started <= entry.started + self.max_age:
+                self.stale_hits += 1  # its replacement started in time: the bound holds
+                self._keep_fresh(slot)
+                return entry
         self.misses += 1
-        future: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
-        try:
-            value = await compute()
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters re-raise it, nobody else must
-            raise
-        finally:
-            self._inflight.pop(key, None)
-        future.set_result(value)
-        self._entries[key] = _Entry(time.monotonic(), value)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-        return value
+        floor = max(must_follow, now - self.max_age)
+        task = slot.inflight if slot.inflight is not None and slot.inflight_started > floor else None
+        if task is None:
+            task = self._start(slot)
+        entry = await asyncio.shield(task)
+        self._keep_fresh(slot)
+        return entry
+
+    # ------------------------------------------------------------------ internals
+
+    def _slot(self, key: Hashable, run_id: str, compute: Compute, follows_clock: bool, now: float) -> _Slot:
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = _Slot(key, run_id, compute, follows_clock, now)
+            self._slots[key] = slot
+            while len(self._slots) > self.max_entries:
+                _, old = self._slots.popitem(last=False)
+                old.evicted = True
+                if old.refresher is not None:
+                    old.refresher.cancel()
+        else:
+            slot.compute = compute  # the newest closure (same key = same question)
+            slot.last_access = now
+            self._slots.move_to_end(key)
+        slot.reads += 1
+        return slot
+
+    def _start(self, slot: _Slot) -> asyncio.Task:
+        started = self._clock()
+        task = asyncio.create_task(self._refresh(slot, started), name=f"cache-refresh {slot.key!r}"[:100])
+        slot.inflight, slot.inflight_started = task, started
+        task.add_done_callback(lambda done: self._finished(slot, done))
+        return task
+
+    def _finished(self, slot: _Slot, task: asyncio.Task) -> None:
+        if slot.inflight is task:
+            slot.inflight, slot.inflight_started = None, -math.inf
+        if task.cancelled():
+            return
+        error = task.exception()  # retrieved here, so a failed background refresh is never "unhandled"
+        if error is None:
+            entry = task.result()
+            if slot.entry is None or entry.started >= slot.entry.started:
+                slot.entry = entry
+        else:
+            log.warning("recomputing %r failed: %s", slot.key, error)
+
+    async def _refresh(self, slot: _Slot, started: float) -> Cached:
+        self.refreshes += 1
+        previous = slot.entry
+        renewable = (
+            previous is not None
+            and not slot.follows_clock
+            and self._watermark is not None
+            and started - previous.computed < self.quiet_seconds
+            and previous.started > self._written.get(slot.run_id, -math.inf)
+        )
+        return await self._compute_entry(slot.run_id, slot.compute, previous if renewable else None, started)
+
+    async def _compute_entry(
+        self, run_id: str, compute: Compute, previous: Cached | None, started: float | None
+    ) -> Cached:
+        if self._engine is None:
+            raise RuntimeError("ResultCache.bind(engine) was not called")
+        started = self._clock() if started is None else started
+        as_of = datetime.now(UTC)
+        async with self._engine.connect() as conn:
+            # One snapshot for every statement of the answer (a range and its histogram agree).
+            conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+            mark = await self._watermark(conn, run_id) if self._watermark is not None else None
+            if previous is not None and mark == previous.watermark:
+                self.renewals += 1
+                return replace(previous, as_of=as_of, started=started)
+            value = await compute(conn)
+        return Cached(value, serialise(value), as_of, started, started, mark)
+
+    def _keep_fresh(self, slot: _Slot) -> None:
+        """Refresh a key in the background from its second read on (one-off questions are not kept)."""
+        if slot.reads >= 2 and (slot.refresher is None or slot.refresher.done()):
+            slot.refresher = asyncio.create_task(self._refresh_loop(slot), name="cache-keep-fresh")
+
+    async def _refresh_loop(self, slot: _Slot) -> None:
+        """Start each recompute a little before the answer reaches max_age, while the key is read."""
+        margin = min(0.2 * self.max_age, 0.25)
+        while not slot.evicted:
+            entry = slot.entry
+            if entry is None:
+                return
+            await asyncio.sleep(max(0.0, entry.started + self.max_age - margin - self._clock()))
+            if slot.evicted or self._clock() - slot.last_access > self.idle_seconds:
+                return
+            task = slot.inflight or self._start(slot)
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # logged in _finished; readers wait for a new try once it is too old
+                await asyncio.sleep(self.max_age)
+            if slot.entry is entry:  # nothing newer arrived: do not spin
+                await asyncio.sleep(self.max_age)

@@ -8,17 +8,21 @@ other settings and nothing is a module-level global.
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Hashable
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Request, Response, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from api.cache import ResultCache
+from api.cache import Compute, ResultCache
 from api.metrics import ApiMetrics
 from core.ensemble import Ensemble
 from core.settings import Settings
+
+#: Response header of cached answers: when the data behind the answer were read (ISO 8601, UTC).
+AS_OF_HEADER = "X-As-Of"
 
 _bearer = HTTPBearer(
     auto_error=False, description="required by POST endpoints when FRAUDSTREAM_API_TOKEN is set"
@@ -77,6 +81,7 @@ def require_token(
 
 
 Connection = Annotated[AsyncConnection, Depends(get_connection)]
+Engine = Annotated[AsyncEngine, Depends(get_engine)]
 LoadedEnsemble = Annotated[Ensemble, Depends(get_ensemble)]
 Cache = Annotated[ResultCache, Depends(get_cache)]
 AppSettings = Annotated[Settings, Depends(get_settings)]
@@ -85,7 +90,38 @@ Authorized = Depends(require_token)
 
 
 async def run_watermark(conn: AsyncConnection, run_id: str) -> object:
-    """The run's newest scored_at: the cache key's freshness check (see `api.cache`)."""
+    """The run's newest scored_at: the cache's "has anything changed" check (see `api.cache`)."""
     from api import queries
 
     return (await conn.execute(queries.watermark(run_id))).scalar()
+
+
+@dataclass(frozen=True, slots=True)
+class RunTotals:
+    transactions: int = 0
+    labelled: int = 0
+    frauds: int = 0
+    scored: int = 0
+    alerts: int = 0
+
+    @property
+    def unlabelled(self) -> int:
+        return self.transactions - self.labelled
+
+
+async def run_totals(conn: AsyncConnection, run_id: str) -> RunTotals:
+    """The run's trigger-kept counters (one row read; zeros for a run with nothing stored)."""
+    from api import queries
+
+    row = (await conn.execute(queries.totals(run_id))).first()
+    return RunTotals(*row) if row is not None else RunTotals()
+
+
+async def cached_response(
+    cache: ResultCache, key: Hashable | None, run_id: str, compute: Compute, *, follows_clock: bool = False
+) -> Response:
+    """The cached answer's JSON as is, with `X-As-Of`: when the data it was computed from were read."""
+    entry = await cache.get(key, run_id, compute, follows_clock=follows_clock)
+    return Response(
+        entry.body, media_type="application/json", headers={AS_OF_HEADER: entry.as_of.isoformat()}
+    )

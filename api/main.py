@@ -6,7 +6,8 @@ Resources are opened in the lifespan, once per process, and live on `app.state`:
 async SQLAlchemy engine (asyncpg) for the analytics queries, an asyncpg pool for the
 predict write path (`core.db.store.store_scored`, the scorer's own statement), the
 loaded `Ensemble`, the batching `Predictor`, a lazily started Kafka producer, the
-result cache and the Prometheus registry. Nothing is opened at import time.
+result cache (stale-while-revalidate, `api.cache`), the background broker check
+(`api.broker`) and the Prometheus registry. Nothing is opened at import time.
 
 A missing or broken model bundle does not stop the API: analytics keep working, and
 predict/explain/`/health` say why there is no model (503).
@@ -26,7 +27,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from api.broker import BrokerMonitor
 from api.cache import ResultCache
+from api.deps import run_watermark
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.predictor import Predictor
 from api.publisher import Publisher
@@ -72,7 +75,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.model_error = model_error
     app.state.bootstrap_servers = endpoints.bootstrap_servers
     app.state.publisher = Publisher(endpoints.bootstrap_servers)
-    app.state.predictor = Predictor(ensemble, pool) if ensemble is not None else None
+    cache: ResultCache = app.state.cache
+    cache.bind(engine, run_watermark)
+    app.state.broker_monitor = BrokerMonitor(endpoints.bootstrap_servers)
+    app.state.broker_monitor.start()
+    app.state.predictor = Predictor(ensemble, pool, on_stored=cache.written) if ensemble is not None else None
     if ensemble is not None:
         try:
             async with pool.acquire() as conn:
@@ -85,6 +92,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         if app.state.predictor is not None:
             await app.state.predictor.close()
+        await cache.close()
+        await app.state.broker_monitor.close()
         await app.state.publisher.close()
         await pool.close()
         await engine.dispose()
@@ -122,9 +131,17 @@ async def _invalid_value(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def create_app(settings: Settings | None = None, *, cache_seconds: float = 60.0) -> FastAPI:
-    """Build the app; `cache_seconds=0` turns the aggregate cache off (benchmarks of raw SQL)."""
+#: Default bound on the age of a cached aggregate answer (see `api.cache`).
+DEFAULT_CACHE_SECONDS = 2.0
+
+
+def create_app(settings: Settings | None = None, *, cache_seconds: float | None = None) -> FastAPI:
+    """Build the app. `cache_seconds`: how old an aggregate answer may be before it is recomputed
+    (default: settings.api_cache_seconds if the settings have it, else 2 s); 0 turns the cache off
+    (benchmarks of raw SQL)."""
     settings = settings or get_settings()
+    if cache_seconds is None:
+        cache_seconds = float(getattr(settings, "api_cache_seconds", DEFAULT_CACHE_SECONDS))
     app = FastAPI(
         title="fraudstream API",
         version=package_version(),
@@ -132,7 +149,7 @@ def create_app(settings: Settings | None = None, *, cache_seconds: float = 60.0)
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.cache = ResultCache(max_seconds=cache_seconds)
+    app.state.cache = ResultCache(cache_seconds)
     app.state.metrics = ApiMetrics()
     app.state.ensemble = None
     app.state.model_error = "the app has not started"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -50,9 +51,16 @@ class PredictResult:
 class Predictor:
     """Owns the batching task; start() in the app's lifespan, close() on shutdown."""
 
-    def __init__(self, ensemble: Ensemble, pool: asyncpg.Pool, max_batch: int = 256) -> None:
+    def __init__(
+        self,
+        ensemble: Ensemble,
+        pool: asyncpg.Pool,
+        max_batch: int = 256,
+        on_stored: Callable[[str], None] | None = None,
+    ) -> None:
         self.ensemble = ensemble
         self.pool = pool
+        self.on_stored = on_stored  # told each run id written to (the result cache: read your writes)
         self.max_batch = max_batch
         self._queue: asyncio.Queue[tuple[PredictRequest, asyncio.Future]] = asyncio.Queue()
         self._task: asyncio.Task | None = None
@@ -130,6 +138,9 @@ class Predictor:
                     else:  # some ids were stored before: this transaction's rows carry its now()
                         found = await conn.fetch(_NEW_ROWS, list(rows.run_ids), list(rows.ids))
                         new_keys = {(record["run_id"], record["id"]) for record in found}
+        if new_keys and self.on_stored is not None:
+            for run_id in {run_id for run_id, _ in new_keys}:
+                self.on_stored(run_id)
         results: list[PredictResult] = []
         claimed: set[tuple[str, str]] = set()
         for request in requests:

@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnElement
 
-from core.db.schema import FEATURE_COLUMNS, backtest_runs, model_versions, scores, transactions
+from core.db.schema import FEATURE_COLUMNS, backtest_runs, model_versions, run_totals, scores, transactions
 from core.features import PCA_COLUMNS
 
 t = transactions.c
@@ -81,45 +81,42 @@ def watermark(run_id: str) -> Select:
     return select(func.max(s.scored_at)).where(s.run_id == run_id)
 
 
-def score_totals(run_id: str, window: timedelta) -> Select:
-    """Totals of the run and, over the last `window`, counts and latency percentiles."""
-    in_window = s.scored_at >= func.now() - window
+def totals(run_id: str) -> Select:
+    """The run's counters, kept by triggers (migration 0003): no scan. No row = nothing stored."""
+    r = run_totals.c
+    return select(r.transactions, r.labelled, r.frauds, r.scored, r.alerts).where(r.run_id == run_id)
+
+
+def scored_span(run_id: str) -> Select:
+    """First and last scored_at of the run: two probes of the (run_id, scored_at) index."""
+    return select(func.min(s.scored_at).label("first"), func.max(s.scored_at).label("last")).where(
+        s.run_id == run_id
+    )
+
+
+def window_totals(run_id: str, since: datetime) -> Select:
+    """Counts and latency percentiles of the rows scored since `since`: a range scan of the index.
+
+    `since` is a bound value (not `now() - interval`) so the planner sees how narrow the range is.
+    """
     latency = s.latency_ms
     return select(
-        func.count().label("volume"),
+        func.count().label("scored"),
         func.count().filter(s.alert).label("alerts"),
-        func.min(s.scored_at).label("first_scored_at"),
-        func.max(s.scored_at).label("last_scored_at"),
-        func.count().filter(in_window).label("window_scored"),
-        func.count().filter(and_(in_window, s.alert)).label("window_alerts"),
-        func.min(s.scored_at).filter(in_window).label("window_first"),
-        func.now().label("now"),
-        func.count(latency).filter(in_window).label("latency_count"),
-        *(
-            func.percentile_cont(q).within_group(latency).filter(in_window).label(f"p{int(q * 100)}")
-            for q in (0.5, 0.95, 0.99)
-        ),
-        func.max(latency).filter(in_window).label("latency_max"),
-    ).where(s.run_id == run_id)
-
-
-def label_totals(run_id: str) -> Select:
-    return select(
-        func.count(t.label).label("labelled"),
-        func.count().filter(t.label == 1).label("frauds"),
-    ).where(t.run_id == run_id)
-
-
-def fraud_count(run_id: str) -> Select:
-    """Frauds alone: served by the partial index on label = 1."""
-    return select(func.count()).select_from(transactions).where(t.run_id == run_id, t.label == 1)
+        func.min(s.scored_at).label("first"),
+        func.count(latency).label("latency_count"),
+        *(func.percentile_cont(q).within_group(latency).label(f"p{int(q * 100)}") for q in (0.5, 0.95, 0.99)),
+        func.max(latency).label("latency_max"),
+    ).where(s.run_id == run_id, s.scored_at >= since)
 
 
 def true_alerts(run_id: str) -> Select:
+    """Alerts that are frauds: the few alert rows (partial index) probed for their label."""
     return select(func.count()).select_from(_JOIN).where(s.run_id == run_id, s.alert, t.label == 1)
 
 
-def timeseries(run_id: str, window: timedelta, bucket: timedelta) -> Select:
+def timeseries(run_id: str, since: datetime, bucket: timedelta) -> Select:
+    """Scored rows, alerts and latency per bucket since `since`: scores alone, one range scan."""
     bucket_start = func.date_bin(bucket, s.scored_at, literal(BUCKET_ORIGIN)).label("bucket_start")
     latency = s.latency_ms
     return (
@@ -127,14 +124,22 @@ def timeseries(run_id: str, window: timedelta, bucket: timedelta) -> Select:
             bucket_start,
             func.count().label("scored"),
             func.count().filter(s.alert).label("alerts"),
-            func.count().filter(t.label == 1).label("frauds"),
             func.percentile_cont(0.5).within_group(latency).label("p50"),
             func.percentile_cont(0.99).within_group(latency).label("p99"),
         )
-        .select_from(_JOIN)
-        .where(s.run_id == run_id, s.scored_at >= func.now() - window)
+        .where(s.run_id == run_id, s.scored_at >= since)
         .group_by(bucket_start)
-        .order_by(bucket_start)
+    )
+
+
+def timeseries_frauds(run_id: str, since: datetime, bucket: timedelta) -> Select:
+    """Frauds per bucket: the run's frauds (partial index on label = 1) probed for scored_at."""
+    bucket_start = func.date_bin(bucket, s.scored_at, literal(BUCKET_ORIGIN)).label("bucket_start")
+    return (
+        select(bucket_start, func.count().label("frauds"))
+        .select_from(_JOIN)
+        .where(t.run_id == run_id, t.label == 1, s.scored_at >= since)
+        .group_by(bucket_start)
     )
 
 
@@ -213,34 +218,77 @@ def raw_features(run_id: str, ids: list[str]) -> Select:
 
 
 def value_range(feature: Feature, run_id: str, log: bool) -> Select:
-    value = _transformed(feature, log)
-    source = _JOIN if feature.column.table is scores else transactions
-    run = s.run_id if feature.column.table is scores else t.run_id
-    return select(func.min(value), func.max(value)).select_from(source).where(run == run_id)
+    """Min and max over the feature's own table only (an index probe for Time and score).
+
+    The log transform is monotone, so it is applied to the extremes, bit for bit as the
+    histogram applies it to each row.
+    """
+    column = feature.column
+    run = s.run_id if column.table is scores else t.run_id
+    lo, hi = func.min(column), func.max(column)
+    if log:
+        lo, hi = _log1p(lo), _log1p(hi)
+    return select(lo, hi).where(run == run_id)
+
+
+def _log1p(value: ColumnElement) -> ColumnElement:
+    return func.ln(1.0 + func.greatest(value, 0.0))
 
 
 def _transformed(feature: Feature, log: bool) -> ColumnElement:
-    return func.ln(1.0 + func.greatest(feature.column, 0.0)) if log else feature.column
+    return _log1p(feature.column) if log else feature.column
 
 
-def histogram(feature: Feature, run_id: str, lo: float, hi: float, bins: int, log: bool) -> Select:
-    """Counts and sums per (bin, label, alert); bins are equal width over [lo, hi] (log1p space if `log`).
+def _bucket(feature: Feature, lo: float, hi: float, bins: int, log: bool) -> ColumnElement:
+    """Equal-width bin 1..bins over [lo, hi]; the top edge belongs to the last bin."""
+    return func.least(func.width_bucket(_transformed(feature, log), lo, hi, bins), bins).label("bucket")
 
-    The top edge belongs to the last bin (width_bucket would put it in bin `bins + 1`).
-    """
-    value = _transformed(feature, log)
-    bucket = func.least(func.width_bucket(value, lo, hi, bins), bins).label("bucket")
+
+def histogram_by_label(feature: Feature, run_id: str, lo: float, hi: float, bins: int, log: bool) -> Select:
+    """Counts and sums per (bin, label) of a `transactions` feature: one pass, no join."""
+    bucket = _bucket(feature, lo, hi, bins, log)
     return (
-        select(
-            bucket,
-            t.label,
-            s.alert,
-            func.count().label("n"),
-            func.sum(feature.column).label("total"),
-        )
+        select(bucket, t.label, func.count().label("n"), func.sum(feature.column).label("total"))
+        .where(t.run_id == run_id)
+        .group_by(bucket, t.label)
+    )
+
+
+def histogram_alerts(feature: Feature, run_id: str, lo: float, hi: float, bins: int, log: bool) -> Select:
+    """Counts and sums per bin of the alert rows alone (partial index on alert; few rows)."""
+    bucket = _bucket(feature, lo, hi, bins, log)
+    return (
+        select(bucket, func.count().label("n"), func.sum(feature.column).label("total"))
         .select_from(_JOIN)
+        .where(s.run_id == run_id, s.alert)
+        .group_by(bucket)
+    )
+
+
+def histogram_by_alert(feature: Feature, run_id: str, lo: float, hi: float, bins: int, log: bool) -> Select:
+    """Counts and sums per (bin, alert) of a `scores` feature over all rows: one pass, no join."""
+    bucket = _bucket(feature, lo, hi, bins, log)
+    return (
+        select(bucket, s.alert, func.count().label("n"), func.sum(feature.column).label("total"))
         .where(s.run_id == run_id)
-        .group_by(bucket, t.label, s.alert)
+        .group_by(bucket, s.alert)
+    )
+
+
+def histogram_of_label(
+    feature: Feature, run_id: str, lo: float, hi: float, bins: int, log: bool, label: int | None
+) -> Select:
+    """Counts and sums per (bin, alert) of the rows with one label (1: frauds, None: unlabelled).
+
+    Frauds are read through the partial index on label = 1; unlabelled rows are only asked
+    for when the run has some (see `totals`).
+    """
+    bucket = _bucket(feature, lo, hi, bins, log)
+    return (
+        select(bucket, s.alert, func.count().label("n"), func.sum(feature.column).label("total"))
+        .select_from(_JOIN)
+        .where(t.run_id == run_id, t.label.is_(None) if label is None else t.label == label)
+        .group_by(bucket, s.alert)
     )
 
 
@@ -288,21 +336,28 @@ def scatter_normals(x: Feature, y: Feature, run_id: str, n: int, percent: float 
 # --------------------------------------------------------------------------- model performance
 
 
+def _score_bucket(bins: int) -> ColumnElement:
+    return func.least(func.greatest(func.width_bucket(s.score, 0.0, 1.0, bins), 1), bins).label("bucket")
+
+
 def score_bins(run_id: str, bins: int) -> Select:
-    """Labelled rows counted per (model version, score bin, label, alert flag)."""
-    bucket = func.least(func.greatest(func.width_bucket(s.score, 0.0, 1.0, bins), 1), bins).label("bucket")
+    """All scored rows counted per (model version, score bin, alert flag): scores alone, one pass."""
+    bucket = _score_bucket(bins)
     return (
-        select(s.model_version, bucket, t.label, s.alert, func.count().label("n"))
-        .select_from(_JOIN)
-        .where(s.run_id == run_id, t.label.is_not(None))
-        .group_by(s.model_version, bucket, t.label, s.alert)
+        select(s.model_version, bucket, s.alert, func.count().label("n"))
+        .where(s.run_id == run_id)
+        .group_by(s.model_version, bucket, s.alert)
     )
 
 
-def version_rows(run_id: str) -> Select:
-    """Rows per model version (labelled or not)."""
+def score_bins_of_label(run_id: str, bins: int, label: int | None) -> Select:
+    """The same counts for the rows with one label (1: frauds via their partial index; None: unlabelled)."""
+    bucket = _score_bucket(bins)
     return (
-        select(s.model_version, func.count().label("n")).where(s.run_id == run_id).group_by(s.model_version)
+        select(s.model_version, bucket, s.alert, func.count().label("n"))
+        .select_from(_JOIN)
+        .where(t.run_id == run_id, t.label.is_(None) if label is None else t.label == label)
+        .group_by(s.model_version, bucket, s.alert)
     )
 
 

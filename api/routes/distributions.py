@@ -5,13 +5,16 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api import queries
-from api.deps import Cache, Connection, run_watermark
+from api.cache import ResultCache
+from api.deps import Cache, cached_response, run_totals
 from api.params import DEFAULT_RUN, RunId
 from api.schemas import Distribution, HistogramSeries, Problem
+from core.db.schema import transactions
 
 router = APIRouter(prefix="/api/distributions", tags=["distributions"])
 
@@ -36,32 +39,59 @@ def unknown_feature_response(name: str, status_code: int) -> JSONResponse:
     return JSONResponse(problem.model_dump(), status_code=status_code)
 
 
+def _add(counts: dict[str, list[int]], sums: dict[str, float], name: str, rows, sign: int = 1) -> None:
+    for row in rows:
+        counts[name][row.bucket - 1] += sign * row.n
+        sums[name] += sign * (row.total or 0.0)
+
+
+async def _counts(
+    conn: AsyncConnection, feature: queries.Feature, run_id: str, lo: float, hi: float, bins: int, log: bool
+) -> tuple[dict[str, list[int]], dict[str, float]]:
+    """Per-bin counts and sums per series, each from one pass over ONE table plus a few rare rows.
+
+    A `transactions` feature: one pass grouped by label, and the alert rows (rare) joined.
+    A `scores` feature: one pass grouped by alert, and the frauds (rare, partial index) and
+    the unlabelled rows (only if the run has any) joined; normal = all - fraud - unlabelled.
+    """
+    counts = {name: [0] * bins for name in ("normal", "fraud", "unlabelled", "alert")}
+    sums = dict.fromkeys(counts, 0.0)
+    args = (feature, run_id, lo, hi, bins, log)
+    if feature.column.table is transactions:
+        for row in (await conn.execute(queries.histogram_by_label(*args))).all():
+            name = "unlabelled" if row.label is None else ("fraud" if row.label == 1 else "normal")
+            _add(counts, sums, name, [row])
+        _add(counts, sums, "alert", (await conn.execute(queries.histogram_alerts(*args))).all())
+        return counts, sums
+    everything = (await conn.execute(queries.histogram_by_alert(*args))).all()
+    _add(counts, sums, "normal", everything)
+    _add(counts, sums, "alert", [row for row in everything if row.alert])
+    labels: list[tuple[str, int | None]] = [("fraud", 1)]
+    if (await run_totals(conn, run_id)).unlabelled:
+        labels.append(("unlabelled", None))
+    for name, label in labels:
+        rows = (await conn.execute(queries.histogram_of_label(*args, label))).all()
+        _add(counts, sums, name, rows)
+        _add(counts, sums, "normal", rows, sign=-1)
+    return counts, sums
+
+
 async def _distribution(
-    conn, cache, feature: queries.Feature, run_id: str, bins: int, scale: str
-) -> Distribution | JSONResponse:
+    cache: ResultCache, feature: queries.Feature, run_id: str, bins: int, scale: str
+) -> Response | JSONResponse:
     key = feature.name.lower()
     log = scale == "log" or (scale == "auto" and key in _LOG_BY_DEFAULT)
     if log and not feature.nonnegative:
         problem = Problem(detail=f"scale=log needs a non-negative feature; {feature.name} can be negative")
         return JSONResponse(problem.model_dump(), status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
-    async def compute() -> Distribution:
+    async def compute(conn: AsyncConnection) -> Distribution:
         lo, hi = (await conn.execute(queries.value_range(feature, run_id, log))).one()
         if lo is None:
             lo, hi = 0.0, 1.0
         if hi <= lo:
             hi = lo + 1.0
-        rows = (await conn.execute(queries.histogram(feature, run_id, lo, hi, bins, log))).all()
-        counts = {name: [0] * bins for name in ("normal", "fraud", "unlabelled", "alert")}
-        sums = dict.fromkeys(counts, 0.0)
-        for row in rows:
-            i = row.bucket - 1
-            name = "unlabelled" if row.label is None else ("fraud" if row.label == 1 else "normal")
-            counts[name][i] += row.n
-            sums[name] += row.total
-            if row.alert:
-                counts["alert"][i] += row.n
-                sums["alert"] += row.total
+        counts, sums = await _counts(conn, feature, run_id, lo, hi, bins, log)
         series = []
         for name, values in counts.items():
             total = sum(values)
@@ -84,15 +114,12 @@ async def _distribution(
             rows=sum(s.total for s in series if s.name != "alert"),
         )
 
-    cache_key = ("distribution", key, run_id, bins, log)
-    return await cache.get(cache_key, await run_watermark(conn, run_id), compute)
+    return await cached_response(cache, ("distribution", key, run_id, bins, log), run_id, compute)
 
 
 @router.get("/amount", response_model=Distribution, summary="Histogram of Amount (log scale), by class")
-async def amount(
-    conn: Connection, cache: Cache, run_id: RunId = DEFAULT_RUN, bins: Bins = 50, scale: Scale = "auto"
-):
-    return await _distribution(conn, cache, queries.FEATURES["amount"], run_id, bins, scale)
+async def amount(cache: Cache, run_id: RunId = DEFAULT_RUN, bins: Bins = 50, scale: Scale = "auto"):
+    return await _distribution(cache, queries.FEATURES["amount"], run_id, bins, scale)
 
 
 @router.get(
@@ -103,7 +130,6 @@ async def amount(
 )
 async def feature(
     name: str,
-    conn: Connection,
     cache: Cache,
     run_id: RunId = DEFAULT_RUN,
     bins: Bins = 50,
@@ -113,4 +139,4 @@ async def feature(
     found = queries.lookup_feature(name)
     if found is None:
         return unknown_feature_response(name, status.HTTP_404_NOT_FOUND)
-    return await _distribution(conn, cache, found, run_id, bins, scale)
+    return await _distribution(cache, found, run_id, bins, scale)

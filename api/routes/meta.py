@@ -12,7 +12,6 @@ from sqlalchemy import text
 
 from api.deps import Metrics
 from api.schemas import Health, Heartbeat
-from core.kafka import broker_reachable
 
 router = APIRouter(tags=["meta"])
 
@@ -46,10 +45,8 @@ async def _database_status(request: Request) -> str:
 
 
 async def _broker_status(request: Request) -> str:
-    bootstrap = request.app.state.bootstrap_servers
-    if bootstrap is None:
-        return "not configured"
-    return "ok" if await broker_reachable(bootstrap, timeout=2.0) else f"unreachable at {bootstrap}"
+    """The background monitor's last answer (`api.broker`): no Kafka client per call."""
+    return await request.app.state.broker_monitor.status()
 
 
 @router.get(

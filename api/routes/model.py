@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+import numpy as np
+from fastapi import APIRouter, Query, Response
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api import queries
 from api.curves import f1, metrics_from_bins, ratio
-from api.deps import Cache, Connection, LoadedEnsemble, run_watermark
+from api.deps import Cache, Connection, LoadedEnsemble, cached_response, run_totals
 from api.params import DEFAULT_RUN, RunId
 from api.schemas import (
     Confusion,
@@ -40,35 +42,50 @@ def training_summary(manifest: dict[str, Any]) -> dict[str, Any] | None:
     "/model/performance", response_model=ModelPerformance, summary="Stored-stream metrics per version"
 )
 async def performance(
-    conn: Connection,
     cache: Cache,
     ensemble: LoadedEnsemble,
     run_id: RunId = DEFAULT_RUN,
     bins: Annotated[int, Query(ge=10, le=1000, description="score bins for the curves")] = 1000,
     curves: Annotated[bool, Query(description="include the offline evaluation's curves")] = True,
-) -> ModelPerformance:
+) -> Response:
     """Precision/recall/F1 at the stored alert flag, AUPRC, ROC AUC and curves, per model version,
-    on the run's labelled rows; plus the loaded bundle's feature importance and offline evaluation."""
+    on the run's labelled rows; plus the loaded bundle's feature importance and offline evaluation.
 
-    async def compute() -> ModelPerformance:
-        binned = (await conn.execute(queries.score_bins(run_id, bins))).all()
-        rows_per_version = dict((await conn.execute(queries.version_rows(run_id))).tuples().all())
-        thresholds = dict((await conn.execute(queries.model_thresholds())).tuples().all())
+    PostgreSQL counts rows per (version, score bin, alert) in one pass over `scores`, and the
+    same for the frauds (partial index) and unlabelled rows (if any); negatives are the rest.
+    The curves come from cumulative sums over the bins (`api.curves`)."""
+
+    async def compute(conn: AsyncConnection) -> ModelPerformance:
+        everything = (await conn.execute(queries.score_bins(run_id, bins))).all()
+        frauds = (await conn.execute(queries.score_bins_of_label(run_id, bins, 1))).all()
+        unlabelled = []
+        if (await run_totals(conn, run_id)).unlabelled:
+            unlabelled = (await conn.execute(queries.score_bins_of_label(run_id, bins, None))).all()
+        thresholds = dict((await conn.execute(queries.model_thresholds())).all())
         thresholds[ensemble.version] = ensemble.threshold
+        rows_per_version: dict[str, int] = {}
+        # counts[version][alert] -> per-bin arrays of positives and negatives
+        pos: dict[str, np.ndarray] = {}
+        neg: dict[str, np.ndarray] = {}
+        for row in everything:
+            rows_per_version[row.model_version] = rows_per_version.get(row.model_version, 0) + row.n
+            neg.setdefault(row.model_version, np.zeros((2, bins), dtype=np.int64))[
+                int(row.alert), row.bucket - 1
+            ] += row.n
+        for rows, is_fraud in ((frauds, True), (unlabelled, False)):
+            for row in rows:
+                neg[row.model_version][int(row.alert), row.bucket - 1] -= row.n
+                if is_fraud:
+                    pos.setdefault(row.model_version, np.zeros((2, bins), dtype=np.int64))[
+                        int(row.alert), row.bucket - 1
+                    ] += row.n
         versions = []
         for version in sorted(rows_per_version):
-            pos, neg = [0] * bins, [0] * bins
-            tp = fp = tn = fn = 0
-            for row in binned:
-                if row.model_version != version:
-                    continue
-                if row.label == 1:
-                    pos[row.bucket - 1] += row.n
-                    tp, fn = (tp + row.n, fn) if row.alert else (tp, fn + row.n)
-                else:
-                    neg[row.bucket - 1] += row.n
-                    fp, tn = (fp + row.n, tn) if row.alert else (fp, tn + row.n)
-            m = metrics_from_bins(pos, neg)
+            p = pos.get(version, np.zeros((2, bins), dtype=np.int64))
+            n = neg[version]
+            tp, fn = int(p[1].sum()), int(p[0].sum())
+            fp, tn = int(n[1].sum()), int(n[0].sum())
+            m = metrics_from_bins(p.sum(axis=0), n.sum(axis=0))
             precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
             versions.append(
                 VersionPerformance(
@@ -101,8 +118,8 @@ async def performance(
             offline_evaluation=offline or {},
         )
 
-    key = ("performance", run_id, bins, curves)
-    return await cache.get(key, await run_watermark(conn, run_id), compute)
+    key = ("performance", run_id, bins, curves, ensemble.version)
+    return await cached_response(cache, key, run_id, compute)
 
 
 @router.get("/models", response_model=ModelList, summary="Model versions; which one is active")

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api import queries
-from api.deps import Cache, Connection, run_watermark
+from api.deps import Cache, cached_response
 from api.params import DEFAULT_RUN, RunId
 from api.routes.distributions import unknown_feature_response
 from api.schemas import Problem, Scatter, ScatterPoint
@@ -26,7 +27,6 @@ FeatureName = Annotated[str, Query(max_length=40, description="Time, V1..V28, Am
     responses={422: {"model": Problem, "description": "unknown feature; `valid` lists the names"}},
 )
 async def scatter(
-    conn: Connection,
     cache: Cache,
     x: FeatureName = "V14",
     y: FeatureName = "V17",
@@ -39,7 +39,7 @@ async def scatter(
             return unknown_feature_response(name, status.HTTP_422_UNPROCESSABLE_CONTENT)
     assert fx is not None and fy is not None
 
-    async def compute() -> Scatter:
+    async def compute(conn: AsyncConnection) -> Scatter:
         half = n // 2
         frauds = (await conn.execute(queries.scatter_frauds(fx, fy, run_id, half))).all()
         want = n - half
@@ -59,5 +59,4 @@ async def scatter(
             run_id=run_id, x=fx.name, y=fy.name, points=points, frauds=len(frauds), normals=len(normals)
         )
 
-    key = ("scatter", fx.name, fy.name, n, run_id)
-    return await cache.get(key, await run_watermark(conn, run_id), compute)
+    return await cached_response(cache, ("scatter", fx.name, fy.name, n, run_id), run_id, compute)

@@ -10,11 +10,12 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api import queries
 from api.cache import ResultCache
-from api.deps import Cache, Connection, get_ensemble, run_watermark
+from api.deps import Cache, Engine, cached_response, get_ensemble
 from api.explain import contributions
 from api.params import DEFAULT_RUN, RunId, decode_cursor, encode_cursor
 from api.schemas import Transaction, TransactionPage
@@ -44,17 +45,23 @@ async def _page(
 
 
 async def _cached_page(
-    conn, cache: ResultCache, where: queries.ListFilter, limit: int, cursor: str | None, with_features: bool
-) -> TransactionPage:
-    """A page, reused while no row was stored in the run (the dashboard polls the first page)."""
+    cache: ResultCache, where: queries.ListFilter, limit: int, cursor: str | None, with_features: bool
+) -> Response:
+    """The first page through the result cache (the dashboard polls it; see `api.cache`).
 
-    async def compute() -> TransactionPage:
+    Later pages (a cursor) are read directly: a keyset range scan, and stable, since new
+    rows land before the first page.
+    """
+
+    async def compute(conn: AsyncConnection) -> TransactionPage:
         rows, next_cursor = await _page(conn, where, limit, cursor, with_features)
         items = [_transaction(r, with_features) for r in rows]
         return TransactionPage(run_id=where.run_id, items=items, next_cursor=next_cursor, limit=limit)
 
-    key = ("page", where, limit, cursor, with_features)
-    return await cache.get(key, await run_watermark(conn, where.run_id), compute)
+    if cursor is not None:
+        return await cached_response(cache, None, where.run_id, compute)
+    key = ("page", where, limit, with_features)
+    return await cached_response(cache, key, where.run_id, compute)
 
 
 def _transaction(row, with_features: bool, top_features=None) -> Transaction:
@@ -85,7 +92,6 @@ def _check_ranges(score_min, score_max, time_from, time_to) -> None:
 
 @router.get("/transactions", response_model=TransactionPage, summary="Stored transactions, newest first")
 async def list_transactions(
-    conn: Connection,
     cache: Cache,
     run_id: RunId = DEFAULT_RUN,
     label: Annotated[int | None, Query(ge=0, le=1, description="ground truth: 0 or 1")] = None,
@@ -100,26 +106,25 @@ async def list_transactions(
 ) -> TransactionPage:
     _check_ranges(score_min, score_max, time_from, time_to)
     where = queries.ListFilter(run_id, label, alert, score_min, score_max, time_from, time_to)
-    return await _cached_page(conn, cache, where, limit, cursor, features)
+    return await _cached_page(cache, where, limit, cursor, features)
 
 
 @router.get(
     "/anomalies", response_model=TransactionPage, summary="Confirmed frauds (label = 1), newest first"
 )
 async def list_anomalies(
-    conn: Connection,
     cache: Cache,
     run_id: RunId = DEFAULT_RUN,
     limit: Limit = 100,
     cursor: Cursor = None,
     features: WithFeatures = True,
 ) -> TransactionPage:
-    return await _cached_page(conn, cache, queries.ListFilter(run_id, label=1), limit, cursor, features)
+    return await _cached_page(cache, queries.ListFilter(run_id, label=1), limit, cursor, features)
 
 
 @router.get("/alerts", response_model=TransactionPage, summary="Model alerts, newest first")
 async def list_alerts(
-    conn: Connection,
+    engine: Engine,
     cache: Cache,
     request: Request,
     run_id: RunId = DEFAULT_RUN,
@@ -135,17 +140,17 @@ async def list_alerts(
     top: Annotated[int, Query(ge=1, le=40, description="how many top features with explain")] = 5,
 ) -> TransactionPage:
     if not explain:
-        return await _cached_page(
-            conn, cache, queries.ListFilter(run_id, alert=True), limit, cursor, features
-        )
+        return await _cached_page(cache, queries.ListFilter(run_id, alert=True), limit, cursor, features)
     if limit > EXPLAIN_LIMIT:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT, f"explain=true allows at most limit={EXPLAIN_LIMIT}"
         )
-    rows, next_cursor = await _page(conn, queries.ListFilter(run_id, alert=True), limit, cursor, features)
+    async with engine.connect() as conn:
+        rows, next_cursor = await _page(conn, queries.ListFilter(run_id, alert=True), limit, cursor, features)
+        ids = [r.id for r in rows]
+        stored = (await conn.execute(queries.raw_features(run_id, ids))).all() if rows else []
     tops: dict[str, list] = {}
     if rows:
-        stored = (await conn.execute(queries.raw_features(run_id, [r.id for r in rows]))).all()
         raw = np.array([[getattr(r, name) for name in FEATURE_COLUMNS] for r in stored], dtype=np.float64)
         explained, _ = contributions(get_ensemble(request), raw, top=top)
         tops = {r.id: row for r, row in zip(stored, explained, strict=True)}

@@ -8,6 +8,7 @@ redelivered event can never make a second row (inserts use ON CONFLICT DO NOTHIN
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Double,
@@ -98,4 +99,17 @@ backtest_runs = Table(
     Column("finished_at", TIMESTAMP(timezone=True), nullable=True),
     Column("metrics", JSONB, nullable=True),
     Column("error", Text, nullable=True),
+)
+
+#: Per-run counters, kept by statement-level triggers on `transactions` and `scores`
+#: (migration 0003): the API's totals without scanning either table.
+run_totals = Table(
+    "run_totals",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    *(
+        Column(name, BigInteger, nullable=False, server_default=text("0"))
+        for name in ("transactions", "labelled", "frauds", "scored", "alerts")
+    ),
+    PrimaryKeyConstraint("run_id", name="pk_run_totals"),
 )
