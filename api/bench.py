@@ -10,8 +10,12 @@ What it does, all on loopback and in a temporary folder:
 3. starts the API (`python -m api.cli`) as a subprocess, and a second one with the
    aggregate cache off, so the table shows both the steady state and the cost of the SQL;
 4. measures with a small keep-alive HTTP/1.1 load generator written on asyncio streams
-   (cheap enough not to be the bottleneck on two cores): each GET at concurrency 8, then
+   (cheap enough not to be the bottleneck on two cores): each GET at concurrency 8 on the
+   quiet database; then each GET again WHILE a background task stores `--stream-rate`
+   new rows per second through `store_scored` (the live dashboard's case: the data move
+   under every answer), with how old each served answer's data were (`X-As-Of`); then
    `/api/predict` at concurrency 1 and 32 (new ids, so every request stores a row).
+   The machine's load average is sampled during each GET phase (the machine is shared).
 
 Without `--model` (and no bundle at the default path) it trains a quick one on the
 shipped sample first.
@@ -21,14 +25,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import asyncpg
@@ -71,6 +78,7 @@ class Measured:
     seconds: float
     latencies_ms: np.ndarray
     errors: Counter
+    ages_ms: np.ndarray  # age of each served answer's data (X-As-Of), cached answers only
 
     @property
     def rate(self) -> float:
@@ -79,16 +87,21 @@ class Measured:
     def pct(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if len(self.latencies_ms) else float("nan")
 
+    def max_age(self) -> str:
+        return f"{self.ages_ms.max():.0f}" if len(self.ages_ms) else "-"
+
 
 # --------------------------------------------------------------------------- load generator
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, str | None]:
+    """(status, body, the X-As-Of header if any)."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     status = int(lines[0].split()[1])
     length = 0
     chunked = False
+    as_of = None
     for line in lines[1:]:
         name, _, value = line.partition(b":")
         name = name.strip().lower()
@@ -96,14 +109,16 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
             length = int(value)
         elif name == b"transfer-encoding" and b"chunked" in value.lower():
             chunked = True
+        elif name == b"x-as-of":
+            as_of = value.strip().decode()
     if not chunked:
-        return status, await reader.readexactly(length)
+        return status, await reader.readexactly(length), as_of
     body = bytearray()
     while True:
         size = int((await reader.readuntil(b"\r\n")).strip(), 16)
         chunk = await reader.readexactly(size + 2)
         if size == 0:
-            return status, bytes(body)
+            return status, bytes(body), as_of
         body += chunk[:-2]
 
 
@@ -124,6 +139,7 @@ async def load(
 ) -> Measured:
     """Send `requests` (cycled) over `concurrency` keep-alive connections; time each one."""
     latencies: list[float] = []
+    ages: list[float] = []
     errors: Counter = Counter()
     sent = 0
     deadline = time.perf_counter() + duration if duration else None
@@ -139,8 +155,10 @@ async def load(
                 sent += 1
                 start = time.perf_counter()
                 writer.write(requests[i % len(requests)])
-                status, _ = await _read_response(reader)
+                status, _, as_of = await _read_response(reader)
                 latencies.append((time.perf_counter() - start) * 1000)
+                if as_of is not None:  # how old the served answer's data were when it arrived
+                    ages.append((time.time() - datetime.fromisoformat(as_of).timestamp()) * 1000)
                 if status >= 400:
                     errors[status] += 1
                 i += concurrency
@@ -149,7 +167,8 @@ async def load(
 
     started = time.perf_counter()
     await asyncio.gather(*(worker(k) for k in range(concurrency)))
-    return Measured(len(latencies), time.perf_counter() - started, np.asarray(latencies), errors)
+    seconds = time.perf_counter() - started
+    return Measured(len(latencies), seconds, np.asarray(latencies), errors, np.asarray(ages))
 
 
 # --------------------------------------------------------------------------- setup
@@ -235,7 +254,12 @@ def _serve_uncached(port: int) -> int:
 # --------------------------------------------------------------------------- run
 
 
-async def _bench_gets(port: int, port_uncached: int, requests_per_endpoint: int) -> list[tuple]:
+async def _bench_gets(port: int, port_uncached: int, requests_per_endpoint: int) -> tuple[list[tuple], str]:
+    async with LoadAverage() as loadavg:
+        return await _bench_gets_quiet(port, port_uncached, requests_per_endpoint), loadavg.summary()
+
+
+async def _bench_gets_quiet(port: int, port_uncached: int, requests_per_endpoint: int) -> list[tuple]:
     rows = []
     for path in tqdm(GET_ENDPOINTS, desc="GET endpoints", unit="endpoint"):
         request = [_request("GET", path, port)]
@@ -246,6 +270,101 @@ async def _bench_gets(port: int, port_uncached: int, requests_per_endpoint: int)
         uncached = await load(port_uncached, request_u, 8, total=max(40, requests_per_endpoint // 10))
         rows.append((path, cached, uncached))
     return rows
+
+
+class LoadAverage:
+    """Samples the machine's 1-minute load average every second while a phase runs."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self._task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> LoadAverage:
+        async def sample() -> None:
+            while True:
+                self.samples.append(os.getloadavg()[0])
+                await asyncio.sleep(1.0)
+
+        self._task = asyncio.create_task(sample())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    def summary(self) -> str:
+        if not self.samples:
+            return "n/a"
+        return f"mean {np.mean(self.samples):.2f}, max {max(self.samples):.2f} ({os.cpu_count()} CPUs)"
+
+
+@dataclass
+class Streamer:
+    """Stores `rate` new rows per second through `store_scored` (the scorer's write path) in 10 ticks/s."""
+
+    url: str
+    ensemble: Ensemble
+    raw: np.ndarray
+    labels: np.ndarray
+    rate: int
+    stored: int = 0
+    seconds: float = 0.0
+
+    async def run(self, stop_event: asyncio.Event) -> None:
+        rng = np.random.default_rng(1)
+        picks = rng.choice(len(self.labels), size=min(len(self.labels), 20_000), replace=False)
+        raw, labels = self.raw[picks], self.labels[picks]
+        scored = self.ensemble.score(raw)
+        per_tick = max(1, self.rate // 10)
+        conn = await asyncpg.connect(self.url)
+        started = time.perf_counter()
+        tick, offset = 0, 0
+        try:
+            while not stop_event.is_set():
+                take = (np.arange(per_tick) + offset) % len(labels)
+                offset += per_tick
+                rows = ScoredRows(
+                    ids=[f"bench-stream-{uuid.uuid4().hex}" for _ in range(per_tick)],
+                    features=raw[take],
+                    labels=labels[take].tolist(),
+                    run_ids=[None] * per_tick,
+                    produced_at=[time.time()] * per_tick,
+                    model_version=self.ensemble.version,
+                    score=scored.score[take],
+                    recon_error=scored.recon_error[take],
+                    alert=scored.alert[take],
+                )
+                self.stored += await store_scored(conn, rows)
+                tick += 1
+                delay = started + tick / 10 - time.perf_counter()
+                if delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop_event.wait(), delay)
+        finally:
+            self.seconds = time.perf_counter() - started
+            await conn.close()
+
+
+async def _bench_streaming(port: int, streamer: Streamer, requests_per_endpoint: int) -> tuple[list, str]:
+    """Each GET (cache on) while `streamer` stores rows: what the live dashboard sees."""
+    stop_event = asyncio.Event()
+    task = asyncio.create_task(streamer.run(stop_event))
+    rows = []
+    try:
+        async with LoadAverage() as loadavg:
+            await asyncio.sleep(3.0)  # the stream is running before the first request
+            for path in tqdm(GET_ENDPOINTS, desc="GET while streaming", unit="endpoint"):
+                request = [_request("GET", path, port)]
+                await load(port, request, 2, total=20)
+                rows.append((path, await load(port, request, 8, total=requests_per_endpoint)))
+                if task.done():
+                    break
+    finally:
+        stop_event.set()
+        await task
+    return rows, loadavg.summary()
 
 
 def _predict_bodies(data_path: Path, port: int, n: int = 2000) -> list[bytes]:
@@ -292,7 +411,10 @@ def run(args: argparse.Namespace) -> int:
         processes.append(_start_api(env, port, work / "api.log", workers=args.workers, cache=True))
         processes.append(_start_api(env, port_uncached, work / "api-uncached.log", workers=1, cache=False))
 
-        get_rows = asyncio.run(_bench_gets(port, port_uncached, args.requests))
+        get_rows, quiet_load = asyncio.run(_bench_gets(port, port_uncached, args.requests))
+        data = load_csv(args.data)
+        streamer = Streamer(url, ensemble, data.raw, data.labels, args.stream_rate)
+        stream_rows, stream_load = asyncio.run(_bench_streaming(port, streamer, args.requests))
         bodies = _predict_bodies(args.data, port)
         predict_rows = []
         for concurrency in (1, 32):
@@ -305,8 +427,11 @@ def run(args: argparse.Namespace) -> int:
         postgres.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\nGET endpoints, {stored:,} rows stored, concurrency 8, API workers {args.workers}")
-    print("(cached: steady state with the aggregate cache; SQL: the same API with the cache off)\n")
+    print(
+        f"\nGET endpoints, quiet database, {stored:,} rows stored, concurrency 8, API workers {args.workers}"
+    )
+    print("(cached: the API as it runs, cache bound 2 s; SQL: the same API with the cache off)")
+    print(f"load average during the run: {quiet_load}\n")
     headers = ["endpoint", "p50 ms", "p99 ms", "req/s", "SQL p50 ms", "SQL p99 ms", "errors"]
     table = [
         (
@@ -321,6 +446,31 @@ def run(args: argparse.Namespace) -> int:
         for path, c, u in get_rows
     ]
     print(_table(headers, table))
+    achieved = streamer.stored / streamer.seconds if streamer.seconds else 0.0
+    print(
+        f"\nGET endpoints WHILE STREAMING: {achieved:,.0f} rows/s stored through store_scored "
+        f"(target {args.stream_rate:,}/s, {streamer.stored:,} rows in {streamer.seconds:.0f}s), "
+        f"concurrency 8, cache on"
+    )
+    print("(age: how old the served answer's data were (X-As-Of) when it arrived)")
+    print(f"load average during the run: {stream_load}\n")
+    print(
+        _table(
+            ["endpoint", "p50 ms", "p99 ms", "req/s", "age p50 ms", "age max ms", "errors"],
+            [
+                (
+                    path,
+                    f"{m.pct(50):.2f}",
+                    f"{m.pct(99):.2f}",
+                    f"{m.rate:.0f}",
+                    f"{np.percentile(m.ages_ms, 50):.0f}" if len(m.ages_ms) else "-",
+                    m.max_age(),
+                    sum(m.errors.values()),
+                )
+                for path, m in stream_rows
+            ],
+        )
+    )
     print(f"\nPOST /api/predict ({args.duration:.0f}s each, new row stored per request)\n")
     print(
         _table(
@@ -352,6 +502,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=400, help="requests per GET endpoint (default 400)")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per predict run (default 8)")
     parser.add_argument("--workers", type=int, default=1, help="API worker processes (default 1)")
+    parser.add_argument(
+        "--stream-rate", type=int, default=2000, help="rows/s stored while measuring GETs (default 2000)"
+    )
     parser.add_argument("--serve-uncached", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

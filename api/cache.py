@@ -7,12 +7,14 @@ fresh scan on every poll makes every poll pay the full query, so instead:
 - every answer is computed from one snapshot and remembers when: `as_of` (wall clock,
   taken before the query starts, so the data are at least that new);
 - an answer younger than `max_age` is served as is, with no database round trip;
-- each key that is read again (one-off questions are not kept fresh) has ONE background task that starts the recompute just
-  before the answer reaches `max_age`, and swaps the new answer in when it is done.
-  Meanwhile the old answer is served. So a served answer is never older than
-  `max_age` plus the duration of the recompute that replaces it; if no recompute
-  started in time (a key nobody asked for lately, a failed recompute), the request
-  waits for one (single flight: concurrent requests share it);
+- each key that is read again (one-off questions are not kept fresh) has ONE background
+  task that starts the recompute just before the answer reaches `max_age`, and swaps
+  the new answer in when it is done. Meanwhile the old answer is served. So a served
+  answer is never older than `max_age` plus the duration of the recompute that
+  replaces it (a recompute slower than `max_age` is followed by the next one at once:
+  then an answer is at most two recomputes old). If no recompute started in time (a
+  key nobody asked for lately, a failed recompute), the request waits for one (single
+  flight: concurrent requests share it);
 - a key nobody reads for `idle_seconds` stops being refreshed;
 - before recomputing an answer that does not move with the clock, the run's
   watermark (its newest `scored_at`, one index probe) is compared: unchanged means
@@ -72,6 +74,7 @@ class _Slot:
     entry: Cached | None = None
     inflight: asyncio.Task | None = None
     inflight_started: float = -math.inf
+    ready_at: float = -math.inf  # when the current entry was installed
     refresher: asyncio.Task | None = None
     evicted: bool = field(default=False)
 
@@ -130,6 +133,11 @@ class ResultCache:
         self._slots.clear()
 
     @property
+    def _margin(self) -> float:
+        """How long before an answer reaches max_age its recompute starts."""
+        return min(0.2 * self.max_age, 0.25)
+
+    @property
     def enabled(self) -> bool:
         return self.max_age > 0
 
@@ -159,7 +167,9 @@ class ResultCache:
                 self.hits += 1
                 self._keep_fresh(slot)
                 return entry
-            if slot.inflight is not None and slot.inflight_started <= entry.started + self.max_age:
+            if slot.inflight is not None and slot.inflight_started <= max(
+                entry.started + self.max_age, slot.ready_at
+            ):
                 self.stale_hits += 1  # its replacement started in time: the bound holds
                 self._keep_fresh(slot)
                 return entry
@@ -208,6 +218,16 @@ class ResultCache:
             entry = task.result()
             if slot.entry is None or entry.started >= slot.entry.started:
                 slot.entry = entry
+                now = self._clock()
+                if (  # a recompute slower than max_age: start the next one at once, no gap
+                    slot.inflight is None
+                    and not slot.evicted
+                    and slot.reads >= 2
+                    and now - slot.last_access <= self.idle_seconds
+                    and now - entry.started >= self.max_age - self._margin
+                ):
+                    self._start(slot)
+                slot.ready_at = self._clock()
         else:
             log.warning("recomputing %r failed: %s", slot.key, error)
 
@@ -247,12 +267,11 @@ class ResultCache:
 
     async def _refresh_loop(self, slot: _Slot) -> None:
         """Start each recompute a little before the answer reaches max_age, while the key is read."""
-        margin = min(0.2 * self.max_age, 0.25)
         while not slot.evicted:
             entry = slot.entry
             if entry is None:
                 return
-            await asyncio.sleep(max(0.0, entry.started + self.max_age - margin - self._clock()))
+            await asyncio.sleep(max(0.0, entry.started + self.max_age - self._margin - self._clock()))
             if slot.evicted or self._clock() - slot.last_access > self.idle_seconds:
                 return
             task = slot.inflight or self._start(slot)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import (
     Select,
     and_,
+    case,
     column,
     false,
     func,
@@ -362,7 +363,19 @@ def score_bins_of_label(run_id: str, bins: int, label: int | None) -> Select:
 
 
 def model_version_list() -> Select:
-    return select(model_versions).order_by(model_versions.c.created_at.desc(), model_versions.c.version)
+    """Model versions with the manifest parts the list shows, cut in SQL (no curves sent over)."""
+    m = model_versions.c
+    evaluation = m.manifest["evaluation"]
+    training = m.manifest["training"]
+    return select(
+        m.version,
+        m.created_at,
+        m.bundle_path,
+        m.threshold,
+        m.active,
+        case((func.jsonb_typeof(evaluation) == "object", evaluation.op("-")("curves"))).label("evaluation"),
+        case((func.jsonb_typeof(training) == "object", training["data"])).label("training"),
+    ).order_by(m.created_at.desc(), m.version)
 
 
 def model_thresholds() -> Select:
@@ -381,4 +394,7 @@ def backtest_one(run_id: str) -> Select:
 
 
 def run_count(run_id: str) -> Select:
-    return select(func.count()).select_from(scores).where(s.run_id == run_id)
+    """Rows scored for the run so far: the trigger-kept counter (migration 0003), no scan."""
+    return select(
+        func.coalesce(select(run_totals.c.scored).where(run_totals.c.run_id == run_id).scalar_subquery(), 0)
+    )

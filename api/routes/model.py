@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api import queries
 from api.curves import f1, metrics_from_bins, ratio
-from api.deps import Cache, Connection, LoadedEnsemble, cached_response, run_totals
+from api.deps import Cache, LoadedEnsemble, cached_response, run_totals
 from api.params import DEFAULT_RUN, RunId
 from api.schemas import (
     Confusion,
@@ -31,11 +31,6 @@ def evaluation_summary(manifest: dict[str, Any]) -> dict[str, Any] | None:
     if not isinstance(evaluation, dict):
         return None
     return {key: value for key, value in evaluation.items() if key != "curves"}
-
-
-def training_summary(manifest: dict[str, Any]) -> dict[str, Any] | None:
-    training = manifest.get("training")
-    return training.get("data") if isinstance(training, dict) else None
 
 
 @router.get(
@@ -123,20 +118,25 @@ async def performance(
 
 
 @router.get("/models", response_model=ModelList, summary="Model versions; which one is active")
-async def models(conn: Connection, ensemble: LoadedEnsemble) -> ModelList:
-    rows = (await conn.execute(queries.model_version_list())).all()
-    versions = [
-        ModelVersion(
-            version=row.version,
-            created_at=row.created_at,
-            bundle_path=row.bundle_path,
-            threshold=row.threshold,
-            active=row.active,
-            loaded=row.version == ensemble.version,
-            evaluation=evaluation_summary(row.manifest),
-            training=training_summary(row.manifest),
-        )
-        for row in rows
-    ]
-    active = next((v.version for v in versions if v.active), None)
-    return ModelList(active=active, loaded=ensemble.version, versions=versions)
+async def models(cache: Cache, ensemble: LoadedEnsemble) -> Response:
+    """Through the result cache like the aggregates (the manifests are large; the list changes rarely)."""
+
+    async def compute(conn: AsyncConnection) -> ModelList:
+        rows = (await conn.execute(queries.model_version_list())).all()
+        versions = [
+            ModelVersion(
+                version=row.version,
+                created_at=row.created_at,
+                bundle_path=row.bundle_path,
+                threshold=row.threshold,
+                active=row.active,
+                loaded=row.version == ensemble.version,
+                evaluation=row.evaluation,
+                training=row.training,
+            )
+            for row in rows
+        ]
+        active = next((v.version for v in versions if v.active), None)
+        return ModelList(active=active, loaded=ensemble.version, versions=versions)
+
+    return await cached_response(cache, ("models", ensemble.version), "", compute, follows_clock=True)
