@@ -347,15 +347,56 @@ def test_try_it_scores_a_real_fraud(dashboard: str, api: ApiServer, browser, ens
     screenshot(browser, SCREENSHOTS / "try_it.png")
 
 
-def test_backtests_page_renders(dashboard: str, api: ApiServer, browser) -> None:
+def _record_backtests(database_url: str, bundle: Path, ensemble: Ensemble, data: Dataset) -> list[str]:
+    """Two finished runs over the same rows at two thresholds, metrics computed as the CLI does."""
+    from producer.backtest import RunSpec, create_run, finish_run
+
+    async def run() -> list[str]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            ids = []
+            for run_id, threshold in (("bt-dash-strict", 0.9), ("bt-dash-loose", 0.2)):
+                model = ensemble.with_threshold(threshold)
+                stored = await store_scored(conn, score_rows(model, data, run_id=run_id))
+                spec = RunSpec(bundle, float(data.time.min()), float(data.time.max()) + 1, threshold)
+                await create_run(conn, spec, model, run_id)
+                await finish_run(conn, run_id, threshold, stored)
+                ids.append(run_id)
+            return ids
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def test_backtests_page_shows_runs_and_their_slices(
+    dashboard: str,
+    api: ApiServer,
+    browser,
+    stack_database: str,
+    model_bundle: Path,
+    ensemble: Ensemble,
+    sample: Dataset,
+) -> None:
+    run_ids = _record_backtests(stack_database, model_bundle, ensemble, sample.take(SEED))
+    assert {r["id"] for r in api.get("/api/backtests")["runs"]} >= set(run_ids)
     browser.get(dashboard + "/backtests")
-    runs = api.get("/api/backtests")["runs"]
-    if runs:
-        wait_for(
-            browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#backtests-table td[data-dash-column='id']")
-        )
-    else:
-        wait_for(browser, lambda d: "No backtest runs yet" in text_of(d, "backtests-notice"), 20)
+    cells = wait_for(
+        browser,
+        lambda d: (
+            len(c := d.find_elements(By.CSS_SELECTOR, "#backtests-table td[data-dash-column='id']")) >= 2
+            and c
+        ),
+        30,
+        "the runs never appeared in the table",
+    )
+    assert {cell.text for cell in cells} >= set(run_ids)
+    assert wait_traces(browser, "backtests-metrics")
+    cells[0].click()
+    slices = wait_traces(browser, "backtest-slices")
+    hours = len(np.unique(np.floor(sample.take(SEED).time / 3600)))
+    assert hours > 1 and [trace["n"] for trace in slices if trace["type"] == "bar"] == [hours, hours]
+    wait_for(browser, lambda d: cells[0].text in text_of(d, "backtest-caption"), 20)
     screenshot(browser, SCREENSHOTS / "backtests.png")
 
 
