@@ -32,17 +32,8 @@ from producer.backtest import (
     new_run_id,
     wait_until_scored,
 )
+from producer.cli import seconds_argument
 from producer.replay import replay
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 def _threshold(text: str) -> float:
@@ -73,9 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--model", type=Path, help="model bundle directory to backtest")
     mode.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="show two runs side by side")
     mode.add_argument("--list", action="store_true", help="list the runs")
-    parser.add_argument("--from", dest="time_from", type=_seconds, default=0.0, help="first data second")
     parser.add_argument(
-        "--to", dest="time_to", type=_seconds, default=None, help="end data second (exclusive)"
+        "--from", dest="time_from", type=seconds_argument, default=0.0, help="first data second"
+    )
+    parser.add_argument(
+        "--to", dest="time_to", type=seconds_argument, default=None, help="end data second (exclusive)"
     )
     parser.add_argument("--threshold", type=_threshold, help="alert threshold (default: the bundle's)")
     parser.add_argument(

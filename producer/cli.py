@@ -43,7 +43,8 @@ def _positive(kind: type) -> object:
     return parse
 
 
-def _seconds(text: str) -> float:
+def seconds_argument(text: str) -> float:
+    """An argparse type for data seconds (`--from`/`--to`): a number >= 0."""
     try:
         value = float(text)
     except ValueError:
@@ -71,8 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--speed", type=_positive(float), help="data seconds per wall-clock second (60 = 1h/min)"
     )
     pace.add_argument("--max", action="store_true", help="as fast as possible (the default)")
-    parser.add_argument("--from", dest="time_from", type=_seconds, help="first data second (inclusive)")
-    parser.add_argument("--to", dest="time_to", type=_seconds, help="last data second (exclusive)")
+    parser.add_argument(
+        "--from", dest="time_from", type=seconds_argument, help="first data second (inclusive)"
+    )
+    parser.add_argument("--to", dest="time_to", type=seconds_argument, help="last data second (exclusive)")
     parser.add_argument("--limit", type=_positive(int), help="stop after this many events")
     parser.add_argument("--run-id", type=_run_id, help="tag every event with this backtest run id")
     parser.add_argument("--topic", help="topic to publish to (default: from settings)")

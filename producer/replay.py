@@ -177,8 +177,7 @@ async def replay(
             sent += 1
             last = row
             if len(pending) >= _INFLIGHT:
-                await asyncio.gather(*pending)
-                pending.clear()
+                await _settle(producer, pending)
             if sent - shown >= 1000:
                 bar.update(sent - shown)
                 shown = sent
@@ -202,10 +201,27 @@ async def replay(
     )
 
 
+async def _settle(producer, pending: list[asyncio.Future]) -> None:
+    """Wait until every message in `pending` is acknowledged; raise the first failure.
+
+    `producer.flush()` waits for the producer's batches, and a batch resolves all its
+    messages' futures before its own waiters run, so afterwards each future only needs
+    looking at. (Gathering 20,000 futures instead put a callback on each: a fifth of the
+    replay's CPU.) A future still open, which the producer should never leave, is awaited.
+    """
+    if not pending:
+        return
+    batch = list(pending)
+    pending.clear()
+    await producer.flush()
+    open_ = [future for future in batch if not future.done()]
+    if open_:
+        await asyncio.gather(*open_)
+    for future in batch:
+        future.result()  # the first failed delivery raises here, as gather did
+
+
 async def _flush(producer, pending: list[asyncio.Future]) -> None:
     """Wait until every message handed to the producer is acknowledged (or failed)."""
-    if pending:
-        batch = list(pending)
-        pending.clear()
-        await asyncio.gather(*batch)
+    await _settle(producer, pending)
     await producer.flush()
