@@ -88,10 +88,18 @@ def totals(run_id: str) -> Select:
     return select(r.transactions, r.labelled, r.frauds, r.scored, r.alerts).where(r.run_id == run_id)
 
 
-def scored_span(run_id: str) -> Select:
-    """First and last scored_at of the run: two probes of the (run_id, scored_at) index."""
-    return select(func.min(s.scored_at).label("first"), func.max(s.scored_at).label("last")).where(
-        s.run_id == run_id
+def live_totals(run_id: str) -> Select:
+    """The run's counters and first/last scored_at in one round trip: primary-key and index probes only."""
+    r = run_totals.c
+
+    def counter(name: str) -> ColumnElement:
+        value = select(r[name]).where(r.run_id == run_id).scalar_subquery()
+        return func.coalesce(value, 0).label(name)
+
+    return select(
+        *(counter(name) for name in ("transactions", "labelled", "frauds", "scored", "alerts")),
+        select(func.min(s.scored_at)).where(s.run_id == run_id).scalar_subquery().label("first"),
+        select(func.max(s.scored_at)).where(s.run_id == run_id).scalar_subquery().label("last"),
     )
 
 
@@ -317,20 +325,27 @@ def scatter_normals(x: Feature, y: Feature, run_id: str, n: int, percent: float 
     """A random sample of non-fraud rows; with `percent`, from a block sample of that size first.
 
     TABLESAMPLE SYSTEM reads only the sampled pages, so this stays fast on the full data;
-    the caller falls back to `percent=None` (a sort over the run's rows) when the block
-    sample came back short (a small run in a big table).
+    the `n` rows are picked among them BEFORE the join, so only those `n` are looked up in
+    `scores` (by primary key), never the whole table. The caller falls back to
+    `percent=None` (a sort over the run's rows) when the block sample came back short (a
+    small run in a big table).
     """
     tx = tablesample(transactions, func.system(percent), name="tx") if percent is not None else transactions
     tc = tx.c
-    sc = scores.c
-    x_col = sc[x.column.name] if x.column.table is scores else tc[x.column.name]
-    y_col = sc[y.column.name] if y.column.table is scores else tc[y.column.name]
-    return (
-        select(tc.id, x_col.label("x"), y_col.label("y"), tc.label, sc.score, sc.alert)
-        .select_from(tx.join(scores, and_(tc.run_id == sc.run_id, tc.id == sc.id)))
+    own = [tc[f.column.name] for f in (x, y) if f.column.table is transactions]
+    wanted = list(dict.fromkeys([tc.id, tc.run_id, tc.label, *own]))  # x may equal y: once each
+    picked = (
+        select(*wanted)
         .where(tc.run_id == run_id, or_(tc.label.is_(None), tc.label == 0))
         .order_by(func.random())
         .limit(n)
+        .subquery("picked")
+    )
+    pc = picked.c
+    x_col = s[x.column.name] if x.column.table is scores else pc[x.column.name]
+    y_col = s[y.column.name] if y.column.table is scores else pc[y.column.name]
+    return select(pc.id, x_col.label("x"), y_col.label("y"), pc.label, s.score, s.alert).select_from(
+        picked.join(scores, and_(pc.run_id == s.run_id, pc.id == s.id))
     )
 
 
