@@ -111,6 +111,7 @@ class ResultCache:
         self.misses = 0
         self.refreshes = 0
         self.renewals = 0
+        self.compute_seconds = 0.0
 
     # ------------------------------------------------------------------ wiring
 
@@ -131,6 +132,10 @@ class ResultCache:
             with contextlib.suppress(BaseException):
                 await task
         self._slots.clear()
+
+    @property
+    def size(self) -> int:
+        return len(self._slots)
 
     @property
     def _margin(self) -> float:
@@ -250,15 +255,19 @@ class ResultCache:
             raise RuntimeError("ResultCache.bind(engine) was not called")
         started = self._clock() if started is None else started
         as_of = datetime.now(UTC)
-        async with self._engine.connect() as conn:
-            # One snapshot for every statement of the answer (a range and its histogram agree).
-            conn = await conn.execution_options(isolation_level="REPEATABLE READ")
-            mark = await self._watermark(conn, run_id) if self._watermark is not None else None
-            if previous is not None and mark == previous.watermark:
-                self.renewals += 1
-                return replace(previous, as_of=as_of, started=started)
-            value = await compute(conn)
-        return Cached(value, serialise(value), as_of, started, started, mark)
+        began = time.perf_counter()
+        try:
+            async with self._engine.connect() as conn:
+                # One snapshot for every statement of the answer (a range and its histogram agree).
+                conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+                mark = await self._watermark(conn, run_id) if self._watermark is not None else None
+                if previous is not None and mark == previous.watermark:
+                    self.renewals += 1
+                    return replace(previous, as_of=as_of, started=started)
+                value = await compute(conn)
+            return Cached(value, serialise(value), as_of, started, started, mark)
+        finally:
+            self.compute_seconds += time.perf_counter() - began
 
     def _keep_fresh(self, slot: _Slot) -> None:
         """Refresh a key in the background from its second read on (one-off questions are not kept)."""

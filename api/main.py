@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from api.broker import BrokerMonitor
 from api.cache import ResultCache
 from api.deps import run_watermark
-from api.metrics import ApiMetrics, MetricsMiddleware
+from api.metrics import ApiMetrics, CacheCollector, MetricsMiddleware
 from api.predictor import Predictor
 from api.publisher import Publisher
 from api.routes import backtests, distributions, meta, model, predict, scatter, stats, transactions
@@ -151,6 +151,7 @@ def create_app(settings: Settings | None = None, *, cache_seconds: float | None 
     app.state.settings = settings
     app.state.cache = ResultCache(cache_seconds)
     app.state.metrics = ApiMetrics()
+    app.state.metrics.registry.register(CacheCollector(app.state.cache))
     app.state.ensemble = None
     app.state.model_error = "the app has not started"
     for router in (

@@ -8,10 +8,16 @@ is one series however many ids are asked for.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from api.cache import ResultCache
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -45,6 +51,45 @@ class ApiMetrics:
         self.published = Counter(
             "fraudstream_api_published_total", "Transactions published to Kafka", registry=self.registry
         )
+
+
+class CacheCollector:
+    """The result cache's counters, read when Prometheus scrapes (the cache keeps plain numbers)."""
+
+    def __init__(self, cache: ResultCache) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        cache = self.cache
+        served = CounterMetricFamily(
+            "fraudstream_api_cache_answers",
+            "Cached-route answers: fresh (younger than the bound), stale (while its recompute runs), "
+            "computed (the request waited for the queries)",
+            labels=["outcome"],
+        )
+        for outcome, value in (
+            ("fresh", cache.hits),
+            ("stale", cache.stale_hits),
+            ("computed", cache.misses),
+        ):
+            served.add_metric([outcome], value)
+        yield served
+        yield CounterMetricFamily(
+            "fraudstream_api_cache_recomputes",
+            "Recomputes started (background or not)",
+            value=cache.refreshes,
+        )
+        yield CounterMetricFamily(
+            "fraudstream_api_cache_renewals",
+            "Recomputes skipped because the run's watermark had not moved",
+            value=cache.renewals,
+        )
+        yield CounterMetricFamily(
+            "fraudstream_api_cache_compute_seconds",
+            "Time spent computing answers (database and Python)",
+            value=cache.compute_seconds,
+        )
+        yield GaugeMetricFamily("fraudstream_api_cache_keys", "Keys held by the cache", value=cache.size)
 
 
 class MetricsMiddleware:

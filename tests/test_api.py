@@ -444,6 +444,24 @@ def test_metrics_count_requests_and_predictions(http: httpx.Client) -> None:
     assert 'route="/api/backtests/{run_id}"' in text
 
 
+def cache_answers(http: httpx.Client) -> dict[str, float]:
+    return {
+        line.split('"')[1]: float(line.rsplit(" ", 1)[1])
+        for line in http.get("/metrics").text.splitlines()
+        if line.startswith("fraudstream_api_cache_answers_total{")
+    }
+
+
+def test_metrics_count_cache_answers(http: httpx.Client) -> None:
+    before = cache_answers(http)
+    assert set(before) == {"fresh", "stale", "computed"}
+    for _ in range(2):  # a question nobody asked before: the first answer is computed
+        assert http.get("/api/distributions/amount", params={"bins": 7}).status_code == 200
+    after = cache_answers(http)
+    assert sum(after.values()) - sum(before.values()) == 2
+    assert after["computed"] - before["computed"] >= 1
+
+
 def test_live_predict_shows_up_in_the_live_view(http: httpx.Client, api_db: StoredSample) -> None:
     before = http.get("/api/stats").json()["volume"]
     made = http.post("/api/predict", json=body_of(api_db, 7)).json()
