@@ -19,8 +19,9 @@ fresh scan on every poll makes every poll pay the full query, so instead:
 - before recomputing an answer that does not move with the clock, the run's
   watermark (its newest `scored_at`, one index probe) is compared: unchanged means
   the answer is renewed without the query (at most `quiet_seconds` in a row);
-- rows written through this process (`/api/predict`) are seen by the next read:
-  `written(run_id)` makes older answers of that run unusable (read your writes).
+- rows written through this process (`/api/predict`) are seen by the next read of the
+  cheap answers that ask for it (list pages): `written(run_id)` makes their older
+  answers of that run unusable (read your writes).
 
 Answers are kept serialised (JSON bytes), so a hit costs no re-serialisation. The
 cache is owned by the app (`app.state.cache`) and computes on its own connections
@@ -92,7 +93,7 @@ class ResultCache:
         self,
         max_age: float = 2.0,
         *,
-        idle_seconds: float = 60.0,
+        idle_seconds: float = 30.0,
         quiet_seconds: float = 60.0,
         max_entries: int = 256,
         clock: Callable[[], float] = time.monotonic,
@@ -149,23 +150,33 @@ class ResultCache:
     # ------------------------------------------------------------------ reading
 
     def written(self, run_id: str) -> None:
-        """Rows of `run_id` were stored through this process: later reads must include them."""
+        """Rows of `run_id` were stored through this process: later reads of answers that
+        follow writes (`get(follows_writes=True)`) must include them."""
         self._written[run_id] = self._clock()
 
     async def get(
-        self, key: Hashable, run_id: str, compute: Compute, *, follows_clock: bool = False
+        self,
+        key: Hashable | None,
+        run_id: str,
+        compute: Compute,
+        *,
+        follows_clock: bool = False,
+        follows_writes: bool = False,
     ) -> Cached:
         """The answer for `key` (computed by `compute(conn)`), at most `max_age` + one recompute old.
 
         `follows_clock`: the answer changes with time alone ("the last 5 minutes"), so an
-        unchanged watermark does not make it current.
+        unchanged watermark does not make it current. `follows_writes`: a cheap answer a
+        client may read right after writing (a list's first page): rows stored through this
+        process before the read are in it. Aggregates do not: under a stream of predictions
+        every read would wait for a full recompute.
         """
         if not self.enabled or key is None:  # key None: a question not worth keeping
             self.misses += 1
             return await self._compute_entry(run_id, compute, None, None)
         now = self._clock()
         slot = self._slot(key, run_id, compute, follows_clock, now)
-        must_follow = self._written.get(run_id, -math.inf)
+        must_follow = self._written.get(run_id, -math.inf) if follows_writes else -math.inf
         entry = slot.entry
         if entry is not None and entry.started > must_follow:
             if now - entry.started <= self.max_age:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Hashable
 from dataclasses import dataclass
 from typing import Annotated
 
+import asyncpg
 from fastapi import Depends, HTTPException, Request, Response, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -43,6 +44,11 @@ async def get_connection(
     """One pooled connection for the request (read-only work: no transaction is left open)."""
     async with engine.connect() as conn:
         yield conn
+
+
+def get_pool(request: Request) -> asyncpg.Pool:
+    """The asyncpg pool (predict's write path; the per-request totals of /api/stats)."""
+    return request.app.state.pool
 
 
 def get_ensemble(request: Request) -> Ensemble:
@@ -82,6 +88,7 @@ def require_token(
 
 Connection = Annotated[AsyncConnection, Depends(get_connection)]
 Engine = Annotated[AsyncEngine, Depends(get_engine)]
+Pool = Annotated[asyncpg.Pool, Depends(get_pool)]
 LoadedEnsemble = Annotated[Ensemble, Depends(get_ensemble)]
 Cache = Annotated[ResultCache, Depends(get_cache)]
 AppSettings = Annotated[Settings, Depends(get_settings)]
@@ -118,10 +125,16 @@ async def run_totals(conn: AsyncConnection, run_id: str) -> RunTotals:
 
 
 async def cached_response(
-    cache: ResultCache, key: Hashable | None, run_id: str, compute: Compute, *, follows_clock: bool = False
+    cache: ResultCache,
+    key: Hashable | None,
+    run_id: str,
+    compute: Compute,
+    *,
+    follows_clock: bool = False,
+    follows_writes: bool = False,
 ) -> Response:
     """The cached answer's JSON as is, with `X-As-Of`: when the data it was computed from were read."""
-    entry = await cache.get(key, run_id, compute, follows_clock=follows_clock)
+    entry = await cache.get(key, run_id, compute, follows_clock=follows_clock, follows_writes=follows_writes)
     return Response(
         entry.body, media_type="application/json", headers={AS_OF_HEADER: entry.as_of.isoformat()}
     )

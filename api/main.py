@@ -50,6 +50,11 @@ prediction and explanation with the same model bundle.
 `run_id` selects the live stream (`''`, the default) or a backtest run. Lists are newest
 first with keyset pagination (`next_cursor`). Write endpoints (`POST`) need
 `Authorization: Bearer <token>` when `FRAUDSTREAM_API_TOKEN` is set.
+
+Aggregates (stats windows, time series, distributions, scatter, model performance, list
+first pages) are served from answers kept fresh in the background: an answer is at most
+the cache bound (2 s by default) plus one recompute old, and header `X-As-Of` says when
+its data were read. The totals of `/api/stats` are always current.
 """
 
 
@@ -71,6 +76,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     pool = await asyncpg.create_pool(asyncpg_dsn(endpoints.database_url), min_size=0, max_size=8)
     ensemble, model_error = _load_model(settings)
     app.state.engine = engine
+    app.state.pool = pool
     app.state.ensemble = ensemble
     app.state.model_error = model_error
     app.state.bootstrap_servers = endpoints.bootstrap_servers

@@ -23,6 +23,7 @@ from sqlalchemy import (
     select,
     table,
     tablesample,
+    text,
     true,
     tuple_,
 )
@@ -88,19 +89,23 @@ def totals(run_id: str) -> Select:
     return select(r.transactions, r.labelled, r.frauds, r.scored, r.alerts).where(r.run_id == run_id)
 
 
-def live_totals(run_id: str) -> Select:
-    """The run's counters and first/last scored_at in one round trip: primary-key and index probes only."""
-    r = run_totals.c
+def live_totals_sql(run: str) -> str:
+    """The run's counters and first/last scored_at in one round trip: a primary-key probe and
+    two index probes. Plain SQL (`/api/stats` runs it on every request through asyncpg,
+    skipping SQLAlchemy's per-statement overhead); `run` is the placeholder of the run id,
+    a bound parameter (`$1` for asyncpg, `:run` for SQLAlchemy's `text`)."""
+    return f"""
+SELECT coalesce(r.transactions, 0) AS transactions, coalesce(r.labelled, 0) AS labelled,
+       coalesce(r.frauds, 0) AS frauds, coalesce(r.scored, 0) AS scored,
+       coalesce(r.alerts, 0) AS alerts,
+       (SELECT min(scored_at) FROM scores WHERE run_id = {run}) AS first,
+       (SELECT max(scored_at) FROM scores WHERE run_id = {run}) AS last
+FROM (SELECT) AS one LEFT JOIN run_totals r ON r.run_id = {run}
+"""
 
-    def counter(name: str) -> ColumnElement:
-        value = select(r[name]).where(r.run_id == run_id).scalar_subquery()
-        return func.coalesce(value, 0).label(name)
 
-    return select(
-        *(counter(name) for name in ("transactions", "labelled", "frauds", "scored", "alerts")),
-        select(func.min(s.scored_at)).where(s.run_id == run_id).scalar_subquery().label("first"),
-        select(func.max(s.scored_at)).where(s.run_id == run_id).scalar_subquery().label("last"),
-    )
+LIVE_TOTALS = live_totals_sql("$1")
+LIVE_TOTALS_TEXT = text(live_totals_sql(":run"))
 
 
 def window_totals(run_id: str, since: datetime) -> Select:

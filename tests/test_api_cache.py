@@ -109,14 +109,16 @@ def test_single_flight_and_read_your_writes(database_url: str) -> None:
         results = await asyncio.gather(*waiting)
         assert gate.calls == 1 and len({id(r) for r in results}) == 1
 
-        before = await cache.get("cold", "", gate)
+        before = await cache.get("cold", "", gate, follows_writes=True)
+        aggregate = await cache.get("aggregate", "", Gate())
         cache.written("")  # a row stored through this process: the next read must see it
-        after = await cache.get("cold", "", gate)
+        after = await cache.get("cold", "", gate, follows_writes=True)
         assert after is not before and after.value["call"] > before.value["call"]
         other_run = Gate()
-        kept = await cache.get("other", "run-b", other_run)
+        kept = await cache.get("other", "run-b", other_run, follows_writes=True)
         cache.written("")
-        assert await cache.get("other", "run-b", other_run) is kept  # other runs are unaffected
+        assert await cache.get("other", "run-b", other_run, follows_writes=True) is kept  # other runs
+        assert await cache.get("aggregate", "", Gate()) is aggregate  # aggregates follow the bound only
 
     run_with_cache(database_url, scenario)
 

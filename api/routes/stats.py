@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api import queries
-from api.deps import AS_OF_HEADER, Cache, Engine, cached_response
+from api.deps import AS_OF_HEADER, Cache, Pool, cached_response
 from api.params import DEFAULT_RUN, RunId
 from api.schemas import LatencySummary, Stats, TimePoint, TimeSeries
 
@@ -19,9 +20,7 @@ Minutes = Annotated[float, Query(gt=0, le=1440, allow_inf_nan=False, description
 
 
 @router.get("", response_model=Stats, summary="Volume, frauds, alerts, throughput and latency")
-async def stats(
-    cache: Cache, engine: Engine, run_id: RunId = DEFAULT_RUN, minutes: Minutes = 1.0
-) -> Response:
+async def stats(cache: Cache, pool: Pool, run_id: RunId = DEFAULT_RUN, minutes: Minutes = 1.0) -> Response:
     """Totals of the run, plus scored rows, alerts, throughput and latency over the last `minutes`.
 
     The totals (volume, labelled, frauds, alerts, first/last scored_at) are read on every
@@ -33,14 +32,14 @@ async def stats(
 
     async def compute(conn: AsyncConnection) -> Stats:
         now = (await conn.execute(queries.now())).scalar_one()
-        totals = (await conn.execute(queries.live_totals(run_id))).one()
+        totals = (await conn.execute(queries.LIVE_TOTALS_TEXT, {"run": run_id})).one()
         window = (await conn.execute(queries.window_totals(run_id, now - timedelta(minutes=minutes)))).one()
         true_alerts = (await conn.execute(queries.true_alerts(run_id))).scalar_one() if totals.alerts else 0
         seconds = (now - window.first).total_seconds() if window.first is not None else 0.0
         throughput = window.scored / max(seconds, 1.0) if window.scored else 0.0
         return Stats(
             run_id=run_id,
-            **_totals_fields(totals),
+            **_totals_fields(totals._mapping),
             true_alerts=true_alerts,
             window_minutes=minutes,
             window_scored=window.scored,
@@ -57,8 +56,8 @@ async def stats(
         )
 
     entry = await cache.get(("stats", run_id, minutes), run_id, compute, follows_clock=True)
-    async with engine.connect() as conn:
-        totals = (await conn.execute(queries.live_totals(run_id))).one()
+    async with pool.acquire() as conn:
+        totals = await conn.fetchrow(queries.LIVE_TOTALS, run_id)
     fields = _totals_fields(totals)
     cached: Stats = entry.value
     body = entry.body
@@ -67,17 +66,18 @@ async def stats(
     return Response(body, media_type="application/json", headers={AS_OF_HEADER: entry.as_of.isoformat()})
 
 
-def _totals_fields(totals) -> dict:
-    """The Stats fields that come from the run's counters (`queries.live_totals`)."""
+def _totals_fields(totals: Mapping[str, Any]) -> dict[str, Any]:
+    """The Stats fields that come from the run's counters (`queries.LIVE_TOTALS`)."""
+    scored, labelled, frauds, alerts = (totals[name] for name in ("scored", "labelled", "frauds", "alerts"))
     return {
-        "volume": totals.scored,
-        "labelled": totals.labelled,
-        "frauds": totals.frauds,
-        "alerts": totals.alerts,
-        "alert_rate": totals.alerts / totals.scored if totals.scored else 0.0,
-        "fraud_rate": totals.frauds / totals.labelled if totals.labelled else 0.0,
-        "first_scored_at": totals.first,
-        "last_scored_at": totals.last,
+        "volume": scored,
+        "labelled": labelled,
+        "frauds": frauds,
+        "alerts": alerts,
+        "alert_rate": alerts / scored if scored else 0.0,
+        "fraud_rate": frauds / labelled if labelled else 0.0,
+        "first_scored_at": totals["first"],
+        "last_scored_at": totals["last"],
     }
 
 

@@ -61,7 +61,7 @@ async def _cached_page(
     if cursor is not None:
         return await cached_response(cache, None, where.run_id, compute)
     key = ("page", where, limit, with_features)
-    return await cached_response(cache, key, where.run_id, compute)
+    return await cached_response(cache, key, where.run_id, compute, follows_writes=True)
 
 
 def _transaction(row, with_features: bool, top_features=None) -> Transaction:
