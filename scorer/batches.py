@@ -45,14 +45,6 @@ MAX_BACKOFF = 5.0
 #: How often the worker asks the registry whether another model version became active.
 MODEL_REFRESH_SECONDS = 5.0
 
-#: Session settings of the worker's PostgreSQL connections. The foreign key scores →
-#: transactions is checked per row through a plan PostgreSQL caches for the session's
-#: lifetime; made while `transactions` is new and empty, that plan is a sequential scan,
-#: and every later check then reads the whole table (measured: the write cost grew from
-#: 3 to over 50 CPU seconds per 100,000 rows as the table grew). Custom plans are made
-#: against the table as it is, so the check stays an index probe (~13 µs a row).
-SESSION_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
-
 
 async def retry_forever(
     operation: Callable[[], Awaitable[T]],
@@ -113,9 +105,7 @@ class BatchScorer:
         ensemble = Ensemble.load(model_path)
         log.info("loaded model %s (threshold %.4f) from %s", ensemble.version, ensemble.threshold, model_path)
         pool = await retry_forever(
-            lambda: asyncpg.create_pool(
-                asyncpg_dsn(database_url), min_size=1, max_size=2, server_settings=SESSION_SETTINGS
-            ),
+            lambda: asyncpg.create_pool(asyncpg_dsn(database_url), min_size=1, max_size=2),
             what="connecting to PostgreSQL",
             on_failure=metrics.store_retries.inc,
         )
