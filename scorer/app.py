@@ -17,10 +17,17 @@ batch's offsets. How that is safe against the known Faust traps:
 - the PostgreSQL write is idempotent (Faust's exactly-once covers Kafka only);
 - group join, session and rebalance timeouts are short, so a restarted worker does not
   sit out a long rebalance.
+
+Garbage collection: once the model and Faust are loaded, the worker's heap holds millions
+of long-lived objects (torch, xgboost, Faust), and every full collection walked them all:
+measured, 30-40 pauses of 0.3-0.85 s per worker over a 285k-event replay, the whole p99.
+`freeze_startup_heap` moves them out of the collector's sight and makes young collections
+rarer, so the short-lived objects of a batch mostly die before they are ever promoted.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import faust
@@ -33,6 +40,9 @@ from scorer.metrics import ScorerMetrics
 from scorer.transport import ScorerApp
 
 log = logging.getLogger(__name__)
+
+#: Young-generation threshold: a batch allocates tens of thousands of short-lived objects.
+GC_GEN0_THRESHOLD = 50_000
 
 #: Prometheus text format 0.0.4 (aiohttp wants the charset apart from the content type).
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4"
@@ -93,6 +103,14 @@ dead_letters_topic = app.topic(
 )
 
 
+def freeze_startup_heap() -> None:
+    """Exclude everything allocated so far from garbage collection; collect young objects rarely."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+
+
 async def open_scorer() -> BatchScorer:
     await ensure_topics(endpoints.bootstrap_servers, topic_partitions(settings))
     return await BatchScorer.open(
@@ -109,6 +127,7 @@ async def open_scorer() -> BatchScorer:
 async def score_transactions(stream: faust.StreamT) -> None:
     """Score each batch of transactions, store it, then acknowledge it; never the other way round."""
     scorer = await open_scorer()
+    freeze_startup_heap()
     try:
         async for events in stream.noack_take(
             settings.scorer_batch_size, within=settings.scorer_batch_timeout
