@@ -17,7 +17,11 @@ import psutil
 
 
 def _tree_seconds(pid: int, *, children: bool) -> float:
-    """User + system CPU seconds of `pid` (and its live descendants when `children`)."""
+    """User + system CPU seconds of `pid` and, when `children`, of its descendants.
+
+    Descendants that already exited count too (their time is in their parent's
+    `children_*` once reaped): PostgreSQL ends a backend with each closed connection.
+    """
     try:
         root = psutil.Process(pid)
         processes = [root, *(root.children(recursive=True) if children else ())]
@@ -30,6 +34,8 @@ def _tree_seconds(pid: int, *, children: bool) -> float:
         except psutil.Error:
             continue
         total += times.user + times.system
+        if children:
+            total += times.children_user + times.children_system
     return total
 
 
