@@ -347,6 +347,16 @@ class Streamer:
             await conn.close()
 
 
+def _computed_answers(port: int) -> float:
+    """How many cached-route answers made their request wait for the queries (from /metrics)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    prefix = 'fraudstream_api_cache_answers_total{outcome="computed"}'
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+
 async def _bench_streaming(port: int, streamer: Streamer, requests_per_endpoint: int) -> tuple[list, str]:
     """Each GET (cache on) while `streamer` stores rows: what the live dashboard sees."""
     stop_event = asyncio.Event()
@@ -358,7 +368,10 @@ async def _bench_streaming(port: int, streamer: Streamer, requests_per_endpoint:
             for path in tqdm(GET_ENDPOINTS, desc="GET while streaming", unit="endpoint"):
                 request = [_request("GET", path, port)]
                 await load(port, request, 2, total=20)
-                rows.append((path, await load(port, request, 8, total=requests_per_endpoint)))
+                before = await asyncio.to_thread(_computed_answers, port)
+                measured = await load(port, request, 8, total=requests_per_endpoint)
+                waited = await asyncio.to_thread(_computed_answers, port) - before
+                rows.append((path, measured, int(waited)))
                 if task.done():
                     break
     finally:
@@ -452,11 +465,14 @@ def run(args: argparse.Namespace) -> int:
         f"(target {args.stream_rate:,}/s, {streamer.stored:,} rows in {streamer.seconds:.0f}s), "
         f"concurrency 8, cache on"
     )
-    print("(age: how old the served answer's data were (X-As-Of) when it arrived)")
+    print(
+        "(age: how old the served answer's data were (X-As-Of) when it arrived; "
+        "waited: answers whose request waited for the queries, from /metrics)"
+    )
     print(f"load average during the run: {stream_load}\n")
     print(
         _table(
-            ["endpoint", "p50 ms", "p99 ms", "req/s", "age p50 ms", "age max ms", "errors"],
+            ["endpoint", "p50 ms", "p99 ms", "req/s", "age p50 ms", "age max ms", "waited", "errors"],
             [
                 (
                     path,
@@ -465,9 +481,10 @@ def run(args: argparse.Namespace) -> int:
                     f"{m.rate:.0f}",
                     f"{np.percentile(m.ages_ms, 50):.0f}" if len(m.ages_ms) else "-",
                     m.max_age(),
+                    waited,
                     sum(m.errors.values()),
                 )
-                for path, m in stream_rows
+                for path, m, waited in stream_rows
             ],
         )
     )

@@ -29,7 +29,7 @@ from tests.api_fixtures import api_settings, serve
 
 pytestmark = pytest.mark.timeout(180)
 
-MAX_AGE = 0.4
+MAX_AGE = 1.0  # its margin (0.2 s) absorbs event-loop lag: the refresh starts before the bound
 
 
 class Gate:
