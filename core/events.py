@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
 import struct
 import time
 from collections.abc import Iterable, Sequence
@@ -30,6 +31,8 @@ SCHEMA_VERSION = 1
 MAX_ID_LENGTH = 128
 MAX_RUN_ID_LENGTH = 64
 _PACK_FEATURES = struct.Struct(f"<{len(EVENT_FEATURES)}dq")
+_NUMBER_TYPES = frozenset((float, int))
+_get_features = operator.itemgetter(*EVENT_FEATURES)
 
 
 class EventError(ValueError):
@@ -102,7 +105,7 @@ def _check_number(event: dict, name: str) -> float:
     raise EventError(f"field {name!r} must be a number, got {type(value).__name__} {value!r:.40}")
 
 
-def parse_event(event: object) -> tuple[str, list[float], int | None, str | None, float | None]:
+def parse_event(event: object) -> tuple[str, Sequence[float], int | None, str | None, float | None]:
     """Validate one decoded event; raise `EventError` naming the first problem found."""
     if not isinstance(event, dict):
         raise EventError(f"event must be a JSON object, got {type(event).__name__}")
@@ -112,7 +115,14 @@ def parse_event(event: object) -> tuple[str, list[float], int | None, str | None
     event_id = event.get("id")
     if not isinstance(event_id, str) or not 0 < len(event_id) <= MAX_ID_LENGTH:
         raise EventError(f"field 'id' must be a non-empty string of at most {MAX_ID_LENGTH} characters")
-    values = [_check_number(event, name) for name in EVENT_FEATURES]
+    try:
+        values = _get_features(event)
+        # Fast path: plain JSON numbers (orjson never yields NaN/inf, but other callers may).
+        valid = _NUMBER_TYPES.issuperset(map(type, values)) and math.isfinite(sum(map(abs, values)))
+    except (KeyError, OverflowError):
+        valid = False
+    if not valid:  # find and name the first bad field
+        values = [_check_number(event, name) for name in EVENT_FEATURES]
     if values[0] < 0:
         raise EventError(f"field 'time' must be >= 0, got {values[0]!r}")
     if values[-1] < 0:
