@@ -443,7 +443,10 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"\nGET endpoints, quiet database, {stored:,} rows stored, concurrency 8, API workers {args.workers}"
     )
-    print("(cached: the API as it runs, cache bound 2 s; SQL: the same API with the cache off)")
+    print(
+        "(cached: the API as it runs, cache bound 2 s, 10 s for distributions/scatter/performance; "
+        "SQL: the same API with the cache off)"
+    )
     print(f"load average during the run: {quiet_load}\n")
     headers = ["endpoint", "p50 ms", "p99 ms", "req/s", "SQL p50 ms", "SQL p99 ms", "errors"]
     table = [

@@ -6,7 +6,9 @@ fresh scan on every poll makes every poll pay the full query, so instead:
 
 - every answer is computed from one snapshot and remembers when: `as_of` (wall clock,
   taken before the query starts, so the data are at least that new);
-- an answer younger than `max_age` is served as is, with no database round trip;
+- an answer younger than `max_age` is served as is, with no database round trip
+  (`slow_max_age` instead for the full-scan analytics the dashboard polls every ~10 s:
+  keeping those 2 s fresh would cost a recompute every 2 s for a read every 10 s);
 - each key that is read again (one-off questions are not kept fresh) has ONE background
   task that starts the recompute just before the answer reaches `max_age`, and swaps
   the new answer in when it is done. Meanwhile the old answer is served. So a served
@@ -71,6 +73,7 @@ class _Slot:
     compute: Compute
     follows_clock: bool
     last_access: float
+    max_age: float
     reads: int = 0
     entry: Cached | None = None
     inflight: asyncio.Task | None = None
@@ -93,12 +96,16 @@ class ResultCache:
         self,
         max_age: float = 2.0,
         *,
+        slow_max_age: float | None = None,
         idle_seconds: float = 30.0,
         quiet_seconds: float = 60.0,
         max_entries: int = 256,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_age = max_age
+        #: The bound of `slow` answers (full-scan analytics polled every ~10 s): refreshing
+        #: those every `max_age` would cost far more than anyone reads.
+        self.slow_max_age = max_age if slow_max_age is None else max(slow_max_age, max_age)
         self.idle_seconds = idle_seconds
         self.quiet_seconds = quiet_seconds
         self.max_entries = max_entries
@@ -138,10 +145,10 @@ class ResultCache:
     def size(self) -> int:
         return len(self._slots)
 
-    @property
-    def _margin(self) -> float:
-        """How long before an answer reaches max_age its recompute starts."""
-        return min(0.2 * self.max_age, 0.25)
+    @staticmethod
+    def _margin(bound: float) -> float:
+        """How long before an answer reaches its bound its recompute starts."""
+        return min(0.2 * bound, 0.25)
 
     @property
     def enabled(self) -> bool:
@@ -162,6 +169,7 @@ class ResultCache:
         *,
         follows_clock: bool = False,
         follows_writes: bool = False,
+        slow: bool = False,
     ) -> Cached:
         """The answer for `key` (computed by `compute(conn)`), at most `max_age` + one recompute old.
 
@@ -169,28 +177,30 @@ class ResultCache:
         unchanged watermark does not make it current. `follows_writes`: a cheap answer a
         client may read right after writing (a list's first page): rows stored through this
         process before the read are in it. Aggregates do not: under a stream of predictions
-        every read would wait for a full recompute.
+        every read would wait for a full recompute. `slow`: a full-scan analytics answer,
+        bounded by `slow_max_age` instead of `max_age`.
         """
         if not self.enabled or key is None:  # key None: a question not worth keeping
             self.misses += 1
             return await self._compute_entry(run_id, compute, None, None)
         now = self._clock()
-        slot = self._slot(key, run_id, compute, follows_clock, now)
+        bound = self.slow_max_age if slow else self.max_age
+        slot = self._slot(key, run_id, compute, follows_clock, now, bound)
         must_follow = self._written.get(run_id, -math.inf) if follows_writes else -math.inf
         entry = slot.entry
         if entry is not None and entry.started > must_follow:
-            if now - entry.started <= self.max_age:
+            if now - entry.started <= bound:
                 self.hits += 1
                 self._keep_fresh(slot)
                 return entry
             if slot.inflight is not None and slot.inflight_started <= max(
-                entry.started + self.max_age, slot.ready_at
+                entry.started + bound, slot.ready_at
             ):
                 self.stale_hits += 1  # its replacement started in time: the bound holds
                 self._keep_fresh(slot)
                 return entry
         self.misses += 1
-        floor = max(must_follow, now - self.max_age)
+        floor = max(must_follow, now - bound)
         task = slot.inflight if slot.inflight is not None and slot.inflight_started > floor else None
         if task is None:
             task = self._start(slot)
@@ -200,10 +210,12 @@ class ResultCache:
 
     # ------------------------------------------------------------------ internals
 
-    def _slot(self, key: Hashable, run_id: str, compute: Compute, follows_clock: bool, now: float) -> _Slot:
+    def _slot(
+        self, key: Hashable, run_id: str, compute: Compute, follows_clock: bool, now: float, bound: float
+    ) -> _Slot:
         slot = self._slots.get(key)
         if slot is None:
-            slot = _Slot(key, run_id, compute, follows_clock, now)
+            slot = _Slot(key, run_id, compute, follows_clock, now, bound)
             self._slots[key] = slot
             while len(self._slots) > self.max_entries:
                 _, old = self._slots.popitem(last=False)
@@ -213,6 +225,7 @@ class ResultCache:
         else:
             slot.compute = compute  # the newest closure (same key = same question)
             slot.last_access = now
+            slot.max_age = bound
             self._slots.move_to_end(key)
         slot.reads += 1
         return slot
@@ -240,7 +253,7 @@ class ResultCache:
                     and not slot.evicted
                     and slot.reads >= 2
                     and now - slot.last_access <= self.idle_seconds
-                    and now - entry.started >= self.max_age - self._margin
+                    and now - entry.started >= slot.max_age - self._margin(slot.max_age)
                 ):
                     self._start(slot)
                 slot.ready_at = self._clock()
@@ -291,7 +304,8 @@ class ResultCache:
             entry = slot.entry
             if entry is None:
                 return
-            await asyncio.sleep(max(0.0, entry.started + self.max_age - self._margin - self._clock()))
+            due = entry.started + slot.max_age - self._margin(slot.max_age)
+            await asyncio.sleep(max(0.0, due - self._clock()))
             if slot.evicted or self._clock() - slot.last_access > self.idle_seconds:
                 return
             task = slot.inflight or self._start(slot)
@@ -300,6 +314,6 @@ class ResultCache:
             except asyncio.CancelledError:
                 raise
             except Exception:  # logged in _finished; readers wait for a new try once it is too old
-                await asyncio.sleep(self.max_age)
+                await asyncio.sleep(slot.max_age)
             if slot.entry is entry:  # nothing newer arrived: do not spin
-                await asyncio.sleep(self.max_age)
+                await asyncio.sleep(slot.max_age)

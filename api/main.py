@@ -53,8 +53,9 @@ first with keyset pagination (`next_cursor`). Write endpoints (`POST`) need
 
 Aggregates (stats windows, time series, distributions, scatter, model performance, list
 first pages) are served from answers kept fresh in the background: an answer is at most
-the cache bound (2 s by default) plus one recompute old, and header `X-As-Of` says when
-its data were read. The totals of `/api/stats` are always current.
+the cache bound (2 s by default; 10 s for distributions, scatter and model performance,
+which scan every row) plus one recompute old, and header `X-As-Of` says when its data
+were read. The totals of `/api/stats` are always current.
 """
 
 
@@ -137,17 +138,29 @@ async def _invalid_value(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-#: Default bound on the age of a cached aggregate answer (see `api.cache`).
+#: Default bound on the age of a cached answer (see `api.cache`), and of the full-scan
+#: analytics (distributions, scatter, model performance) that the dashboard polls every 10 s.
 DEFAULT_CACHE_SECONDS = 2.0
+DEFAULT_ANALYTICS_CACHE_SECONDS = 10.0
 
 
-def create_app(settings: Settings | None = None, *, cache_seconds: float | None = None) -> FastAPI:
-    """Build the app. `cache_seconds`: how old an aggregate answer may be before it is recomputed
-    (default: settings.api_cache_seconds if the settings have it, else 2 s); 0 turns the cache off
-    (benchmarks of raw SQL)."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    cache_seconds: float | None = None,
+    analytics_cache_seconds: float | None = None,
+) -> FastAPI:
+    """Build the app. `cache_seconds`: how old an answer may be before it is recomputed
+    (default: settings.api_cache_seconds if the settings have it, else 2 s); 0 turns the cache
+    off (benchmarks of raw SQL). `analytics_cache_seconds`: the same for the full-scan analytics
+    (default: settings.api_analytics_cache_seconds, else 10 s)."""
     settings = settings or get_settings()
     if cache_seconds is None:
         cache_seconds = float(getattr(settings, "api_cache_seconds", DEFAULT_CACHE_SECONDS))
+    if analytics_cache_seconds is None:
+        analytics_cache_seconds = float(
+            getattr(settings, "api_analytics_cache_seconds", DEFAULT_ANALYTICS_CACHE_SECONDS)
+        )
     app = FastAPI(
         title="fraudstream API",
         version=package_version(),
@@ -155,7 +168,7 @@ def create_app(settings: Settings | None = None, *, cache_seconds: float | None 
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.cache = ResultCache(cache_seconds)
+    app.state.cache = ResultCache(cache_seconds, slow_max_age=analytics_cache_seconds)
     app.state.metrics = ApiMetrics()
     app.state.metrics.registry.register(CacheCollector(app.state.cache))
     app.state.ensemble = None

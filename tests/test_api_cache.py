@@ -256,3 +256,22 @@ def test_broker_status_is_checked_in_the_background(infra) -> None:
                 await monitor.close()
 
     asyncio.run(main())
+
+
+def test_slow_answers_follow_their_own_bound(database_url: str) -> None:
+    async def main() -> None:
+        engine = create_async_engine(sqlalchemy_url(database_url))
+        cache = ResultCache(MAX_AGE, slow_max_age=4 * MAX_AGE)
+        cache.bind(engine)
+        slow, live = Gate(), Gate()
+        try:
+            first_slow = await cache.get("histogram", "", slow, slow=True)
+            first_live = await cache.get("stats", "", live)
+            await asyncio.sleep(1.5 * MAX_AGE)  # past the live bound, well inside the slow one
+            assert await cache.get("histogram", "", slow, slow=True) is first_slow and slow.calls == 1
+            assert (await cache.get("stats", "", live)) is not first_live and live.calls == 2
+        finally:
+            await cache.close()
+            await engine.dispose()
+
+    asyncio.run(main())

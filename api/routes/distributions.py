@@ -114,7 +114,7 @@ async def _distribution(
             rows=sum(s.total for s in series if s.name != "alert"),
         )
 
-    return await cached_response(cache, ("distribution", key, run_id, bins, log), run_id, compute)
+    return await cached_response(cache, ("distribution", key, run_id, bins, log), run_id, compute, slow=True)
 
 
 @router.get("/amount", response_model=Distribution, summary="Histogram of Amount (log scale), by class")

@@ -114,7 +114,7 @@ async def performance(
         )
 
     key = ("performance", run_id, bins, curves, ensemble.version)
-    return await cached_response(cache, key, run_id, compute)
+    return await cached_response(cache, key, run_id, compute, slow=True)
 
 
 @router.get("/models", response_model=ModelList, summary="Model versions; which one is active")

@@ -59,4 +59,4 @@ async def scatter(
             run_id=run_id, x=fx.name, y=fy.name, points=points, frauds=len(frauds), normals=len(normals)
         )
 
-    return await cached_response(cache, ("scatter", fx.name, fy.name, n, run_id), run_id, compute)
+    return await cached_response(cache, ("scatter", fx.name, fy.name, n, run_id), run_id, compute, slow=True)
