@@ -58,7 +58,7 @@ Watermark = Callable[[AsyncConnection, str], Awaitable[Any]]
 class Cached:
     """One computed answer: the value, its JSON, and the snapshot it was computed from."""
 
-    value: Any
+    value: Any  # None when the caller asked for the JSON only (keeps the heap small)
     body: bytes
     as_of: datetime  # wall clock when the snapshot was taken
     started: float  # the same instant on the cache's monotonic clock
@@ -79,6 +79,7 @@ class _Slot:
     inflight: asyncio.Task | None = None
     inflight_started: float = -math.inf
     ready_at: float = -math.inf  # when the current entry was installed
+    keep_value: bool = False
     refresher: asyncio.Task | None = None
     evicted: bool = field(default=False)
 
@@ -170,6 +171,7 @@ class ResultCache:
         follows_clock: bool = False,
         follows_writes: bool = False,
         slow: bool = False,
+        keep_value: bool = True,
     ) -> Cached:
         """The answer for `key` (computed by `compute(conn)`), at most `max_age` + one recompute old.
 
@@ -178,14 +180,17 @@ class ResultCache:
         client may read right after writing (a list's first page): rows stored through this
         process before the read are in it. Aggregates do not: under a stream of predictions
         every read would wait for a full recompute. `slow`: a full-scan analytics answer,
-        bounded by `slow_max_age` instead of `max_age`.
+        bounded by `slow_max_age` instead of `max_age`. `keep_value=False`: keep only the
+        JSON (the answer's object graph would stay on the heap for the garbage collector to
+        walk on every full collection).
         """
         if not self.enabled or key is None:  # key None: a question not worth keeping
             self.misses += 1
-            return await self._compute_entry(run_id, compute, None, None)
+            return await self._compute_entry(run_id, compute, None, None, keep_value)
         now = self._clock()
         bound = self.slow_max_age if slow else self.max_age
         slot = self._slot(key, run_id, compute, follows_clock, now, bound)
+        slot.keep_value = slot.keep_value or keep_value
         must_follow = self._written.get(run_id, -math.inf) if follows_writes else -math.inf
         entry = slot.entry
         if entry is not None and entry.started > must_follow:
@@ -270,10 +275,12 @@ class ResultCache:
             and started - previous.computed < self.quiet_seconds
             and previous.started > self._written.get(slot.run_id, -math.inf)
         )
-        return await self._compute_entry(slot.run_id, slot.compute, previous if renewable else None, started)
+        return await self._compute_entry(
+            slot.run_id, slot.compute, previous if renewable else None, started, slot.keep_value
+        )
 
     async def _compute_entry(
-        self, run_id: str, compute: Compute, previous: Cached | None, started: float | None
+        self, run_id: str, compute: Compute, previous: Cached | None, started: float | None, keep_value: bool
     ) -> Cached:
         if self._engine is None:
             raise RuntimeError("ResultCache.bind(engine) was not called")
@@ -289,7 +296,8 @@ class ResultCache:
                     self.renewals += 1
                     return replace(previous, as_of=as_of, started=started)
                 value = await compute(conn)
-            return Cached(value, serialise(value), as_of, started, started, mark)
+            body = serialise(value)
+            return Cached(value if keep_value else None, body, as_of, started, started, mark)
         finally:
             self.compute_seconds += time.perf_counter() - began
 

@@ -136,7 +136,13 @@ async def cached_response(
 ) -> Response:
     """The cached answer's JSON as is, with `X-As-Of`: when the data it was computed from were read."""
     entry = await cache.get(
-        key, run_id, compute, follows_clock=follows_clock, follows_writes=follows_writes, slow=slow
+        key,
+        run_id,
+        compute,
+        follows_clock=follows_clock,
+        follows_writes=follows_writes,
+        slow=slow,
+        keep_value=False,
     )
     return Response(
         entry.body, media_type="application/json", headers={AS_OF_HEADER: entry.as_of.isoformat()}
