@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fraudstream api: {exc}", file=sys.stderr)
         return 2
     uvicorn.run(
-        "api.main:create_app",
+        "api.main:create_served_app",
         factory=True,
         host=args.host or settings.host,
         port=args.port or settings.api_port,
