@@ -141,12 +141,6 @@ async def _invalid_value(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-#: Default bound on the age of a cached answer (see `api.cache`), and of the full-scan
-#: analytics (distributions, scatter, model performance) that the dashboard polls every 10 s.
-DEFAULT_CACHE_SECONDS = 2.0
-DEFAULT_ANALYTICS_CACHE_SECONDS = 10.0
-
-
 def freeze_startup_heap() -> None:
     """Hide the startup heap (torch, xgboost, SQLAlchemy, the model) from the garbage collector.
 
@@ -166,17 +160,15 @@ def create_app(
     freeze_heap: bool = False,
 ) -> FastAPI:
     """Build the app. `cache_seconds`: how old an answer may be before it is recomputed
-    (default: settings.api_cache_seconds if the settings have it, else 2 s); 0 turns the cache
+    (default: settings.api_cache_seconds, 2 s); 0 turns the cache
     off (benchmarks of raw SQL). `analytics_cache_seconds`: the same for the full-scan analytics
-    (default: settings.api_analytics_cache_seconds, else 10 s). `freeze_heap`: see
+    (default: settings.api_analytics_cache_seconds, 10 s). `freeze_heap`: see
     `freeze_startup_heap` (the served process only)."""
     settings = settings or get_settings()
     if cache_seconds is None:
-        cache_seconds = float(getattr(settings, "api_cache_seconds", DEFAULT_CACHE_SECONDS))
+        cache_seconds = settings.api_cache_seconds
     if analytics_cache_seconds is None:
-        analytics_cache_seconds = float(
-            getattr(settings, "api_analytics_cache_seconds", DEFAULT_ANALYTICS_CACHE_SECONDS)
-        )
+        analytics_cache_seconds = settings.api_analytics_cache_seconds
     app = FastAPI(
         title="fraudstream API",
         version=package_version(),

@@ -52,6 +52,16 @@ class Settings(BaseSettings):
     api_token: str | None = Field(default=None, description="bearer token required by write endpoints")
     cors_origins: list[str] = Field(default_factory=list)
 
+    api_cache_seconds: float = Field(
+        default=2.0, ge=0, le=300, description="max age of cached stats/list answers; 0 = no cache"
+    )
+    api_analytics_cache_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="max age of full-scan answers (histograms, scatter, performance)",
+    )
+
     scorer_batch_size: int = Field(default=4000, ge=1, le=100_000)
     #: Longest a partial batch waits (s). Under load batches fill up while the previous one is
     #: stored, so this mostly sets latency at low rates: p50 37 ms / p99 75 ms at 2,000/s.

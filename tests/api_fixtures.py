@@ -24,7 +24,6 @@ import uvicorn
 
 from api.main import create_app
 from core.dataset import SAMPLE_PATH, load_csv
-from core.db.migrate import upgrade
 from core.db.store import ScoredRows, store_scored
 from core.ensemble import Ensemble
 from core.events import transaction_id
@@ -86,27 +85,15 @@ async def _fill(url: str, ensemble: Ensemble, raw: np.ndarray, labels: np.ndarra
         await conn.close()
 
 
-async def _admin(admin_url: str, sql: str) -> None:
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="module", name="api_db")
 def api_db_fixture(infra, model_bundle: Path) -> Iterator[StoredSample]:
-    name = f"api_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(infra.admin_url, f"CREATE DATABASE {name}"))
-    url = infra.database_url(name)
-    upgrade(url)
+    name, url = infra.create_database("api")
     data = load_csv(SAMPLE_PATH)
     ensemble = Ensemble.load(model_bundle)
     ids = stable_ids(data.raw)
     score, error, alert = asyncio.run(_fill(url, ensemble, data.raw, data.labels, ids))
     yield StoredSample(url, ids, data.raw, data.labels.astype(int), score, error, alert, ensemble)
-    if infra.postgres.process is not None and infra.postgres.process.poll() is None:
-        asyncio.run(_admin(infra.admin_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    infra.drop_database(name)
 
 
 def api_settings(infra, database_url: str, bundle: Path, tmp_path: Path, **overrides) -> Settings:

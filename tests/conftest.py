@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,23 @@ class Infra:
 
     def database_url(self, name: str) -> str:
         return self.admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+    def create_database(self, prefix: str = "test") -> tuple[str, str]:
+        """A new, migrated database: (name, url)."""
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        _admin(self, f"CREATE DATABASE {name}")
+        url = self.database_url(name)
+        upgrade(url)
+        return name, url
+
+    def drop_database(self, name: str) -> None:
+        """Best effort: a test that stopped the server, or a busy machine, must not fail teardown."""
+        if self.postgres.process is None or self.postgres.process.poll() is not None:
+            return
+        try:
+            _admin(self, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            warnings.warn(f"could not drop test database {name}: {error}", stacklevel=2)
 
 
 @dataclass(frozen=True)
@@ -71,24 +90,32 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
         postgres.stop()
 
 
-async def _admin(infra: Infra, sql: str) -> None:
-    conn = await asyncpg.connect(infra.admin_url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
+def _admin(infra: Infra, sql: str, attempts: int = 3) -> None:
+    """Run one admin statement; retried, as a loaded machine can drop a fresh connection."""
+
+    async def run() -> None:
+        conn = await asyncpg.connect(infra.admin_url, timeout=30)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    for attempt in range(attempts):
+        try:
+            asyncio.run(run())
+            return
+        except (OSError, asyncpg.ConnectionDoesNotExistError, asyncpg.CannotConnectNowError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1.0)
 
 
 @pytest.fixture
 def database_url(infra: Infra) -> Iterator[str]:
     """A fresh, migrated database for this test."""
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(infra, f"CREATE DATABASE {name}"))
-    url = infra.database_url(name)
-    upgrade(url)
+    name, url = infra.create_database()
     yield url
-    if infra.postgres.process is not None and infra.postgres.process.poll() is None:
-        asyncio.run(_admin(infra, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    infra.drop_database(name)
 
 
 @pytest.fixture

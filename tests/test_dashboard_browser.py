@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,6 @@ import uvicorn
 from selenium.webdriver.common.by import By
 
 from core.dataset import SAMPLE_PATH, Dataset, load_csv
-from core.db.migrate import upgrade
 from core.db.store import ScoredRows, store_scored
 from core.ensemble import Ensemble
 from core.events import transaction_id
@@ -149,20 +147,9 @@ def ensemble(model_bundle: Path) -> Ensemble:
 @pytest.fixture(scope="module")
 def stack_database(infra) -> Iterator[str]:
     """One migrated database for the whole module (the pages share one stack)."""
-    name = f"test_dash_{uuid.uuid4().hex[:10]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(infra.admin_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f"CREATE DATABASE {name}"))
-    url = infra.database_url(name)
-    upgrade(url)
+    name, url = infra.create_database("dash")
     yield url
-    asyncio.run(admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    infra.drop_database(name)
 
 
 @pytest.fixture(scope="module")
