@@ -16,6 +16,7 @@ import asyncpg
 import psutil
 import pytest
 
+from core.db.schema import metadata
 from core.kafka import broker_reachable
 from core.runtime.broker import EmbeddedBroker
 from core.runtime.postgres import EmbeddedPostgres
@@ -42,9 +43,11 @@ def test_infra_starts_ready_and_restarts_on_the_same_data(tmp_path: Path) -> Non
         assert endpoints.database_url.startswith("postgresql://postgres@127.0.0.1:")
         assert asyncio.run(broker_reachable(endpoints.bootstrap_servers))
         tables = asyncio.run(
-            _query(endpoints.database_url, "SELECT count(*) FROM pg_tables WHERE schemaname='public'")
+            _query(
+                endpoints.database_url, "SELECT array_agg(tablename) FROM pg_tables WHERE schemaname='public'"
+            )
         )
-        assert tables == 5  # four tables + alembic_version
+        assert set(tables) == set(metadata.tables) | {"alembic_version"}  # migrations == declared schema
         asyncio.run(_query(endpoints.database_url, "CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)"))
         runtime = json.loads((settings.state_dir / "runtime.json").read_text())
         assert runtime["database_url"] == endpoints.database_url

@@ -59,3 +59,25 @@ def test_store_is_idempotent_and_run_scoped(database_url: str) -> None:
     assert rows[0][2:5] == (0, "v-test", False)
     assert rows[3][2] is None and rows[3][5] is False  # no label, no producer timestamp: no latency
     assert rows[1][5] is True
+
+
+def test_migrations_build_exactly_the_declared_schema(database_url: str) -> None:
+    """core/db/schema.py and the Alembic migrations never drift apart."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from core.db.schema import metadata
+    from core.db.urls import sqlalchemy_url
+
+    async def diff() -> list:
+        engine = create_async_engine(sqlalchemy_url(database_url))
+        try:
+            async with engine.connect() as conn:
+                return await conn.run_sync(
+                    lambda sync: compare_metadata(MigrationContext.configure(sync), metadata)
+                )
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(diff()) == []
