@@ -56,13 +56,25 @@ def _http_ok(url: str) -> bool:
         return False
 
 
+def _scorer_reading(metrics_url: str) -> bool:
+    """Ready = the worker joined its consumer group and reads partitions (not just started)."""
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=1) as response:  # loopback only
+            text = response.read().decode()
+    except OSError:
+        return False
+    return any(
+        line.startswith("fraudstream_assigned_partitions ") and float(line.split()[1]) > 0
+        for line in text.splitlines()
+    )
+
+
 def service_specs(settings: Settings) -> list[ServiceSpec]:
     api = f"http://{settings.host}:{settings.api_port}"
+    scorer_metrics = f"http://{settings.host}:{settings.scorer_web_port}/metrics"
     return [
         ServiceSpec(
-            "scorer",
-            python_module("fraudstream", "scorer"),
-            ready=lambda: port_open(settings.host, settings.scorer_web_port),
+            "scorer", python_module("fraudstream", "scorer"), ready=lambda: _scorer_reading(scorer_metrics)
         ),
         ServiceSpec("api", python_module("fraudstream", "api"), ready=lambda: _http_ok(f"{api}/")),
         ServiceSpec(
