@@ -147,8 +147,22 @@ def load_csv(path: str | Path) -> Dataset:
             f"column {LABEL_COLUMN!r} must be 0 or 1, got {labels[bad_label[0]]!r} at row {row}"
         )
 
+    for name in NON_NEGATIVE:
+        negative = np.flatnonzero(columns[name] < 0)
+        if negative.size:
+            row = int(negative[0]) + 1
+            raise CsvSchemaError(
+                f"column {name!r} must be >= 0, got {float(columns[name][negative[0]])!r} at row {row}"
+            )
+
     raw = np.column_stack([columns[name] for name in RAW_FEATURES])
     return Dataset(raw=raw, labels=labels.astype(np.int8), time=raw[:, 0])
+
+
+#: Columns that cannot be negative (seconds since the first transaction; an amount), as the
+#: event schema requires too: a row the producer sends must be one the scorer accepts.
+NON_NEGATIVE = ("Time", "Amount")
+_NON_NEGATIVE_AT = tuple((name, RAW_FEATURES.index(name)) for name in NON_NEGATIVE)
 
 
 def _parse_float(text: str) -> float:
@@ -198,6 +212,15 @@ def iter_csv_rows(path: str | Path) -> Iterator[CsvRow]:
                 except ValueError:
                     error = f"column {name!r}: not a finite number: {text!r}"
                     break
+            if error is None:
+                error = next(
+                    (
+                        f"column {name!r}: must be >= 0, got {values[i]!r}"
+                        for name, i in _NON_NEGATIVE_AT
+                        if values[i] < 0
+                    ),
+                    None,
+                )
             if error is not None:
                 yield row_number, None, None, error
                 continue

@@ -60,7 +60,7 @@ class Scaler:
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         """Scale a 2-D array (n, n_features) column by column; returns a new float64 array."""
-        if self.center_ is None or self.scale_ is None:
+        if not self.is_fitted:
             raise ValueError("Scaler is not fitted; call fit() or from_dict() first")
         x = np.asarray(x, dtype=np.float64)
         if x.shape[-1] != self.center_.shape[0]:

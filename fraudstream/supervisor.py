@@ -25,6 +25,10 @@ class ServiceFailed(RuntimeError):
     """A supervised service exited on its own."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C / SIGTERM arrived while a service was still starting."""
+
+
 @dataclass(frozen=True)
 class ServiceSpec:
     name: str
@@ -53,8 +57,14 @@ class Supervisor:
         process = spawn(spec.argv, log_path=self.log_path(spec.name), env=self.env)
         self.children[spec.name] = (spec, process)
         if spec.ready is not None:
+
+            def ready_or_interrupted() -> bool:
+                if self.stopping.is_set():
+                    raise Interrupted(f"interrupted while {spec.name} was starting")
+                return spec.ready()
+
             wait_until(
-                spec.ready,
+                ready_or_interrupted,
                 timeout=spec.ready_timeout,
                 what=spec.name,
                 process=process,

@@ -9,11 +9,19 @@ from pathlib import Path
 import asyncpg
 
 from core.db.registry import register_model
+from core.db.urls import asyncpg_dsn, redacted
 from core.ensemble import Ensemble
 from core.runtime.processes import port_open
 from core.runtime.stack import Endpoints, Infra
 from core.settings import Settings, settings_env
-from fraudstream.supervisor import ServiceFailed, ServiceSpec, Supervisor, python_module, wait_for_job
+from fraudstream.supervisor import (
+    Interrupted,
+    ServiceFailed,
+    ServiceSpec,
+    Supervisor,
+    python_module,
+    wait_for_job,
+)
 
 
 def ensure_bundle(settings: Settings) -> Ensemble:
@@ -41,7 +49,7 @@ def check_ports_free(settings: Settings) -> None:
 
 
 async def _register(endpoints: Endpoints, ensemble: Ensemble, bundle: Path) -> None:
-    conn = await asyncpg.connect(endpoints.database_url)
+    conn = await asyncpg.connect(asyncpg_dsn(endpoints.database_url))
     try:
         await register_model(conn, ensemble, bundle, activate=True)
     finally:
@@ -116,18 +124,24 @@ def run_up(
                 f"(log: {supervisor.log_path('replay')}) ..."
             )
             code = wait_for_job(job, supervisor)
+            supervisor.children.pop("replay", None)  # done either way; the services keep running
             if code is not None:
                 print("Replay finished." if code == 0 else f"Replay failed with code {code}: see its log.")
-        print("Running. Press Ctrl-C to stop.")
-        supervisor.wait()
+        if not supervisor.stopping.is_set():
+            print("Running. Press Ctrl-C to stop.")
+            supervisor.wait()
         return 0
-    except (ServiceFailed, RuntimeError, TimeoutError) as error:  # a service died or never got ready
-        print(f"error: {error}")
+    except Interrupted:
+        return 130
+    except (ServiceFailed, RuntimeError, TimeoutError, OSError, asyncpg.PostgresError) as error:
+        print(f"error: {error}")  # a service died or never got ready, or the database refused
         return 1
     finally:
         print("Stopping ...")
-        supervisor.stop_all()
-        infra.stop()
+        try:
+            supervisor.stop_all()
+        finally:
+            infra.stop()
         print("Stopped.")
 
 
@@ -143,7 +157,7 @@ def run_infra(settings: Settings) -> int:
     try:
         print("Embedded infrastructure is up. Services started by hand find it automatically, or export:")
         print(f"  export FRAUDSTREAM_KAFKA_BOOTSTRAP_SERVERS={endpoints.bootstrap_servers}")
-        print(f"  export FRAUDSTREAM_DATABASE_URL={endpoints.database_url}")
+        print(f"  export FRAUDSTREAM_DATABASE_URL={redacted(endpoints.database_url)}")
         print(
             "The broker keeps nothing on disk (memory storage); PostgreSQL keeps its data in "
             f"{settings.state_dir / 'postgres'}. Press Ctrl-C to stop."
@@ -182,6 +196,6 @@ def _print_banner(settings: Settings, endpoints: Endpoints, ensemble: Ensemble) 
     )
     print(f"  model          {ensemble.version} (threshold {ensemble.threshold:.4f})")
     print(f"  Kafka          {endpoints.bootstrap_servers} (embedded Tansu, memory only)")
-    print(f"  PostgreSQL     {endpoints.database_url}")
+    print(f"  PostgreSQL     {redacted(endpoints.database_url)}")
     print(f"  logs           {settings.state_dir / 'logs'}")
     print()

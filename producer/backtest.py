@@ -31,7 +31,6 @@ class RunSpec:
     bundle: Path
     time_from: float
     time_to: float
-    threshold: float | None = None
 
 
 def new_run_id() -> str:
@@ -102,22 +101,20 @@ def backtest_metrics(
 def _slice_metrics(labels: np.ndarray, scores: np.ndarray, amounts: np.ndarray, threshold: float) -> dict:
     labels = labels.astype(bool)
     alerts = scores >= threshold
-    matrix = (
-        confusion(labels, scores, threshold) if labels.size else {"precision": 0.0, "recall": 0.0, "f1": 0.0}
-    )
+    m = confusion(labels, scores, threshold)  # works on empty slices too: all counts 0
     ap = average_precision(labels, scores) if labels.any() else float("nan")
     return {
         "transactions": int(labels.size),
         "frauds": int(labels.sum()),
-        "alerts": int(alerts.sum()),
-        "frauds_caught": int((alerts & labels).sum()),
-        "frauds_missed": int((~alerts & labels).sum()),
-        "false_alerts": int((alerts & ~labels).sum()),
+        "alerts": m["tp"] + m["fp"],
+        "frauds_caught": m["tp"],
+        "frauds_missed": m["fn"],
+        "false_alerts": m["fp"],
         "amount_caught": float(amounts[alerts & labels].sum()),
         "amount_missed": float(amounts[~alerts & labels].sum()),
-        "precision": float(matrix["precision"]),
-        "recall": float(matrix["recall"]),
-        "f1": float(matrix["f1"]),
+        "precision": float(m["precision"]),
+        "recall": float(m["recall"]),
+        "f1": float(m["f1"]),
         "auprc": None if np.isnan(ap) else float(ap),
     }
 

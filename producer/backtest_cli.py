@@ -17,9 +17,11 @@ import sys
 from pathlib import Path
 
 import asyncpg
+from aiokafka.errors import KafkaError
 from tqdm import tqdm
 
 from core.dataset import SAMPLE_PATH, CsvSchemaError
+from core.db.urls import asyncpg_dsn
 from core.ensemble import BundleError, Ensemble
 from core.runtime.stack import NotConfigured, resolve_endpoints
 from core.settings import Settings
@@ -98,8 +100,11 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_list(endpoints.database_url))
         return asyncio.run(_backtest(args, settings, endpoints.bootstrap_servers, endpoints.database_url))
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted: the run is marked failed", file=sys.stderr)
         return 130
+    except (OSError, asyncpg.PostgresError) as error:
+        print(f"error: the database is unreachable or refused: {error}", file=sys.stderr)
+        return 1
 
 
 async def _backtest(args: argparse.Namespace, settings: Settings, bootstrap: str, database_url: str) -> int:
@@ -111,52 +116,66 @@ async def _backtest(args: argparse.Namespace, settings: Settings, bootstrap: str
     if args.threshold is not None:
         ensemble = ensemble.with_threshold(args.threshold)
     time_to = args.time_to if args.time_to is not None else float("inf")
-    spec = RunSpec(args.model, args.time_from, time_to, args.threshold)
+    spec = RunSpec(args.model, args.time_from, time_to)
     run_id = new_run_id()
-    conn = await asyncpg.connect(database_url)
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
         await create_run(conn, spec, ensemble, run_id)
-        print(
-            f"backtest {run_id}: model {ensemble.version}, threshold {ensemble.threshold:.4f}, "
-            f"window [{spec.time_from:g}, {time_to:g}) s"
-        )
         try:
-            report = await replay(
-                args.data or SAMPLE_PATH,
-                bootstrap_servers=bootstrap,
-                topic=settings.topic_transactions,
-                speed=args.speed,
-                time_from=args.time_from,
-                time_to=args.time_to,
-                run_id=run_id,
-            )
-        except (CsvSchemaError, OSError) as error:
-            await fail_run(conn, run_id, str(error))
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        if report.interrupted or report.sent == 0:
-            reason = "interrupted" if report.interrupted else "the window holds no transactions"
-            await fail_run(conn, run_id, reason)
-            print(f"backtest {run_id} failed: {reason}", file=sys.stderr)
-            return 1
-        with tqdm(total=report.sent, desc="scored", unit="tx") as bar:
-
-            def progress(count: int) -> None:
-                bar.update(count - bar.n)
-
-            try:
-                await wait_until_scored(
-                    conn, run_id, report.sent, stall_timeout=args.stall_timeout, on_progress=progress
-                )
-            except TimeoutError as error:
-                await fail_run(conn, run_id, str(error))
-                print(f"error: {error}", file=sys.stderr)
-                return 1
-        await finish_run(conn, run_id, ensemble.threshold, report.sent)
-        run = await load_run(conn, run_id)
+            return await _replay_and_score(args, settings, bootstrap, conn, ensemble, run_id)
+        except BaseException as error:  # Ctrl-C, a broker gone: the run must not stay "running"
+            await asyncio.shield(fail_run(conn, run_id, f"{type(error).__name__}: {error}"))
+            raise
     finally:
         await conn.close()
-    print(render_run(run))
+
+
+async def _replay_and_score(
+    args: argparse.Namespace,
+    settings: Settings,
+    bootstrap: str,
+    conn: asyncpg.Connection,
+    ensemble: Ensemble,
+    run_id: str,
+) -> int:
+    """Replay the window with the run id, wait until all of it is scored, store the metrics."""
+    print(
+        f"backtest {run_id}: model {ensemble.version}, threshold {ensemble.threshold:.4f}, "
+        f"window [{args.time_from:g}, {args.time_to if args.time_to is not None else float('inf'):g}) s"
+    )
+    try:
+        report = await replay(
+            args.data or SAMPLE_PATH,
+            bootstrap_servers=bootstrap,
+            topic=settings.topic_transactions,
+            speed=args.speed,
+            time_from=args.time_from,
+            time_to=args.time_to,
+            run_id=run_id,
+        )
+    except (CsvSchemaError, OSError, KafkaError) as error:
+        await fail_run(conn, run_id, str(error))
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if report.sent == 0:
+        await fail_run(conn, run_id, "the window holds no transactions")
+        print(f"backtest {run_id} failed: the window holds no transactions", file=sys.stderr)
+        return 1
+    with tqdm(total=report.sent, desc="scored", unit="tx") as bar:
+
+        def progress(count: int) -> None:
+            bar.update(count - bar.n)
+
+        try:
+            await wait_until_scored(
+                conn, run_id, report.sent, stall_timeout=args.stall_timeout, on_progress=progress
+            )
+        except TimeoutError as error:
+            await fail_run(conn, run_id, str(error))
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+    await finish_run(conn, run_id, ensemble.threshold, report.sent)
+    print(render_run(await load_run(conn, run_id)))
     return 0
 
 
@@ -205,7 +224,7 @@ def _fmt(value: object) -> str:
 
 
 async def _compare(database_url: str, run_a: str, run_b: str) -> int:
-    conn = await asyncpg.connect(database_url)
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
         runs = [await load_run(conn, run_id) for run_id in (run_a, run_b)]
     finally:
@@ -232,7 +251,7 @@ def render_comparison(a: dict, b: dict) -> str:
 
 
 async def _list(database_url: str) -> int:
-    conn = await asyncpg.connect(database_url)
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
         rows = await conn.fetch(
             "SELECT id, model_version, threshold, time_from, time_to, status, created_at FROM backtest_runs "

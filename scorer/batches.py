@@ -126,7 +126,7 @@ class BatchScorer:
                 async with self.pool.acquire() as conn:
                     if await self.models.refresh_active(conn):
                         self.metrics.model_reloads.inc()
-            except (OSError, asyncpg.PostgresError) as error:
+            except Exception as error:  # noqa: BLE001 - hot reload must outlive any one failure
                 log.warning("could not check the active model version: %s", error)
             await asyncio.sleep(every)
 

@@ -49,14 +49,6 @@ def _metric(port: int, name: str) -> float:
     return -1.0
 
 
-async def _count(database_url: str) -> int:
-    conn = await asyncpg.connect(database_url)
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM scores"))
-    finally:
-        await conn.close()
-
-
 #: Rows stored so far, from the per-run counters the write triggers keep (migration 0003):
 #: one row read, where `count(*)` five times a second scanned the growing table and took
 #: PostgreSQL CPU from the very writes being measured.

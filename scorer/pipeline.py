@@ -22,7 +22,7 @@ import orjson
 
 from core.db.store import ScoredRows
 from core.ensemble import Ensemble
-from core.events import DeadLetter, EventBatch, decode_batch
+from core.events import DeadLetter, EventBatch, EventError, decode_batch, parse_event
 
 #: Chooses the ensemble for a run id (None = live events).
 ModelSource = Callable[[str | None], Ensemble]
@@ -87,9 +87,9 @@ def split_unknown_runs(
     refused = []
     for raw in messages:
         try:
-            run_id = orjson.loads(raw).get("run_id")
-        except (orjson.JSONDecodeError, AttributeError):
-            continue
+            _, _, _, run_id, _ = parse_event(orjson.loads(raw))
+        except (orjson.JSONDecodeError, EventError):
+            continue  # malformed: already a dead letter with its own reason
         if run_id in unknown:
             refused.append(DeadLetter(raw, f"unknown backtest run_id {run_id!r}: create the run first"))
     return take_rows(batch, np.flatnonzero(keep)), refused

@@ -345,7 +345,7 @@ def _record_backtests(database_url: str, bundle: Path, ensemble: Ensemble, data:
             for run_id, threshold in (("bt-dash-strict", 0.9), ("bt-dash-loose", 0.2)):
                 model = ensemble.with_threshold(threshold)
                 stored = await store_scored(conn, score_rows(model, data, run_id=run_id))
-                spec = RunSpec(bundle, float(data.time.min()), float(data.time.max()) + 1, threshold)
+                spec = RunSpec(bundle, float(data.time.min()), float(data.time.max()) + 1)
                 await create_run(conn, spec, model, run_id)
                 await finish_run(conn, run_id, threshold, stored)
                 ids.append(run_id)

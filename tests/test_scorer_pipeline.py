@@ -131,3 +131,20 @@ def test_retry_forever_retries_until_the_operation_succeeds() -> None:
     assert result == "stored" and len(attempts) == 3
     assert metrics.store_retries._value.get() == 2
     assert b"fraudstream_store_retries_total 2.0" in metrics.exposition()
+
+
+def test_unknown_run_events_become_dead_letters_once_and_malformed_ones_are_left_alone() -> None:
+    from core.events import build_event, encode_event
+    from scorer.pipeline import decode, split_unknown_runs
+
+    good = build_event([1.0] * 30, event_id="live", label=0)
+    stray = build_event([1.0] * 30, event_id="stray", run_id="bt-missing")
+    malformed_stray = {**stray, "id": "bad", "amount": -1.0}  # already refused for its amount
+    odd_run = {**good, "id": "odd", "run_id": ["not", "a", "string"]}  # unhashable run id, refused
+    messages = [encode_event(e) for e in (good, stray, malformed_stray, odd_run)]
+    batch, dead = decode(messages)
+    assert batch.ids == ["live", "stray"] and len(dead) == 2
+    kept, refused = split_unknown_runs(messages, batch, {"bt-missing"})
+    assert kept.ids == ["live"]
+    assert [letter.raw for letter in refused] == [messages[1]]
+    assert "unknown backtest run_id 'bt-missing'" in refused[0].reason

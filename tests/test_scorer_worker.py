@@ -153,6 +153,7 @@ def test_malformed_events_go_to_the_dead_letter_topic(settings, workers, infra) 
     assert worker.metric("fraudstream_dead_letters_total") == len(bad)
 
     alerts_in_db = asyncio.run(fetch(settings.database_url, "SELECT id FROM scores WHERE alert"))
+    assert alerts_in_db, "the replayed rows hold frauds: some must alert"
     alerts = asyncio.run(read_topic(infra.bootstrap_servers, settings.topic_alerts, len(alerts_in_db)))
     assert {key.decode() for key, _, _ in alerts} == {r["id"] for r in alerts_in_db}
     assert all(len(orjson.loads(value)["top_features"]) == 3 for _, value, _ in alerts)

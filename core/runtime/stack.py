@@ -61,6 +61,12 @@ class Infra:
         return self.settings.state_dir
 
     def start(self) -> Endpoints:
+        running = _running_stack(self.state_dir)
+        if running is not None and running["pid"] != os.getpid():
+            raise RuntimeError(
+                f"another fraudstream stack (pid {running['pid']}) is running on {self.state_dir}: "
+                "stop it first, or give this one its own FRAUDSTREAM_STATE_DIR"
+            )
         logs = self.state_dir / "logs"
         try:
             bootstrap = self.settings.kafka_bootstrap_servers
@@ -87,7 +93,9 @@ class Infra:
         return self.endpoints
 
     def stop(self) -> None:
-        (self.state_dir / RUNTIME_FILE).unlink(missing_ok=True)
+        running = _running_stack(self.state_dir)
+        if running is None or running["pid"] == os.getpid():  # never remove another stack's file
+            (self.state_dir / RUNTIME_FILE).unlink(missing_ok=True)
         if self.broker is not None:
             self.broker.stop()
             self.broker = None
