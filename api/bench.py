@@ -49,6 +49,7 @@ from core.db.store import ScoredRows, store_scored
 from core.ensemble import Ensemble
 from core.events import transaction_id
 from core.features import EVENT_FEATURES
+from core.prometheus import read_metric
 from core.runtime.postgres import EmbeddedPostgres
 from core.runtime.processes import free_port, port_open, spawn, stop, wait_until
 from core.settings import Settings, settings_env
@@ -349,12 +350,8 @@ class Streamer:
 
 def _computed_answers(port: int) -> float:
     """How many cached-route answers made their request wait for the queries (from /metrics)."""
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
-        text = response.read().decode()
-    prefix = 'fraudstream_api_cache_answers_total{outcome="computed"}'
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+    url = f"http://127.0.0.1:{port}/metrics"
+    return read_metric(url, "fraudstream_api_cache_answers_total", timeout=30, outcome="computed") or 0.0
 
 
 async def _bench_streaming(port: int, streamer: Streamer, requests_per_endpoint: int) -> tuple[list, str]:

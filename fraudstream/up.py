@@ -11,6 +11,7 @@ import asyncpg
 from core.db.registry import register_model
 from core.db.urls import asyncpg_dsn, redacted
 from core.ensemble import Ensemble
+from core.prometheus import read_metric
 from core.runtime.processes import port_open
 from core.runtime.stack import Endpoints, Infra
 from core.settings import Settings, settings_env
@@ -66,15 +67,7 @@ def _http_ok(url: str) -> bool:
 
 def _scorer_reading(metrics_url: str) -> bool:
     """Ready = the worker joined its consumer group and reads partitions (not just started)."""
-    try:
-        with urllib.request.urlopen(metrics_url, timeout=1) as response:  # loopback only
-            text = response.read().decode()
-    except OSError:
-        return False
-    return any(
-        line.startswith("fraudstream_assigned_partitions ") and float(line.split()[1]) > 0
-        for line in text.splitlines()
-    )
+    return (read_metric(metrics_url, "fraudstream_assigned_partitions", timeout=1) or 0) > 0
 
 
 def service_specs(settings: Settings) -> list[ServiceSpec]:

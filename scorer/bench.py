@@ -23,13 +23,13 @@ import os
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer
 
 from core.dataset import SAMPLE_PATH
+from core.prometheus import read_metric
 from core.runtime.processes import spawn, stop, wait_until
 from core.runtime.stack import Infra
 from core.settings import Settings, settings_env
@@ -38,15 +38,9 @@ from scorer.cpu import CpuMeter, per_100k
 
 
 def _metric(port: int, name: str) -> float:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            text = response.read().decode()
-    except OSError:
-        return -1.0
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return -1.0
+    """A worker's metric; -1 while its web server is not up yet."""
+    value = read_metric(f"http://127.0.0.1:{port}/metrics", name)
+    return -1.0 if value is None else value
 
 
 #: Rows stored so far, from the per-run counters the write triggers keep (migration 0003):

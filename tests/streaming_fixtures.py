@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from core.dataset import SAMPLE_PATH
+from core.prometheus import read_metric
 from core.runtime.processes import free_port, spawn, stop, wait_until
 from core.settings import Settings, settings_env
 
@@ -105,18 +105,8 @@ class Worker:
         )
 
     def metric(self, name: str) -> float:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as response:
-                text = response.read().decode()
-        except OSError:
-            return -1.0
-        total = 0.0
-        found = False
-        for line in text.splitlines():
-            if line.startswith(name) and not line.startswith("#") and line[len(name)] in " {":
-                total += float(line.rsplit(" ", 1)[1])
-                found = True
-        return total if found else 0.0
+        """A counter or gauge of this worker, summed over its labels (0 until it is exported)."""
+        return read_metric(f"http://127.0.0.1:{self.port}/metrics", name) or 0.0
 
     def wait_partitions(self, count: int, timeout: float = 60) -> None:
         wait_until(
