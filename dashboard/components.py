@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import plotly.graph_objects as go
-from dash import dcc, html
+from dash import dash_table, dcc, html
 
 from dashboard.client import ApiError, ApiUnreachable
 
@@ -138,3 +138,13 @@ def short_version(version: str | None, n: int = 12) -> str:
 
 def options(names: Sequence[str]) -> list[dict[str, str]]:
     return [{"label": name, "value": name} for name in names]
+
+
+def data_table(table_id: str, *, padding: str = "6px 8px", **options: Any) -> dash_table.DataTable:
+    """A DataTable in the dashboard's one table style; `options` go to DataTable as they are."""
+    return dash_table.DataTable(
+        id=table_id,
+        style_cell={"padding": padding, "textAlign": "left", "border": "none"},
+        style_header={"fontWeight": "600", "borderBottom": "1px solid #e5e7eb"},
+        **options,
+    )

@@ -182,10 +182,16 @@ async def replay(
     selected = select_rows(rows, skipped, time_from=time_from, time_to=time_to, limit=limit)
 
     producer = make_producer(bootstrap_servers)
-    await producer.start()
-    batches = (
-        PartitionBatches(producer, topic, await producer.partitions_for(topic)) if pacing.unlimited else None
-    )
+    try:
+        await producer.start()
+        batches = (
+            PartitionBatches(producer, topic, await producer.partitions_for(topic))
+            if pacing.unlimited
+            else None
+        )
+    except BaseException:  # a broker that is not there: release the client before reporting it
+        await producer.stop()
+        raise
     bar = tqdm(
         total=limit,
         disable=not progress,

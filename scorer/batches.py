@@ -110,7 +110,12 @@ class BatchScorer:
             on_failure=metrics.store_retries.inc,
         )
         producer = make_producer(bootstrap_servers, linger_ms=1)
-        await producer.start()
+        try:
+            await producer.start()
+        except BaseException:  # no broker: close what is open before the worker reports it
+            await producer.stop()
+            await pool.close()
+            raise
         scorer = cls(EnsembleResolver(ensemble), pool, producer, metrics, alerts_topic, dead_letters_topic)
         scorer._watcher = asyncio.create_task(scorer.watch_models())
         return scorer

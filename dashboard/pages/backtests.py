@@ -10,11 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 import dash
-from dash import Input, Output, State, dash_table, dcc, html
+from dash import Input, Output, State, dcc, html
 
 from dashboard.client import ApiError, ApiUnreachable
 from dashboard.components import (
     COLORS,
+    data_table,
     empty_figure,
     graph,
     notice,
@@ -54,13 +55,11 @@ def layout(**_query: Any) -> html.Div:
             panel("Metrics run by run", graph("backtests-metrics", height=340)),
             panel(
                 "Runs",
-                dash_table.DataTable(
-                    id="backtests-table",
+                data_table(
+                    "backtests-table",
                     columns=RUN_COLUMNS,
                     data=[],
                     style_table={"overflowX": "auto"},
-                    style_cell={"padding": "6px 8px", "textAlign": "left", "border": "none"},
-                    style_header={"fontWeight": "600", "borderBottom": "1px solid #e5e7eb"},
                     style_data_conditional=[
                         {"if": {"filter_query": '{status} = "failed"'}, "color": COLORS["fraud"]},
                     ],

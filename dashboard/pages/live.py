@@ -10,11 +10,12 @@ from typing import Any
 
 import dash
 import plotly.graph_objects as go
-from dash import Input, Output, State, dash_table, dcc, html
+from dash import Input, Output, State, dcc, html
 
 from dashboard.client import ApiError, ApiUnreachable
 from dashboard.components import (
     COLORS,
+    data_table,
     empty_figure,
     graph,
     kpi_card,
@@ -70,14 +71,12 @@ def layout(**_query: Any) -> html.Div:
                     panel("Throughput and alerts", graph("live-timeseries", height=360)),
                     panel(
                         "Newest alerts",
-                        dash_table.DataTable(
-                            id="alerts-table",
+                        data_table(
+                            "alerts-table",
                             columns=TABLE_COLUMNS,
                             data=[],
                             page_action="none",
                             style_table={"height": "340px", "overflowY": "auto"},
-                            style_cell={"padding": "6px 8px", "textAlign": "left", "border": "none"},
-                            style_header={"fontWeight": "600", "borderBottom": "1px solid #e5e7eb"},
                             style_data_conditional=[
                                 {"if": {"filter_query": '{label} = "fraud"'}, "color": COLORS["fraud"]},
                                 {"if": {"state": "active"}, "backgroundColor": "#eef2ff", "border": "none"},

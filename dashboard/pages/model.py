@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import dash
-from dash import Input, Output, dash_table, dcc, html
+from dash import Input, Output, dcc, html
 
 from dashboard.client import ApiError, ApiUnreachable
 from dashboard.components import (
+    data_table,
     empty_figure,
     graph,
     notice,
@@ -67,12 +68,10 @@ def layout(**_query: Any) -> html.Div:
             ),
             panel(
                 "Model versions",
-                dash_table.DataTable(
-                    id="model-versions",
+                data_table(
+                    "model-versions",
                     columns=VERSION_COLUMNS,
                     data=[],
-                    style_cell={"padding": "6px 8px", "textAlign": "left", "border": "none"},
-                    style_header={"fontWeight": "600", "borderBottom": "1px solid #e5e7eb"},
                     style_data_conditional=[
                         {"if": {"filter_query": '{active} = "yes"'}, "fontWeight": "600"}
                     ],

@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import dash
-from dash import Input, Output, State, ctx, dash_table, dcc, html
+from dash import Input, Output, State, ctx, dcc, html
 
 from dashboard.client import ApiError, ApiUnreachable
 from dashboard.components import (
+    data_table,
     empty_figure,
     graph,
     notice,
@@ -65,8 +66,8 @@ def layout(**_query: Any) -> html.Div:
                         ),
                         html.Div(id="try-source", className="muted small", style={"margin": "8px 0"}),
                         dcc.Store(id="try-example"),
-                        dash_table.DataTable(
-                            id="try-values",
+                        data_table(
+                            "try-values",
                             columns=[
                                 {"name": "feature", "id": "feature", "editable": False},
                                 {
@@ -78,8 +79,7 @@ def layout(**_query: Any) -> html.Div:
                             ],
                             data=[{"feature": name, "value": None} for name in FEATURES],
                             style_table={"height": "520px", "overflowY": "auto"},
-                            style_cell={"padding": "4px 8px", "textAlign": "left", "border": "none"},
-                            style_header={"fontWeight": "600", "borderBottom": "1px solid #e5e7eb"},
+                            padding="4px 8px",
                             style_data_conditional=[
                                 {"if": {"column_id": "value"}, "backgroundColor": "#f9fafb"},
                             ],
