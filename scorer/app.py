@@ -6,14 +6,17 @@ Each worker reads its share of the `transactions` partitions in batches of raw b
 and per batch: decodes and validates the events (bad ones go to the dead-letter topic),
 scores them with one call of the ensemble (loaded once per worker), writes transactions
 and scores in one idempotent statement, publishes alerts, and only then acknowledges the
-batch's offsets. How that is safe against the known Faust traps:
+batch's offsets. Batch n+1 is decoded and scored while batch n is being written, so the
+worker's CPU and PostgreSQL's overlap; one write at a time keeps the acknowledgements in
+order. How that is safe against the known Faust traps:
 
 - offsets: `noack_take` hands us the events unacknowledged and we ack them after the batch
-  is durable, so neither a crash, a SIGKILL, a rebalance nor a cancelled task can commit
-  an offset past an unstored event (plain `take` acks the buffer when the generator is
+  is durable, so neither a crash, a SIGKILL, a rebalance nor a cancelled task (a write in
+  flight is cancelled unacknowledged) can commit an offset past an unstored event (plain `take` acks the buffer when the generator is
   closed, even if the batch was never stored);
 - agent concurrency is 1, so acknowledgements are in order per partition;
-- `within` bounds how long a partial batch waits, so a quiet topic never stalls;
+- `within` bounds how long a partial batch waits, so a quiet topic never stalls; under a
+  backlog the agent gathers several takes into one batch (`keep_gathering`);
 - the PostgreSQL write is idempotent (Faust's exactly-once covers Kafka only);
 - group join, session and rebalance timeouts are short, so a restarted worker does not
   sit out a long rebalance.
@@ -27,6 +30,7 @@ rarer, so the short-lived objects of a batch mostly die before they are ever pro
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 
@@ -35,8 +39,9 @@ import faust
 from core.kafka import ensure_topics
 from core.runtime.stack import resolve_endpoints, topic_partitions
 from core.settings import Settings, get_settings
-from scorer.batches import BatchScorer
+from scorer.batches import BatchScorer, PreparedBatch
 from scorer.metrics import ScorerMetrics
+from scorer.pipeline import keep_gathering
 from scorer.transport import ScorerApp
 
 log = logging.getLogger(__name__)
@@ -128,14 +133,32 @@ async def score_transactions(stream: faust.StreamT) -> None:
     """Score each batch of transactions, store it, then acknowledge it; never the other way round."""
     scorer = await open_scorer()
     freeze_startup_heap()
+
+    async def commit_then_ack(prepared: PreparedBatch, events: list[faust.EventT]) -> None:
+        await scorer.commit(prepared)
+        for event in events:
+            await stream.ack(event)
+
+    size = settings.scorer_batch_size
+    writing: asyncio.Task | None = None  # the previous batch's commit, at most one at a time
+    gathered: list[faust.EventT] = []
     try:
-        async for events in stream.noack_take(
-            settings.scorer_batch_size, within=settings.scorer_batch_timeout
-        ):
-            await scorer.handle([event.value or b"" for event in events])
-            for event in events:
-                await stream.ack(event)
+        async for events in stream.noack_take(size, within=settings.scorer_batch_timeout):
+            gathered.extend(events)
+            if keep_gathering(len(gathered), stream.channel.queue.qsize(), size):
+                continue  # the rest of the batch is already waiting: take it too
+            while gathered:
+                batch, gathered = gathered[:size], gathered[size:]
+                prepared = await scorer.prepare([event.value or b"" for event in batch])
+                if writing is not None:
+                    await writing  # in order: batch n is acknowledged before batch n+1 is written
+                writing = asyncio.create_task(commit_then_ack(prepared, batch))
+        if writing is not None:
+            await writing
     finally:
+        if writing is not None and not writing.done():
+            writing.cancel()  # not acknowledged: the batch is delivered again (the write is idempotent)
+            await asyncio.gather(writing, return_exceptions=True)
         await scorer.close()
 
 

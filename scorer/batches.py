@@ -1,8 +1,9 @@
 """One batch from raw messages to durable rows: the I/O around `scorer.pipeline`.
 
-`BatchScorer.handle(messages)` returns only when the batch's transactions and scores are
-committed in PostgreSQL and its alerts and dead letters are acknowledged by the broker;
-the agent acknowledges the Kafka offsets after that and never before. While PostgreSQL
+`BatchScorer.prepare(messages)` decodes, scores and explains a batch; `commit(prepared)`
+returns only when the batch's transactions and scores are committed in PostgreSQL and its
+alerts and dead letters are acknowledged by the broker; the agent acknowledges the Kafka
+offsets after that and never before (`handle` does both, for one batch at a time). While PostgreSQL
 or the broker is unavailable it retries with backoff, so offsets do not advance and
 nothing is skipped; the write is idempotent, so a batch redelivered after a crash or a
 rebalance makes no second row.
@@ -20,7 +21,7 @@ from typing import TypeVar
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from core.db.store import store_scored
+from core.db.store import ScoredRows, store_scored
 from core.db.urls import asyncpg_dsn
 from core.ensemble import Ensemble
 from core.events import DeadLetter, EventBatch
@@ -70,6 +71,16 @@ async def retry_forever(
             log.warning("%s failed (%s: %s); retrying in %.1f s", what, type(exc).__name__, exc, delay)
             await asyncio.sleep(delay)
             delay = min(cap, delay * 2)
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedBatch:
+    """A scored batch waiting to be written: per model group the rows and their alert messages."""
+
+    consumed: int
+    groups: list[tuple[ScoredRows, list[tuple[bytes, bytes]]]]
+    dead: list[DeadLetter]
+    seconds: float  # CPU time spent preparing, for the batch latency histogram
 
 
 @dataclass
@@ -173,30 +184,40 @@ class BatchScorer:
             dead.extend(refused)
         return batch, models
 
-    async def handle(self, messages: Sequence[bytes]) -> None:
-        """Decode, score, store, then publish alerts and dead letters; see the module docstring."""
+    async def prepare(self, messages: Sequence[bytes]) -> PreparedBatch:
+        """Decode, validate, score and explain a batch: the CPU part, nothing written yet.
+
+        The agent prepares batch n+1 while batch n is being written (`commit`), so the
+        worker's CPU and PostgreSQL's work overlap instead of taking turns.
+        """
         started = time.perf_counter()
         self.metrics.consumed.inc(len(messages))
         batch, dead = decode(messages)
         batch, models = await self._resolve_models(messages, batch, dead)
-        outgoing: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]] | None]] = []
+        groups = []
         for ensemble, part in by_model(models.__getitem__, batch):
             rows = score_batch(ensemble, part)
             self.metrics.scored.inc(len(part))
+            groups.append((rows, alert_messages(ensemble, rows)))
+        return PreparedBatch(len(messages), groups, dead, time.perf_counter() - started)
+
+    async def commit(self, prepared: PreparedBatch) -> None:
+        """Store the batch, then publish its alerts and dead letters; retries until done."""
+        started = time.perf_counter()
+        outgoing: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]] | None]] = []
+        for rows, alerts in prepared.groups:
             new = await retry_forever(
                 lambda rows=rows: store_scored(self.pool, rows),
-                what=f"storing a batch of {len(part)}",
+                what=f"storing a batch of {len(rows.ids)}",
                 on_failure=self.metrics.store_retries.inc,
             )
             self.metrics.stored.inc(new)
             stored_at = time.time()
-            for produced in part.produced_at:
+            for produced in rows.produced_at:
                 if produced is not None:
                     self.metrics.end_to_end_seconds.observe(max(0.0, stored_at - produced))
-            outgoing.extend(
-                (self.alerts_topic, key, value, None) for key, value in alert_messages(ensemble, rows)
-            )
-        for letter in dead:
+            outgoing.extend((self.alerts_topic, key, value, None) for key, value in alerts)
+        for letter in prepared.dead:
             value, headers = dead_letter_message(letter)
             outgoing.append((self.dead_letters_topic, None, value, headers))
         if outgoing:
@@ -205,16 +226,22 @@ class BatchScorer:
                 what=f"publishing {len(outgoing)} alerts/dead letters",
                 on_failure=self.metrics.publish_retries.inc,
             )
-        alerts = sum(1 for topic, *_ in outgoing if topic == self.alerts_topic)
-        self.metrics.alerts.inc(alerts)
-        for letter in dead:
+        self.metrics.alerts.inc(sum(len(alerts) for _, alerts in prepared.groups))
+        for letter in prepared.dead:
             self.metrics.dead_letters.labels(dead_letter_kind(letter.reason)).inc()
-        if dead:
+        if prepared.dead:
             log.warning(
-                "%d malformed events sent to %s, e.g.: %s", len(dead), self.dead_letters_topic, dead[0].reason
+                "%d malformed events sent to %s, e.g.: %s",
+                len(prepared.dead),
+                self.dead_letters_topic,
+                prepared.dead[0].reason,
             )
-        self.metrics.batch_size.observe(len(messages))
-        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        self.metrics.batch_size.observe(prepared.consumed)
+        self.metrics.batch_seconds.observe(prepared.seconds + time.perf_counter() - started)
+
+    async def handle(self, messages: Sequence[bytes]) -> None:
+        """Prepare and commit one batch: returns when it is durable and its alerts are out."""
+        await self.commit(await self.prepare(messages))
 
     async def _publish(self, outgoing: Sequence[tuple[str, bytes | None, bytes, list | None]]) -> None:
         futures = [

@@ -35,6 +35,19 @@ REASON_HEADER = "fraudstream.error.reason"
 KIND_HEADER = "fraudstream.error.kind"
 
 
+def keep_gathering(gathered: int, waiting: int, batch_size: int) -> bool:
+    """Whether to wait for another take before scoring: the events already waiting fill the batch.
+
+    `take(n, within=...)` cuts a batch when its timer fires, and under a backlog the timer,
+    not `n`, decides: measured, ~600 events per batch on this machine, each batch paying
+    for two model calls, a statement, a commit and a round trip. Events that are already
+    fetched (`waiting`, the stream's queue) are late anyway, so taking them into the same
+    batch costs no latency; when the stream keeps up the queue is empty and a batch goes
+    out after `within`, as before.
+    """
+    return gathered < batch_size and waiting >= batch_size - gathered
+
+
 def decode(messages: Sequence[bytes]) -> tuple[EventBatch, list[DeadLetter]]:
     """Valid events column-wise plus the refused ones with their reasons (never raises)."""
     return decode_batch(messages)

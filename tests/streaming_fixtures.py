@@ -129,8 +129,10 @@ class Worker:
 def workers(settings, model_bundle, tmp_path) -> Iterator:
     started: list[Worker] = []
 
-    def start() -> Worker:
-        worker = Worker(settings, model_bundle, tmp_path / f"worker-{len(started)}.log")
+    def start(**overrides: object) -> Worker:
+        """A worker on this test's settings, with any of them overridden (e.g. scorer_batch_size)."""
+        chosen = settings.model_copy(update=overrides) if overrides else settings
+        worker = Worker(chosen, model_bundle, tmp_path / f"worker-{len(started)}.log")
         started.append(worker)
         return worker
 

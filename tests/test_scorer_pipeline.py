@@ -21,6 +21,7 @@ from scorer.pipeline import (
     dead_letter_kind,
     dead_letter_message,
     decode,
+    keep_gathering,
     score_batch,
 )
 from tests.streaming_fixtures import write_csv
@@ -148,3 +149,12 @@ def test_unknown_run_events_become_dead_letters_once_and_malformed_ones_are_left
     assert kept.ids == ["live"]
     assert [letter.raw for letter in refused] == [messages[1]]
     assert "unknown backtest run_id 'bt-missing'" in refused[0].reason
+
+
+def test_a_batch_waits_for_another_take_only_when_the_waiting_events_fill_it() -> None:
+    assert keep_gathering(gathered=600, waiting=20_000, batch_size=4000)  # a backlog
+    assert keep_gathering(gathered=600, waiting=3400, batch_size=4000)
+    assert not keep_gathering(gathered=600, waiting=3399, batch_size=4000)  # would wait for new events
+    assert not keep_gathering(gathered=40, waiting=0, batch_size=4000)  # keeping up: score now
+    assert not keep_gathering(gathered=4000, waiting=20_000, batch_size=4000)  # full
+    assert not keep_gathering(gathered=5000, waiting=20_000, batch_size=4000)

@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaProducer
 
 from core.dataset import SAMPLE_PATH
 from core.events import build_event, encode_event
+from core.prometheus import read_metric
 from core.runtime.processes import wait_until
 from core.settings import Settings
 from producer.replay import read_rows, replay, select_rows
@@ -195,3 +196,27 @@ def test_two_workers_share_the_partitions(settings, workers) -> None:
     assert_exactly_once(settings.database_url, limit)
     consumed = [worker.metric("fraudstream_consumed_total") for worker in pair]
     assert all(count > 0 for count in consumed) and sum(consumed) == limit
+
+
+def test_a_backlog_is_scored_in_full_batches_never_above_the_batch_size(settings, workers) -> None:
+    """Events already waiting are gathered into batches of up to scorer_batch_size, no more."""
+    limit, batch_size = 12_000, 4000
+    asyncio.run(
+        replay(
+            SAMPLE_PATH,
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            topic=settings.topic_transactions,
+            limit=limit,
+            progress=False,
+        )
+    )  # the whole backlog is on the topic before the worker starts
+    worker = workers(scorer_batch_size=batch_size)
+    wait_stored(settings.database_url, limit)
+    time.sleep(1.0)
+    assert_exactly_once(settings.database_url, limit)
+    page = f"http://127.0.0.1:{worker.port}/metrics"
+    batches = read_metric(page, "fraudstream_batch_size_count")
+    assert batches is not None and batches >= limit / batch_size
+    assert read_metric(page, "fraudstream_batch_size_bucket", le=f"{batch_size:.1f}") == batches
+    # One `take` yields what arrived within 20 ms (~600-1,500 events here); over 2,000 means gathered.
+    assert read_metric(page, "fraudstream_batch_size_bucket", le="2000.0") < batches, "no batch was gathered"
