@@ -145,9 +145,8 @@ async def score_transactions(stream: faust.StreamT) -> None:
     try:
         async for events in stream.noack_take(size, within=settings.scorer_batch_timeout):
             gathered.extend(events)
-            if keep_gathering(len(gathered), stream.channel.queue.qsize(), size):
-                continue  # the rest of the batch is already waiting: take it too
-            while gathered:
+            # While the rest of a batch is already waiting in the queue, take it too.
+            while gathered and not keep_gathering(len(gathered), stream.channel.queue.qsize(), size):
                 batch, gathered = gathered[:size], gathered[size:]
                 prepared = await scorer.prepare([event.value or b"" for event in batch])
                 if writing is not None:
