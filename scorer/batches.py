@@ -3,10 +3,9 @@
 `BatchScorer.prepare(messages)` decodes, scores and explains a batch; `commit(prepared)`
 returns only when the batch's transactions and scores are committed in PostgreSQL and its
 alerts and dead letters are acknowledged by the broker; the agent acknowledges the Kafka
-offsets after that and never before (`handle` does both, for one batch at a time). While PostgreSQL
-or the broker is unavailable it retries with backoff, so offsets do not advance and
-nothing is skipped; the write is idempotent, so a batch redelivered after a crash or a
-rebalance makes no second row.
+offsets after that and never before. While PostgreSQL or the broker is unavailable it
+retries with backoff, so offsets do not advance and nothing is skipped; the write is
+idempotent, so a batch redelivered after a crash or a rebalance makes no second row.
 """
 
 from __future__ import annotations
@@ -80,7 +79,7 @@ class PreparedBatch:
     consumed: int
     groups: list[tuple[ScoredRows, list[tuple[bytes, bytes]]]]
     dead: list[DeadLetter]
-    seconds: float  # CPU time spent preparing, for the batch latency histogram
+    seconds: float  # time spent preparing, for the batch latency histogram
 
 
 @dataclass
@@ -238,10 +237,6 @@ class BatchScorer:
             )
         self.metrics.batch_size.observe(prepared.consumed)
         self.metrics.batch_seconds.observe(prepared.seconds + time.perf_counter() - started)
-
-    async def handle(self, messages: Sequence[bytes]) -> None:
-        """Prepare and commit one batch: returns when it is durable and its alerts are out."""
-        await self.commit(await self.prepare(messages))
 
     async def _publish(self, outgoing: Sequence[tuple[str, bytes | None, bytes, list | None]]) -> None:
         futures = [
