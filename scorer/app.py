@@ -12,8 +12,8 @@ order. How that is safe against the known Faust traps:
 
 - offsets: `noack_take` hands us the events unacknowledged and we ack them after the batch
   is durable, so neither a crash, a SIGKILL, a rebalance nor a cancelled task (a write in
-  flight is cancelled unacknowledged) can commit an offset past an unstored event (plain `take` acks the buffer when the generator is
-  closed, even if the batch was never stored);
+  flight is cancelled unacknowledged) can commit an offset past an unstored event (plain
+  `take` acks the buffer when the generator is closed, even if the batch was never stored);
 - agent concurrency is 1, so acknowledgements are in order per partition;
 - `within` bounds how long a partial batch waits, so a quiet topic never stalls; under a
   backlog the agent gathers several takes into one batch (`keep_gathering`);

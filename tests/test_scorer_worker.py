@@ -20,7 +20,7 @@ from core.events import build_event, encode_event
 from core.prometheus import read_metric
 from core.runtime.processes import wait_until
 from core.settings import Settings
-from producer.replay import read_rows, replay, select_rows
+from producer.replay import ReplayReport, read_rows, replay, select_rows
 from scorer.pipeline import KIND_HEADER, REASON_HEADER
 from tests.streaming_fixtures import fetch, read_topic
 
@@ -47,19 +47,24 @@ def wait_stored(database_url: str, count: int, timeout: float = 90) -> None:
     wait_until(lambda: stored(database_url)[1] >= count, timeout=timeout, what=f"{count} rows stored")
 
 
+def replay_now(settings: Settings, **options) -> ReplayReport:
+    """Replay the sample onto this test's transactions topic and wait until it is sent."""
+    return asyncio.run(
+        replay(
+            SAMPLE_PATH,
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            topic=settings.topic_transactions,
+            progress=False,
+            **options,
+        )
+    )
+
+
 def replay_in_background(settings: Settings, **options) -> tuple[threading.Thread, dict]:
     result: dict = {}
 
     def run() -> None:
-        result["report"] = asyncio.run(
-            replay(
-                SAMPLE_PATH,
-                bootstrap_servers=settings.kafka_bootstrap_servers,
-                topic=settings.topic_transactions,
-                progress=False,
-                **options,
-            )
-        )
+        result["report"] = replay_now(settings, **options)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -182,15 +187,7 @@ def test_two_workers_share_the_partitions(settings, workers) -> None:
     pair = [workers(), workers()]
     for worker in pair:
         worker.wait_partitions(2)
-    asyncio.run(
-        replay(
-            SAMPLE_PATH,
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            topic=settings.topic_transactions,
-            limit=limit,
-            progress=False,
-        )
-    )
+    replay_now(settings, limit=limit)
     wait_stored(settings.database_url, limit)
     time.sleep(1.0)
     assert_exactly_once(settings.database_url, limit)
@@ -201,15 +198,7 @@ def test_two_workers_share_the_partitions(settings, workers) -> None:
 def test_a_backlog_is_scored_in_full_batches_never_above_the_batch_size(settings, workers) -> None:
     """Events already waiting are gathered into batches of up to scorer_batch_size, no more."""
     limit, batch_size = 12_000, 4000
-    asyncio.run(
-        replay(
-            SAMPLE_PATH,
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            topic=settings.topic_transactions,
-            limit=limit,
-            progress=False,
-        )
-    )  # the whole backlog is on the topic before the worker starts
+    replay_now(settings, limit=limit)  # the whole backlog is on the topic before the worker starts
     worker = workers(scorer_batch_size=batch_size)
     wait_stored(settings.database_url, limit)
     time.sleep(1.0)
