@@ -10,6 +10,7 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     Double,
     Index,
@@ -110,4 +111,26 @@ run_totals = Table(
         for name in ("transactions", "labelled", "frauds", "scored", "alerts")
     ),
     PrimaryKeyConstraint("run_id", name="pk_run_totals"),
+)
+
+#: One row per scorer worker process, upserted every few seconds (migration 0005): the
+#: API's `/health` and the dashboard read it to say when scoring is stalled or gone.
+scorer_workers = Table(
+    "scorer_workers",
+    metadata,
+    Column("worker_id", Text, nullable=False),
+    Column("host", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", TIMESTAMP(timezone=True), nullable=False, server_default=func.now()),
+    Column("heartbeat_at", TIMESTAMP(timezone=True), nullable=False, server_default=func.now()),
+    Column("last_store_at", TIMESTAMP(timezone=True), nullable=True),
+    Column("pending_events", BigInteger, nullable=False, server_default=text("0")),
+    Column("assigned_partitions", Integer, nullable=False, server_default=text("0")),
+    Column("lag", BigInteger, nullable=True),
+    Column("state", Text, nullable=False, server_default=text("'starting'")),
+    Column("reason", Text, nullable=True),
+    Column("model_version", Text, nullable=True),
+    CheckConstraint("state IN ('starting', 'ok', 'stalled', 'stopped')", name="ck_scorer_workers_state"),
+    PrimaryKeyConstraint("worker_id", name="pk_scorer_workers"),
+    Index("ix_scorer_workers_heartbeat", "heartbeat_at"),
 )
