@@ -70,6 +70,20 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
+    # The supervisor (`fraudstream up` / `infra`) and the replay's stop: how a stack heals and stops.
+    #: A service restarted this many times within `supervisor_crash_loop_seconds` is in a crash
+    #: loop: the stack stops and says why (restarts back off 0.5 s doubling to 30 s before that).
+    supervisor_crash_loop_restarts: int = Field(default=5, ge=1, le=1000)
+    supervisor_crash_loop_seconds: float = Field(default=120.0, gt=0, le=86_400)
+    #: A service whose health stays bad this long (the scorer stalled, a web port not
+    #: answering) is killed and restarted.
+    supervisor_unhealthy_seconds: float = Field(default=60.0, gt=0, le=3600)
+    #: Grace between SIGTERM and SIGKILL for each child when stopping.
+    supervisor_stop_seconds: float = Field(default=10.0, gt=0, le=600)
+    #: After a stop (Ctrl-C / SIGTERM), how long the replay waits for the broker to confirm
+    #: what it sent before giving up and exiting non-zero.
+    replay_flush_seconds: float = Field(default=10.0, gt=0, le=600)
+
     @field_validator("database_url")
     @classmethod
     def _postgres_only(cls, value: str | None) -> str | None:

@@ -5,8 +5,11 @@
     fraudstream replay --speed 60 --from 3600 --to 7200   # the second hour, in one minute
     fraudstream replay --data data/creditcard.csv --limit 10000 --run-id bt-1
 
-Ctrl-C stops the replay: what was sent is flushed to the broker and the command says how
-far it got. Bad CSV rows are listed (row number, reason) and skipped.
+Ctrl-C or SIGTERM stops the replay: what was sent is flushed to the broker and the
+command says how far it got (exit code 130). The flush waits at most
+FRAUDSTREAM_REPLAY_FLUSH_SECONDS (10 s) for a broker that is gone or frozen, a second
+Ctrl-C/SIGTERM gives up at once; then the command says how many events the broker may
+not have received and exits with 1. Bad CSV rows are listed (row number, reason) and skipped.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
 
 from aiokafka.errors import KafkaError
@@ -86,12 +90,19 @@ def build_parser() -> argparse.ArgumentParser:
 def describe(report: ReplayReport) -> list[str]:
     """The human summary printed at the end (also on Ctrl-C)."""
     lines = []
-    if report.interrupted:
-        where = (
-            f"last row {report.last_row}, data time {report.last_time:g} s"
-            if report.last_row is not None
-            else "nothing sent"
+    where = (
+        f"last row {report.last_row}, data time {report.last_time:g} s"
+        if report.last_row is not None
+        else "nothing sent"
+    )
+    if report.unconfirmed:
+        confirmed = report.sent - report.unconfirmed
+        lines.append(
+            f"{'interrupted' if report.interrupted else 'stopped'}: {report.sent:,} events sent ({where}); "
+            f"gave up waiting for the broker: at least {confirmed:,} confirmed, "
+            f"up to {report.unconfirmed:,} may not have reached it"
         )
+    elif report.interrupted:
         lines.append(f"interrupted: {report.sent:,} events sent and flushed ({where})")
     else:
         lines.append(f"sent {report.sent:,} events")
@@ -111,12 +122,17 @@ async def _run(args: argparse.Namespace, settings: Settings) -> ReplayReport:
     bootstrap_servers = resolve_bootstrap_servers(settings)  # the producer needs no database
     topic = args.topic or settings.topic_transactions
     partitions = topic_partitions(settings).get(topic, settings.topic_partitions)
-    await ensure_topics(bootstrap_servers, {topic: partitions})
-    stop = asyncio.Event()
+    stop, abandon = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:  # the first asks to stop and flush, the second gives up the flush
+        (abandon if stop.is_set() else stop).set()
+
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal)
     try:
+        if not await _unless_stopped(ensure_topics(bootstrap_servers, {topic: partitions}), stop):
+            return ReplayReport(0, [], 0.0, 0.0, interrupted=True)
         return await replay(
             args.data,
             bootstrap_servers=bootstrap_servers,
@@ -129,10 +145,28 @@ async def _run(args: argparse.Namespace, settings: Settings) -> ReplayReport:
             run_id=args.run_id,
             progress=not args.quiet,
             stop=stop,
+            abandon=abandon,
+            stop_grace=settings.replay_flush_seconds,
         )
     finally:
         loop.remove_signal_handler(signal.SIGINT)
         loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def _unless_stopped(work: Coroutine[object, object, object], stop: asyncio.Event) -> bool:
+    """Run `work` unless `stop` comes first (then cancel it); True when it completed."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return False
+    task.result()
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for line in describe(report):
         print(line)
+    if report.unconfirmed:
+        return 1
     return 130 if report.interrupted else 0
 
 

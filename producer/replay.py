@@ -8,9 +8,12 @@ the values plus how many identical rows came before), so replaying the same file
 publishes the same ids and the scorer stores each transaction once. Bad rows are skipped
 and listed in the report with their row number and reason; nothing is dropped silently.
 
-Stopping: set `stop` (the command does so on Ctrl-C) and the replay stops at the next
-row, waits until everything it sent is acknowledged by the broker, and reports how far
-it got. Cancelling the task also flushes before the cancellation goes on.
+Stopping: set `stop` (the command does so on Ctrl-C or SIGTERM) and the replay stops at
+the next row, waits until everything it sent is acknowledged by the broker, and reports
+how far it got. That wait is bounded: `stop_grace` seconds after the stop (or at once
+when `abandon` is set: a second Ctrl-C) the replay gives up on a broker that is gone or
+frozen and reports how many events the broker may not have received (`unconfirmed`).
+Cancelling the task also flushes before the cancellation goes on.
 """
 
 from __future__ import annotations
@@ -34,6 +37,13 @@ from producer.pacing import Pacing
 _INFLIGHT = 20_000
 #: Give the event loop a turn this often when not pacing (heartbeats, Ctrl-C).
 _YIELD_EVERY = 2_000
+#: After a stop, how long the replay still waits on the broker by default (the command
+#: passes FRAUDSTREAM_REPLAY_FLUSH_SECONDS). Healthy, it confirms the last 20,000 events in
+#: well under a second; gone or frozen, aiokafka alone would wait out its 40 s request
+#: timeout and retries, and a supervisor stopping the stack would have to kill us.
+STOP_GRACE_SECONDS = 10.0
+#: Closing the producer after giving up: its connections only, nothing left to wait for.
+_CLOSE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,9 @@ class ReplayReport:
     last_row: int | None = None
     last_time: float | None = None
     pacing: str = field(default="as fast as possible")
+    #: Events handed to the producer whose delivery the broker had not confirmed when the
+    #: replay gave up waiting (an upper bound: the last confirmation point is counted).
+    unconfirmed: int = 0
 
 
 def read_rows(path: str | Path) -> Iterable[CsvRow]:
@@ -164,6 +177,52 @@ class PartitionBatches:
         return futures
 
 
+class StopGuard:
+    """Cuts the replay's waits on the broker short once a stop is `grace` seconds old.
+
+    After a stop the replay stops sending at the next row and delivers what it already
+    handed to the producer. A broker that is gone or frozen would make that wait (or a
+    send blocked on a full buffer, or the producer's start) last as long as aiokafka's
+    timeouts and retries. So the guard cancels the replay's task when the stop is `grace`
+    seconds old, or at once when `abandon` is set; the replay takes that cancellation as
+    "give up", closes the producer without waiting and reports what was not confirmed.
+    """
+
+    def __init__(self, stop: asyncio.Event | None, abandon: asyncio.Event | None, grace: float) -> None:
+        self.fired = False
+        self._watch: asyncio.Task | None = None
+        if stop is not None:
+            self._watch = asyncio.create_task(
+                self._cancel_when_due(asyncio.current_task(), stop, abandon, grace)
+            )
+
+    async def _cancel_when_due(
+        self, task: asyncio.Task | None, stop: asyncio.Event, abandon: asyncio.Event | None, grace: float
+    ) -> None:
+        await stop.wait()
+        try:
+            async with asyncio.timeout(grace):
+                await (abandon.wait() if abandon is not None else asyncio.Future())
+        except TimeoutError:
+            pass
+        self.fired = True
+        if task is not None:
+            task.cancel()
+
+    def absorbed(self) -> bool:
+        """Call in `except CancelledError`: True (and the cancellation undone) when it was ours."""
+        if not self.fired:
+            return False
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        return True
+
+    def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+
+
 async def replay(
     path: str | Path,
     *,
@@ -177,6 +236,8 @@ async def replay(
     run_id: str | None = None,
     progress: bool = True,
     stop: asyncio.Event | None = None,
+    abandon: asyncio.Event | None = None,
+    stop_grace: float = STOP_GRACE_SECONDS,
     on_first_send: Callable[[], object] | None = None,
 ) -> ReplayReport:
     """Publish the rows of `path` to `topic`; see the module docstring.
@@ -192,6 +253,7 @@ async def replay(
     selected = select_rows(rows, skipped, time_from=time_from, time_to=time_to, limit=limit)
 
     producer = make_producer(bootstrap_servers)
+    guard = StopGuard(stop, abandon, stop_grace)
     try:
         await producer.start()
         batches = (
@@ -199,7 +261,14 @@ async def replay(
             if pacing.unlimited
             else None
         )
+    except asyncio.CancelledError:
+        await _close(producer, delivered=False)
+        guard.close()
+        if not guard.absorbed():
+            raise
+        return ReplayReport(0, skipped, 0.0, 0.0, interrupted=True, pacing=pacing.describe())
     except BaseException:  # a broker that is not there: release the client before reporting it
+        guard.close()
         await producer.stop()
         raise
     bar = tqdm(
@@ -220,6 +289,8 @@ async def replay(
     first_sent_at: float | None = None
     first_time: float | None = None
     shown = 0
+    confirmed = 0  # events the broker acknowledged, as of the last settle
+    delivered = False
     try:
         for row in selected:
             if stop is not None and stop.is_set():
@@ -255,16 +326,32 @@ async def replay(
                 if batches is not None:
                     pending.extend(await batches.send_open())
                 await _settle(producer, pending)
+                confirmed = sent
             if sent - shown >= 1000:
                 bar.update(sent - shown)
                 shown = sent
+    except asyncio.CancelledError:
+        if not guard.absorbed():
+            raise
+        interrupted = True  # stopped while waiting on the broker; nothing more is waited for
     finally:  # also on cancellation: what was handed to the producer is delivered first
         try:
-            if batches is not None:
-                pending.extend(await batches.send_open())
-            await _flush(producer, pending)
+            if not guard.fired:
+                if batches is not None:
+                    pending.extend(await batches.send_open())
+                await _flush(producer, pending)
+                delivered = True
+                confirmed = sent
+        except asyncio.CancelledError:
+            if not guard.absorbed():
+                raise
         finally:
-            await producer.stop()
+            try:
+                await _close(producer, delivered=delivered)
+            except asyncio.CancelledError:
+                if not guard.absorbed():
+                    raise
+            guard.close()
             bar.update(sent - shown)
             bar.close()
     finished = time.perf_counter()
@@ -280,7 +367,20 @@ async def replay(
         last_row=last.row_number if last else None,
         last_time=last.values[0] if last else None,
         pacing=pacing.describe(),
+        unconfirmed=sent - confirmed,
     )
+
+
+async def _close(producer: AIOKafkaProducer, *, delivered: bool) -> None:
+    """Close the producer; after giving up on delivery, without waiting for its batches."""
+    if delivered:
+        await producer.stop()
+        return
+    try:
+        async with asyncio.timeout(_CLOSE_SECONDS):  # stop() waits for undelivered batches
+            await producer.stop()
+    except TimeoutError:
+        await producer.client.close()
 
 
 async def _settle(producer, pending: list[asyncio.Future]) -> None:
