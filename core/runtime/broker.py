@@ -29,6 +29,19 @@ class EmbeddedBroker:
 
     def start(self, timeout: float = 30.0) -> str:
         """Start the broker on a free (or the configured) port; return bootstrap servers."""
+        self.launch()
+        wait_until(
+            self.accepting,
+            timeout=timeout,
+            what="Tansu broker",
+            process=self.process,
+            log_path=self.log_path,
+        )
+        return self.bootstrap_servers
+
+    def launch(self) -> subprocess.Popen:
+        """Spawn the broker without waiting (see `accepting`): on a free port the first time,
+        on the same port after that, so a restarted broker keeps its address."""
         if self.port == 0:
             self.port = free_port(self.host)
         elif port_open(self.host, self.port):
@@ -45,14 +58,10 @@ class EmbeddedBroker:
             "memory://tansu/",
         ]
         self.process = spawn(argv, log_path=self.log_path)
-        wait_until(
-            lambda: port_open(self.host, self.port),
-            timeout=timeout,
-            what="Tansu broker",
-            process=self.process,
-            log_path=self.log_path,
-        )
-        return self.bootstrap_servers
+        return self.process
+
+    def accepting(self) -> bool:
+        return port_open(self.host, self.port)
 
     def stop(self) -> None:
         if self.process is not None:

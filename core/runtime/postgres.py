@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import signal
 import subprocess
 import time
 import warnings
@@ -21,6 +22,8 @@ from core.runtime.processes import free_port, pid_alive, port_open, spawn, stop,
 
 SYSTEM_USER = "embedded_postgres"
 DATABASE = "fraudstream"
+#: A fast shutdown writes a checkpoint: up to shared_buffers (256 MB) of dirty pages.
+STOP_SECONDS = 30.0
 
 
 def _bin_dir() -> Path:
@@ -68,6 +71,22 @@ class EmbeddedPostgres:
 
     def start(self, timeout: float = 60.0) -> str:
         """Initialise the cluster if new, start the server, create the database; return its URL."""
+        self.launch()
+        wait_until(
+            self.accepting,
+            timeout=timeout,
+            what="PostgreSQL",
+            process=self.process,
+            log_path=self.log_path,
+            interval=0.2,
+        )
+        self._create_database()
+        return self.url
+
+    def launch(self) -> subprocess.Popen:
+        """Spawn the server without waiting (see `accepting`): initialised if new, on a free
+        port the first time and on the same port and data after that (a restart after a
+        crash recovers from the write-ahead log: every committed row is kept)."""
         user = _run_as()
         self._initdb(user)
         self._stop_leftover()
@@ -98,22 +117,17 @@ class EmbeddedPostgres:
             "-c",
             "logging_collector=off",
         ]
-        self.process = spawn(argv, log_path=self.log_path, user=user)
-        wait_until(
-            self._accepts_connections,
-            timeout=timeout,
-            what="PostgreSQL",
-            process=self.process,
-            log_path=self.log_path,
-            interval=0.2,
-        )
-        self._create_database()
-        return self.url
+        # Orphaned by a killed supervisor: a fast shutdown (SIGTERM would wait for clients).
+        self.process = spawn(argv, log_path=self.log_path, user=user, death_signal=signal.SIGINT)
+        return self.process
+
+    def accepting(self) -> bool:
+        return self._psql("postgres", "SELECT 1").returncode == 0
 
     def stop(self) -> None:
         """Fast shutdown (SIGINT): disconnect clients, write a checkpoint, exit."""
         if self.process is not None:
-            stop(self.process, sig=2, timeout=30)
+            stop(self.process, sig=signal.SIGINT, timeout=STOP_SECONDS)
             self.process = None
 
     def _initdb(self, user: str | None) -> None:
@@ -157,7 +171,7 @@ class EmbeddedPostgres:
             return
         if not pid_alive(pid):
             return
-        os.kill(pid, 2)
+        os.kill(pid, signal.SIGINT)
         deadline = time.monotonic() + 30
         while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -183,9 +197,6 @@ class EmbeddedPostgres:
             text=True,
             stdin=subprocess.DEVNULL,
         )
-
-    def _accepts_connections(self) -> bool:
-        return self._psql("postgres", "SELECT 1").returncode == 0
 
     def _create_database(self) -> None:
         exists = self._psql("postgres", f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'")
