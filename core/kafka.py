@@ -10,6 +10,16 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 
+def scorer_group_id(transactions_topic: str) -> str:
+    """The scorer's consumer group (its Faust app id): one group per transactions topic.
+
+    Whoever watches the scorer's progress on the broker (the supervisor's lag view) reads
+    the offsets this group committed.
+    """
+    base = "fraudstream-scorer"
+    return base if transactions_topic == "transactions" else f"{base}.{transactions_topic}"
+
+
 async def ensure_topics(bootstrap_servers: str, topics: Mapping[str, int], timeout: float = 30.0) -> None:
     """Create the topics (name -> partitions) that do not exist yet."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout * 1000))
