@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--replay-rate", type=_positive_int, default=1000, help="transactions/s (default 1000)")
     up.add_argument("--no-replay", action="store_true", help="start the services but replay nothing")
     commands.add_parser("infra", help="start only the embedded broker and PostgreSQL")
+    commands.add_parser("status", help="the running stack's processes: state, pid, uptime, restarts")
     commands.add_parser("migrate", help="apply the database migrations")
     commands.add_parser("setup", help="apply the database migrations and create the topics")
     data = commands.add_parser("data", help="datasets")
@@ -65,14 +66,17 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as error:
         print(f"error: invalid settings in the environment:\n{error}", file=sys.stderr)
         return 2
-    if args.command == "up":
-        from fraudstream.up import run_up
+    if args.command in ("up", "infra"):
+        from fraudstream.up import run_infra, run_up
 
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # restarts show as they happen
+        if args.command == "infra":
+            return run_infra(settings)
         return run_up(settings, replay=not args.no_replay, replay_rate=args.replay_rate, data=args.data)
-    if args.command == "infra":
-        from fraudstream.up import run_infra
+    if args.command == "status":
+        from fraudstream.status import run_status
 
-        return run_infra(settings)
+        return run_status(settings.state_dir)
     if args.command == "migrate":
         return _migrate(settings)
     if args.command == "setup":
