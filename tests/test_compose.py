@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
 
+from core.runtime.processes import free_port
 from core.settings import Settings
 from fraudstream.cli import SERVICE_COMMANDS, build_parser
 
@@ -82,6 +87,69 @@ def test_no_credentials_in_the_compose_file() -> None:
     for url in re.findall(r"postgresql://\S+", text):
         assert ":${POSTGRES_PASSWORD" in url
     assert ".env" in (ROOT / ".gitignore").read_text().split()
+
+
+#: What each health check must ask, on the port the service listens on in its container.
+HEALTH_PAGES = {
+    "scorer": (Settings.model_fields["scorer_web_port"].default, "/health"),
+    "api": (Settings.model_fields["api_port"].default, "/health"),
+    "dashboard": (Settings.model_fields["dashboard_port"].default, "/"),
+}
+
+
+def _health_check(service: str, port: int) -> list[str]:
+    """The service's health check as a command to run here, pointed at `port`."""
+    test = SERVICES[service]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"], test  # python is what the image surely has
+    default_port, path = HEALTH_PAGES[service]
+    url = f"http://127.0.0.1:{default_port}{path}"
+    assert test[3].count(url) == 1, (service, test[3])
+    return [sys.executable, "-c", test[3].replace(url, f"http://127.0.0.1:{port}{path}")]
+
+
+class _Answer(BaseHTTPRequestHandler):
+    answer: tuple[int, bytes] = (200, b"{}")
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        code, body = self.answer
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "service, code, body, healthy",
+    [
+        ("scorer", 200, b'{"status":"ok","pending_events":0}', True),
+        ("scorer", 503, b'{"status":"stalled","reason":"no store for 31 s"}', False),
+        ("scorer", 404, b"{}", False),  # no health page: nothing says it is fine
+        ("api", 200, b'{"status":"ok"}', True),
+        ("api", 200, b'{"status":"degraded","reason":"scorer stalled"}', True),  # it serves
+        ("api", 503, b'{"status":"unavailable","not_ready":["database"]}', False),
+        ("dashboard", 200, b"<html></html>", True),
+        ("dashboard", 500, b"", False),
+    ],
+)
+def test_health_checks_tell_the_truth(service: str, code: int, body: bytes, healthy: bool) -> None:
+    """Each check, run as Docker would, passes exactly when its service's own page says so."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Answer", (_Answer,), {"answer": (code, body)}))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = subprocess.run(_health_check(service, server.server_port), capture_output=True, timeout=30)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (result.returncode == 0) == healthy, result.stderr.decode()[-500:]
+
+
+def test_health_checks_fail_when_nothing_answers() -> None:
+    for service in HEALTH_PAGES:
+        result = subprocess.run(_health_check(service, free_port()), capture_output=True, timeout=30)
+        assert result.returncode != 0, service
 
 
 def test_published_ports_bind_loopback_and_scorers_can_scale() -> None:
