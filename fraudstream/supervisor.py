@@ -191,11 +191,9 @@ class Supervisor:
     def install_signal_handlers(self) -> None:
         """Ctrl-C / SIGTERM: interrupt the start, or stop; a second one: kill what is left."""
 
-        def on_signal(signum: int, _frame: object) -> None:
+        def on_signal(signum: int, _frame: object) -> None:  # no printing here: it may interrupt a print
             if self.stopping.is_set():
-                if not self.forced.is_set():
-                    self.forced.set()
-                    self.say(f"{signal.Signals(signum).name} again: killing what is left")
+                self.forced.set()
                 return
             self.stopping.set()
             if self._starting:

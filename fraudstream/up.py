@@ -359,6 +359,7 @@ def run_infra(settings: Settings) -> int:
         return 1
     finally:
         supervisor.stopping.set()
+        print("Stopping ...")
         _stop_everything(supervisor, infra, lag)
         print("Stopped.")
 

@@ -20,6 +20,7 @@ from core.db.schema import metadata
 from core.kafka import broker_reachable
 from core.runtime.broker import EmbeddedBroker
 from core.runtime.postgres import EmbeddedPostgres
+from core.runtime.processes import wait_until
 from core.runtime.stack import Infra, NotConfigured, resolve_endpoints
 from core.settings import Settings
 
@@ -141,3 +142,32 @@ def test_broker_port_clash_is_a_clear_error(tmp_path: Path) -> None:
         second.stop()
     finally:
         first.stop()
+
+
+def test_a_killed_broker_and_postgres_come_back_on_their_port_and_data(tmp_path: Path) -> None:
+    """What the supervisor does after a SIGKILL: launch again; same address, committed rows kept."""
+    postgres = EmbeddedPostgres(tmp_path / "pg", tmp_path / "pg.log")
+    broker = EmbeddedBroker(tmp_path / "broker.log")
+    postgres.start()
+    broker.start()
+    try:
+        url, bootstrap = postgres.url, broker.bootstrap_servers
+        asyncio.run(_query(url, "CREATE TABLE kept (x int); INSERT INTO kept VALUES (7); SELECT 1"))
+        for server in (postgres, broker):
+            server.process.kill()
+            server.process.wait()
+        broker.launch()
+        wait_until(broker.accepting, timeout=30, what="the broker again", process=broker.process)
+        for _attempt in range(20):  # old backends may hold the shared memory a moment: back off
+            postgres.launch()
+            try:
+                wait_until(postgres.accepting, timeout=60, what="PostgreSQL again", process=postgres.process)
+                break
+            except RuntimeError:
+                time.sleep(0.5)
+        assert (postgres.url, broker.bootstrap_servers) == (url, bootstrap)
+        assert asyncio.run(_query(url, "SELECT x FROM kept")) == 7
+        assert asyncio.run(broker_reachable(bootstrap))
+    finally:
+        broker.stop()
+        postgres.stop()
