@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import asyncpg
+import psutil
 import pytest
 
 from core.ensemble import Ensemble
@@ -86,8 +87,6 @@ class Up:
 
     def remember(self) -> None:
         """Record every process of the stack now (children of children included)."""
-        import psutil
-
         self.pids.update(child.pid for child in psutil.Process(self.process.pid).children(recursive=True))
         self.pids.update(s["pid"] for s in self.status()["services"] if s["pid"])
 
@@ -239,6 +238,21 @@ def test_up_heals_services_postgres_and_the_broker_and_stops_on_a_crash_loop(
     assert "Stopped." in up.output
     wait_until(lambda: not alive(up.pids), timeout=30, what=f"no process left: {alive(up.pids)}")
     assert not (tmp_path / "state" / "runtime.json").exists()
+
+
+@pytest.mark.slow
+def test_up_stops_on_sigterm_while_starting_leaving_no_process(model_bundle: Path, tmp_path: Path) -> None:
+    up = Up(_env(model_bundle, tmp_path), "--no-replay")
+    try:
+        up.wait_for("Starting api ...")
+        up.remember()  # the broker, PostgreSQL (and its workers), the scorer, maybe the API
+        up.process.send_signal(signal.SIGTERM)
+        assert up.process.wait(timeout=120) == 130
+    finally:
+        up.close()
+    assert "Stopped." in up.output and "fraudstream is up" not in up.output
+    wait_until(lambda: not alive(up.pids), timeout=30, what=f"no process left: {alive(up.pids)}")
+    assert len(up.pids) >= 3 and not (tmp_path / "state" / "runtime.json").exists()
 
 
 @pytest.mark.slow

@@ -137,8 +137,11 @@ class LagWatch:
                 self._reconnect.clear()
                 if not self._paused.is_set():
                     try:
-                        clients = clients or await self._connect()
-                        lag = await measure_lag(*clients, self.topic)
+                        async with asyncio.timeout(
+                            2 * MEASURE_SECONDS
+                        ):  # a coordinator lookup never gives up
+                            clients = clients or await self._connect()
+                            lag = await measure_lag(*clients, self.topic)
                         if lag is not None and not self._paused.is_set():
                             self.history.append(lag)
                         self.last_error = None
