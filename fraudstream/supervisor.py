@@ -376,9 +376,6 @@ class Supervisor:
     def _grace(self, service: Service) -> float:
         return service.stop_seconds if service.stop_seconds is not None else self.stop_seconds
 
-    def all_pids(self) -> list[int]:
-        return [pid for child in self.children.values() for pid in child.pids]
-
     # -- status ----------------------------------------------------------------------------
 
     def _write_status(self, *, force: bool = False) -> None:

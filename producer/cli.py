@@ -28,6 +28,7 @@ from core.events import MAX_RUN_ID_LENGTH
 from core.kafka import ensure_topics
 from core.runtime.stack import NotConfigured, resolve_bootstrap_servers, topic_partitions
 from core.settings import Settings
+from producer.pacing import Pacing
 from producer.replay import ReplayReport, replay
 
 #: Bad rows printed one by one; beyond that, only their number.
@@ -132,7 +133,9 @@ async def _run(args: argparse.Namespace, settings: Settings) -> ReplayReport:
         loop.add_signal_handler(signum, on_signal)
     try:
         if not await _unless_stopped(ensure_topics(bootstrap_servers, {topic: partitions}), stop):
-            return ReplayReport(0, [], 0.0, 0.0, interrupted=True)
+            return ReplayReport(
+                0, [], 0.0, 0.0, interrupted=True, pacing=Pacing(args.rate, args.speed).describe()
+            )
         return await replay(
             args.data,
             bootstrap_servers=bootstrap_servers,
