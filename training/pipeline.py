@@ -16,6 +16,7 @@ One function per stage, in this order (the bench's timing table lists the same n
 6. `refit_stage`: each XGBoost model again on train + validation with its chosen rounds.
 7. `evaluate`: every model on the test stretch (and validation), beside the
    reconstruction error alone; the reference histograms for drift.
+   (`rolling_origin`, only when asked: the model choices on four forward windows.)
 8. `write_bundle`: the files, the manifest, and a reload that must score exactly as the
    in-memory model did.
 
@@ -84,6 +85,7 @@ from training.booster import BoosterFit, fit_booster, refit_booster
 from training.config import DEFAULT_AE_FEATURES, TrainConfig
 from training.plots import write_curves_png
 from training.reference import build_reference
+from training.rolling import rolling_origin
 from training.split import Split, time_split
 from training.timing import StageTimer
 
@@ -411,6 +413,10 @@ def train(
         summary = timer.summary()
         manifest_body["training"]["seconds"] = round(summary["wall_seconds"], 2)
         manifest_body["training"]["timing"] = summary
+
+    if config.rolling_origin:
+        with timer.stage("rolling_origin"):
+            body["evaluation"]["rolling_origin"] = rolling_origin(data, config)
 
     with timer.stage("write_bundle"):
         manifest = write_bundle(
