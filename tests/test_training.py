@@ -93,9 +93,10 @@ def test_same_seed_gives_the_same_model_on_one_core_or_two(
     assert again.manifest["model"] == first["model"]
     assert again.manifest["files"] == first["files"]
     assert again.manifest["version"] == first["version"]
-    lanes = {s["stage"]: s["thread"] for s in again.manifest["training"]["timing"]["stages"]}
-    assert lanes["autoencoder"] == "MainThread"
+    lanes = {s["stage"]: s["thread"] for s in again.timing["stages"]}
+    assert lanes["autoencoder"] == lanes["write_bundle"] == "MainThread"
     assert lanes["boosters: ensemble"] != "MainThread" and lanes["boosters: xgboost_alone"] != "MainThread"
+    assert lanes["refit: ensemble"] == lanes["boosters: ensemble"]  # a model stays on its thread
 
 
 def test_manifest_times_every_stage(cli_run: tuple[Path, int, str]) -> None:
@@ -110,6 +111,9 @@ def test_manifest_times_every_stage(cli_run: tuple[Path, int, str]) -> None:
         "threshold",
         "refit: ensemble",
         "refit: xgboost_alone",
+        "test scores: ensemble",
+        "test scores: xgboost_alone",
+        "reference",
         "evaluate",
     ):
         assert stages.count(name) == 1, name

@@ -15,7 +15,7 @@ One function per stage, in this order (the bench's timing table lists the same n
 5. `choose_thresholds`: the alert threshold on validation by the user's rule.
 6. `refit_stage`: each XGBoost model again on train + validation with its chosen rounds.
 7. `evaluate`: every model on the test stretch (and validation), beside the
-   reconstruction error alone; the reference histograms for drift.
+   reconstruction error alone; with `reference`, the histograms for drift.
    (`rolling_origin`, only when asked: the model choices on four forward windows.)
 8. `write_bundle`: the files, the manifest, and a reload that must score exactly as the
    in-memory model did.
@@ -84,7 +84,7 @@ from training.autoencoder import AutoencoderConfig, AutoencoderFit, fit_autoenco
 from training.booster import BoosterFit, fit_booster, refit_booster
 from training.config import DEFAULT_AE_FEATURES, TrainConfig
 from training.plots import write_curves_png
-from training.reference import build_reference
+from training.reference import input_reference, score_reference
 from training.rolling import rolling_origin
 from training.split import Split, time_split
 from training.timing import StageTimer
@@ -114,6 +114,8 @@ class TrainResult:
     test_labels: np.ndarray = field(repr=False)
     test_scores: dict[str, np.ndarray] = field(repr=False)
     seconds: float = 0.0
+    #: `StageTimer.summary()` at the very end, with `write_bundle` (the manifest's stops before it).
+    timing: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -137,10 +139,12 @@ class ModelInputs:
 
 @dataclass(frozen=True)
 class Boosted:
-    """One XGBoost model after the `boosters` and `refit` stages."""
+    """One XGBoost model after its lane: the train-only fit (and its validation scores), the final model (and its test scores)."""
 
     fit: BoosterFit
     final: xgb.Booster
+    validation_scores: np.ndarray = field(repr=False)
+    test_scores: np.ndarray = field(repr=False)
 
 
 # --------------------------------------------------------------------------- stages
@@ -343,13 +347,17 @@ def train(
     nthread = max(1, config.threads // len(BOOSTED))
 
     def lane(model: ModelInputs, position: int) -> Boosted:
+        """Fit, score validation, refit, score test: one model from start to end on one thread."""
         with timer.stage(f"boosters: {model.name}"):
             fit = fit_booster_stage(model, labels, config, nthread=nthread, position=position)
-        if not config.refit:
-            return Boosted(fit=fit, final=fit.booster)
-        with timer.stage(f"refit: {model.name}"):
-            final = refit_stage(model, labels, fit, config, position=position)
-        return Boosted(fit=fit, final=final)
+            validation = fit.booster.inplace_predict(model.matrices["validation"]).astype(np.float64)
+        final = fit.booster
+        if config.refit:
+            with timer.stage(f"refit: {model.name}"):
+                final = refit_stage(model, labels, fit, config, position=position)
+        with timer.stage(f"test scores: {model.name}"):
+            test = final.inplace_predict(model.matrices["test"]).astype(np.float64)
+        return Boosted(fit=fit, final=final, validation_scores=validation, test_scores=test)
 
     baseline = baseline_inputs(inputs)
     with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="booster") as pool:
@@ -362,32 +370,24 @@ def train(
         futures["ensemble"] = pool.submit(lane, ensemble, 0)
         if lanes == 1:
             futures["xgboost_alone"] = pool.submit(lane, baseline, 0)
+        # While the models train: the histograms that need only the training stretch.
+        with timer.stage("reference"):
+            reference = input_reference(split.train.raw, ae_columns["train"][:, 0])
         boosted = {name: futures[name].result() for name in BOOSTED}
-    models = {"ensemble": ensemble, "xgboost_alone": baseline}
 
     with timer.stage("threshold"):
-        validation_scores = {
-            name: boosted[name]
-            .fit.booster.inplace_predict(models[name].matrices["validation"])
-            .astype(np.float64)
-            for name in BOOSTED
-        }
+        validation_scores = {name: boosted[name].validation_scores for name in BOOSTED}
         validation_scores["autoencoder_alone"] = ae_columns["validation"][:, 0]
         thresholds, achieved = choose_thresholds(validation_scores, labels["validation"], config)
 
     with timer.stage("evaluate"):
-        test_scores = {
-            name: boosted[name].final.inplace_predict(models[name].matrices["test"]).astype(np.float64)
-            for name in BOOSTED
-        }
+        test_scores = {name: boosted[name].test_scores for name in BOOSTED}
         test_scores["autoencoder_alone"] = ae_columns["test"][:, 0]
         evaluation = evaluate(labels, {"validation": validation_scores, "test": test_scores}, thresholds)
-        reference = build_reference(
-            train_raw=split.train.raw,
-            train_recon_error=ae_columns["train"][:, 0],
-            validation_scores=validation_scores["ensemble"],
-            threshold=thresholds["ensemble"],
-            score_model=(
+        reference |= score_reference(
+            validation_scores["ensemble"],
+            thresholds["ensemble"],
+            (
                 "the ensemble as fitted on the training stretch (the shipped model was then refitted "
                 "on train + validation, so its own validation scores would be in-sample)"
                 if config.refit
@@ -436,6 +436,7 @@ def train(
         test_labels=labels["test"],
         test_scores=test_scores,
         seconds=timer.elapsed(),
+        timing=timer.summary(),
     )
 
 

@@ -19,15 +19,8 @@ from core.features import RAW_FEATURES
 WATCHED_FEATURES: tuple[str, ...] = tuple(name for name in RAW_FEATURES if name != "Time")
 
 
-def build_reference(
-    *,
-    train_raw: np.ndarray,
-    train_recon_error: np.ndarray,
-    validation_scores: np.ndarray,
-    threshold: float,
-    score_model: str,
-) -> dict[str, Any]:
-    """`manifest["reference"]`: histograms of the inputs, the error and the score, and the expected alert rate."""
+def input_reference(train_raw: np.ndarray, train_recon_error: np.ndarray) -> dict[str, Any]:
+    """The histograms that need only the training stretch: every watched input and the reconstruction error."""
     features = {}
     for name in WATCHED_FEATURES:
         column = train_raw[:, RAW_FEATURES.index(name)]
@@ -36,7 +29,6 @@ def build_reference(
             "stretch": "train",
             "rows": int(column.size),
         }
-    alerts = int(np.sum(validation_scores >= threshold))
     return {
         "format": REFERENCE_FORMAT,
         "features": features,
@@ -45,6 +37,13 @@ def build_reference(
             "stretch": "train",
             "rows": int(train_recon_error.size),
         },
+    }
+
+
+def score_reference(validation_scores: np.ndarray, threshold: float, score_model: str) -> dict[str, Any]:
+    """The score's histogram and the expected alert rate, from the validation stretch."""
+    alerts = int(np.sum(validation_scores >= threshold))
+    return {
         "score": {
             **reference_histogram(validation_scores, quantiles=DECILES_AND_TAIL),
             "stretch": "validation",
