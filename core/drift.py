@@ -16,7 +16,8 @@ counted into the same bins and compared with `psi`:
 **The structure.** A histogram is `{"edges": [e_1, ..., e_k], "counts": [c_0, ..., c_k]}`,
 plain numbers: `k` interior edges, strictly increasing, and `k + 1` counts. Bin 0 holds
 `x < e_1`, bin `i` holds `e_i <= x < e_(i+1)`, the last bin holds `x >= e_k`: the outer bins
-are open-ended, so every finite value of new data falls in some bin (`bin_counts`). Edges
+are open-ended, so every finite value of new data falls in some bin (`bin_counts`; in SQL,
+PostgreSQL's `width_bucket(x, ARRAY[e_1, ..., e_k])` gives the same bin numbers). Edges
 are quantiles of the reference data, so each bin starts with a similar share of rows and
 PSI weighs every part of the distribution alike; tied quantiles (a value that fills more
 than one decile, such as a common amount) collapse into one edge.
