@@ -41,13 +41,13 @@ test: install-test lint
 bench: bench-train bench-stream bench-api
 
 bench-train: install
-	$(PY) -m training.bench --data $(FULL_DATA)
+	$(PY) -m bench.train --data $(FULL_DATA)
 
 bench-stream: install
-	$(PY) -m scorer.bench --data $(FULL_DATA)
+	$(PY) -m bench.stream --data $(FULL_DATA)
 
 bench-api: install
-	$(PY) -m api.bench --data $(FULL_DATA)
+	$(PY) -m bench.api --data $(FULL_DATA)
 
 clean:
 	rm -rf .fraudstream artifacts .pytest_cache

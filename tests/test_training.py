@@ -10,7 +10,10 @@ import pytest
 
 from core.bundle import read_manifest
 from core.dataset import SAMPLE_PATH, load_csv
+from core.ensemble import Autoencoder
+from training.autoencoder import Adam, AutoencoderConfig, fit_autoencoder
 from training.cli import main
+from training.config import TrainConfig
 from training.pipeline import MODELS, train
 from training.split import time_split
 
@@ -80,12 +83,103 @@ def test_manifest_records_what_the_issue_asks_for(cli_run: tuple[Path, int, str]
     assert {"torch", "xgboost", "numpy"} <= set(training["libraries"])
 
 
-def test_same_seed_gives_the_same_model(tmp_path: Path, cli_run: tuple[Path, int, str]) -> None:
-    again = train(SAMPLE_PATH, tmp_path / "again", seed=3, epochs=2, max_rounds=60, threads=1, progress=False)
+def test_same_seed_gives_the_same_model_on_one_core_or_two(
+    tmp_path: Path, cli_run: tuple[Path, int, str]
+) -> None:
+    # The CLI run trained everything in a row (--threads 1); this one trains the two XGBoost
+    # models side by side. The bundle must be the same bit for bit.
+    again = train(SAMPLE_PATH, tmp_path / "again", seed=3, epochs=2, max_rounds=60, threads=2, progress=False)
     first = read_manifest(cli_run[0])
     assert again.manifest["model"] == first["model"]
-    assert again.manifest["files"]["autoencoder.pt"] == first["files"]["autoencoder.pt"]
+    assert again.manifest["files"] == first["files"]
     assert again.manifest["version"] == first["version"]
+    lanes = {s["stage"]: s["thread"] for s in again.timing["stages"]}
+    assert lanes["autoencoder"] == lanes["write_bundle"] == "MainThread"
+    assert lanes["boosters: ensemble"] != "MainThread" and lanes["boosters: xgboost_alone"] != "MainThread"
+    assert lanes["refit: ensemble"] == lanes["boosters: ensemble"]  # a model stays on its thread
+
+
+def test_manifest_times_every_stage(cli_run: tuple[Path, int, str]) -> None:
+    timing = read_manifest(cli_run[0])["training"]["timing"]
+    stages = [s["stage"] for s in timing["stages"]]
+    for name in (
+        "load_and_split",
+        "scale",
+        "autoencoder",
+        "boosters: ensemble",
+        "boosters: xgboost_alone",
+        "threshold",
+        "refit: ensemble",
+        "refit: xgboost_alone",
+        "test scores: ensemble",
+        "test scores: xgboost_alone",
+        "reference",
+        "evaluate",
+    ):
+        assert stages.count(name) == 1, name
+    for stage in timing["stages"]:
+        assert stage["wall_seconds"] >= 0 and stage["cpu_seconds"] >= 0
+    assert timing["cpu_seconds"] > 0 and timing["wall_seconds"] > 0
+    # Each model refits after its own fit.
+    start = {s["stage"]: s["start_seconds"] for s in timing["stages"]}
+    assert start["refit: ensemble"] >= start["boosters: ensemble"]
+    assert start["boosters: ensemble"] >= start["autoencoder"]
+
+
+def test_config_refuses_bad_values() -> None:
+    with pytest.raises(ValueError, match="threshold rule"):
+        TrainConfig(threshold_rule="magic")
+    with pytest.raises(ValueError, match="threads"):
+        TrainConfig(threads=0)
+    with pytest.raises(ValueError, match="ae_features"):
+        TrainConfig(ae_features=("pixels",))
+    assert TrainConfig(hidden=[8, 4]) == TrainConfig(hidden=(8, 4))
+
+
+def test_the_autoencoder_leaves_openmp_threads_as_it_found_them() -> None:
+    # torch and XGBoost share one OpenMP runtime; XGBoost caps its threads at OpenMP's
+    # count for the calling thread. Training the autoencoder on one torch thread used to
+    # leave that count at 1, so the XGBoost models that followed ran on one core.
+    import ctypes
+
+    import torch
+
+    gomp = Path(torch.__file__).parent / "lib" / "libgomp.so.1"
+    if not gomp.exists():
+        pytest.skip("this torch build has no bundled libgomp")
+    omp_max_threads = ctypes.CDLL(str(gomp)).omp_get_max_threads
+    torch.set_num_threads(2)
+    assert omp_max_threads() == 2
+    rng = np.random.default_rng(0)
+    fit_autoencoder(
+        rng.standard_normal((256, 29)),
+        rng.standard_normal((64, 29)),
+        AutoencoderConfig(epochs=1),
+        progress=False,
+    )
+    assert torch.get_num_threads() == 2
+    assert omp_max_threads() == 2
+
+
+def test_adam_updates_like_torch_optim_adam() -> None:
+    import torch
+
+    def run(make_optimiser) -> list[torch.Tensor]:  # noqa: ANN001 - a local helper
+        torch.manual_seed(0)
+        model = Autoencoder(29, [16, 4])
+        optimiser = make_optimiser(model.parameters())
+        x = torch.randn(128, 29)
+        for _ in range(25):
+            recon, _ = model(x)
+            loss = torch.mean((recon - x) ** 2)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    ours = run(lambda params: Adam(params, lr=3e-3, weight_decay=1e-5))
+    theirs = run(lambda params: torch.optim.Adam(params, lr=3e-3, weight_decay=1e-5))
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
 
 
 def test_threshold_rules_are_applied(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """Benchmark the API on the full data: p50/p99 of each GET, and /api/predict throughput.
 
-    python -m api.bench --data /work/shared/data/creditcard.csv.gz [--model models/default]
+    python -m bench.api --data /work/shared/data/creditcard.csv.gz [--model models/default]
 
 What it does, all on loopback and in a temporary folder:
 
@@ -14,8 +14,13 @@ What it does, all on loopback and in a temporary folder:
    quiet database; then each GET again WHILE a background task stores `--stream-rate`
    new rows per second through `store_scored` (the live dashboard's case: the data move
    under every answer), with how old each served answer's data were (`X-As-Of`); then
-   `/api/predict` at concurrency 1 and 32 (new ids, so every request stores a row).
-   The machine's load average is sampled during each GET phase (the machine is shared).
+   the `/` heartbeat at concurrency 8 and 32 (what the server itself costs per request)
+   and `/api/predict` at concurrency 1 and 32 (new ids, so every request stores a row).
+   The machine's load average is sampled during each phase (the machine is shared).
+
+The headline is a ratio measured in the same run, which carries from one machine to
+another: `/api/predict` ÷ the `/` heartbeat at concurrency 32 (target >= 0.8), printed
+with the machine line (`bench.machine`) before the absolute figures.
 
 Without `--model` (and no bundle at the default path) it trains a quick one on the
 shipped sample first.
@@ -43,6 +48,9 @@ import numpy as np
 import orjson
 from tqdm import tqdm
 
+from bench.machine import LoadSampler, measure_machine
+from bench.stack import REPO_ROOT, sample_bundle
+from bench.tables import markdown_table, ratio
 from core.dataset import SAMPLE_PATH, load_csv
 from core.db.migrate import upgrade
 from core.db.store import ScoredRows, store_scored
@@ -220,20 +228,16 @@ def _bundle(model: Path | None, work: Path) -> Path:
     default = Settings(_env_file=None).model_path
     if (default / "manifest.json").exists():
         return default
-    from training.pipeline import train
-
     print(f"no bundle at {default}: training a quick one on the shipped sample", file=sys.stderr)
-    out = work / "bundle"
-    train(SAMPLE_PATH, out, epochs=3, progress=True)
-    return out
+    return sample_bundle(work / "bundle", progress=True)
 
 
 def _start_api(env: dict[str, str], port: int, log: Path, *, workers: int, cache: bool):
     if cache:
         argv = [sys.executable, "-m", "api.cli", "--port", str(port), "--workers", str(workers)]
     else:
-        argv = [sys.executable, "-m", "api.bench", "--serve-uncached", "--port", str(port)]
-    process = spawn(argv, log_path=log, env=env, cwd=Path(__file__).resolve().parents[1])
+        argv = [sys.executable, "-m", "bench.api", "--serve-uncached", "--port", str(port)]
+    process = spawn(argv, log_path=log, env=env, cwd=REPO_ROOT)
     wait_until(
         lambda: port_open("127.0.0.1", port), timeout=120, what="the API", process=process, log_path=log
     )
@@ -256,8 +260,9 @@ def _serve_uncached(port: int) -> int:
 
 
 async def _bench_gets(port: int, port_uncached: int, requests_per_endpoint: int) -> tuple[list[tuple], str]:
-    async with LoadAverage() as loadavg:
-        return await _bench_gets_quiet(port, port_uncached, requests_per_endpoint), loadavg.summary()
+    with LoadSampler() as loadavg:
+        rows = await _bench_gets_quiet(port, port_uncached, requests_per_endpoint)
+    return rows, loadavg.describe()
 
 
 async def _bench_gets_quiet(port: int, port_uncached: int, requests_per_endpoint: int) -> list[tuple]:
@@ -271,34 +276,6 @@ async def _bench_gets_quiet(port: int, port_uncached: int, requests_per_endpoint
         uncached = await load(port_uncached, request_u, 8, total=max(40, requests_per_endpoint // 10))
         rows.append((path, cached, uncached))
     return rows
-
-
-class LoadAverage:
-    """Samples the machine's 1-minute load average every second while a phase runs."""
-
-    def __init__(self) -> None:
-        self.samples: list[float] = []
-        self._task: asyncio.Task | None = None
-
-    async def __aenter__(self) -> LoadAverage:
-        async def sample() -> None:
-            while True:
-                self.samples.append(os.getloadavg()[0])
-                await asyncio.sleep(1.0)
-
-        self._task = asyncio.create_task(sample())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-    def summary(self) -> str:
-        if not self.samples:
-            return "n/a"
-        return f"mean {np.mean(self.samples):.2f}, max {max(self.samples):.2f} ({os.cpu_count()} CPUs)"
 
 
 @dataclass
@@ -360,7 +337,7 @@ async def _bench_streaming(port: int, streamer: Streamer, requests_per_endpoint:
     task = asyncio.create_task(streamer.run(stop_event))
     rows = []
     try:
-        async with LoadAverage() as loadavg:
+        with LoadSampler() as loadavg:
             await asyncio.sleep(3.0)  # the stream is running before the first request
             for path in tqdm(GET_ENDPOINTS, desc="GET while streaming", unit="endpoint"):
                 request = [_request("GET", path, port)]
@@ -374,7 +351,7 @@ async def _bench_streaming(port: int, streamer: Streamer, requests_per_endpoint:
     finally:
         stop_event.set()
         await task
-    return rows, loadavg.summary()
+    return rows, loadavg.describe()
 
 
 def _predict_bodies(data_path: Path, port: int, n: int = 2000) -> list[bytes]:
@@ -388,16 +365,31 @@ def _predict_bodies(data_path: Path, port: int, n: int = 2000) -> list[bytes]:
     return bodies
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-    line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
-    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    body = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells]
-    return "\n".join([line, rule, *body])
+def _rate_phase(
+    port: int, requests: Sequence[bytes], concurrencies: Sequence[int], duration: float
+) -> tuple[list[tuple[int, Measured]], str]:
+    """Each concurrency for `duration` seconds after a short warm-up; the load average over the phase."""
+    rows = []
+    with LoadSampler() as loadavg:
+        for concurrency in concurrencies:
+            asyncio.run(load(port, requests, concurrency, total=200))
+            rows.append((concurrency, asyncio.run(load(port, requests, concurrency, duration=duration))))
+    return rows, loadavg.describe()
+
+
+def _rate_table(rows: Sequence[tuple[int, Measured]]) -> str:
+    return markdown_table(
+        ["concurrency", "requests", "req/s", "p50 ms", "p99 ms", "errors"],
+        [
+            (c, m.requests, f"{m.rate:.0f}", f"{m.pct(50):.2f}", f"{m.pct(99):.2f}", sum(m.errors.values()))
+            for c, m in rows
+        ],
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    machine = measure_machine()
+    print(machine.describe(), flush=True)
     work = Path(tempfile.mkdtemp(prefix="fraudstream-api-bench-"))
     postgres = EmbeddedPostgres(work / "postgres", work / "postgres.log")
     processes = []
@@ -425,12 +417,11 @@ def run(args: argparse.Namespace) -> int:
         data = load_csv(args.data)
         streamer = Streamer(url, ensemble, data.raw, data.labels, args.stream_rate)
         stream_rows, stream_load = asyncio.run(_bench_streaming(port, streamer, args.requests))
+        heartbeat_rows, heartbeat_load = _rate_phase(
+            port, [_request("GET", "/", port)], (8, 32), args.duration
+        )
         bodies = _predict_bodies(args.data, port)
-        predict_rows = []
-        for concurrency in (1, 32):
-            asyncio.run(load(port, bodies, concurrency, total=200))
-            measured = asyncio.run(load(port, bodies, concurrency, duration=args.duration))
-            predict_rows.append((concurrency, measured))
+        predict_rows, predict_load = _rate_phase(port, bodies, (1, 32), args.duration)
     finally:
         for process in processes:
             stop(process)
@@ -458,7 +449,7 @@ def run(args: argparse.Namespace) -> int:
         )
         for path, c, u in get_rows
     ]
-    print(_table(headers, table))
+    print(markdown_table(headers, table))
     achieved = streamer.stored / streamer.seconds if streamer.seconds else 0.0
     print(
         f"\nGET endpoints WHILE STREAMING: {achieved:,.0f} rows/s stored through store_scored "
@@ -471,7 +462,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"load average during the run: {stream_load}\n")
     print(
-        _table(
+        markdown_table(
             ["endpoint", "p50 ms", "p99 ms", "req/s", "age p50 ms", "age max ms", "waited", "errors"],
             [
                 (
@@ -488,20 +479,25 @@ def run(args: argparse.Namespace) -> int:
             ],
         )
     )
-    print(f"\nPOST /api/predict ({args.duration:.0f}s each, new row stored per request)\n")
+    print(f"\nGET / heartbeat ({args.duration:.0f}s each): the server's own cost per request")
+    print(f"{heartbeat_load}\n")
+    print(_rate_table(heartbeat_rows))
+    print(f"\nPOST /api/predict ({args.duration:.0f}s each, new row stored per request)")
+    print(f"{predict_load}\n")
+    print(_rate_table(predict_rows))
+    heartbeat_32 = dict(heartbeat_rows)[32].rate
+    predict_32 = dict(predict_rows)[32].rate
+    print()
+    print(machine.describe())
     print(
-        _table(
-            ["concurrency", "requests", "req/s", "p50 ms", "p99 ms", "errors"],
+        markdown_table(
+            ["ratio (same run)", "value", "target"],
             [
                 (
-                    c,
-                    m.requests,
-                    f"{m.rate:.0f}",
-                    f"{m.pct(50):.2f}",
-                    f"{m.pct(99):.2f}",
-                    sum(m.errors.values()),
+                    "`/api/predict` ÷ `/` heartbeat, requests/s at concurrency 32",
+                    f"**{ratio(predict_32, heartbeat_32)}** ({predict_32:,.0f} ÷ {heartbeat_32:,.0f})",
+                    ">= 0.8",
                 )
-                for c, m in predict_rows
             ],
         )
     )
@@ -509,7 +505,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m api.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.api", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--data", type=Path, default=None, help="Kaggle CSV to store (default: shipped sample)"
     )

@@ -1,0 +1,19 @@
+"""Pieces the benchmarks share for standing up what they measure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from core.dataset import SAMPLE_PATH
+
+#: Where spawned service processes start, so they import this checkout's code.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def sample_bundle(out: Path, *, progress: bool = False) -> Path:
+    """A quick bundle trained on the shipped sample (3 autoencoder epochs), for benches given no model."""
+    from training.pipeline import train
+
+    print(f"training a bundle on the shipped sample -> {out}", flush=True)
+    train(SAMPLE_PATH, out, epochs=3, progress=progress)
+    return out
