@@ -30,7 +30,6 @@ from scorer.metrics import ScorerMetrics
 from scorer.pipeline import (
     alert_messages,
     by_model,
-    dead_letter_kind,
     dead_letter_message,
     decode,
     score_batch,
@@ -227,7 +226,7 @@ class BatchScorer:
             )
         self.metrics.alerts.inc(sum(len(alerts) for _, alerts in prepared.groups))
         for letter in prepared.dead:
-            self.metrics.dead_letters.labels(dead_letter_kind(letter.reason)).inc()
+            self.metrics.dead_letters.labels(letter.kind).inc()
         if prepared.dead:
             log.warning(
                 "%d malformed events sent to %s, e.g.: %s",

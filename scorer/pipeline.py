@@ -22,7 +22,7 @@ import orjson
 
 from core.db.store import ScoredRows
 from core.ensemble import Ensemble
-from core.events import DeadLetter, EventBatch, EventError, decode_batch, parse_event
+from core.events import DeadLetter, DeadLetterKind, EventBatch, decode_batch
 
 #: Chooses the ensemble for a run id (None = live events).
 ModelSource = Callable[[str | None], Ensemble]
@@ -55,13 +55,14 @@ def decode(messages: Sequence[bytes]) -> tuple[EventBatch, list[DeadLetter]]:
 
 def take_rows(batch: EventBatch, index: np.ndarray) -> EventBatch:
     """The events of `batch` at the positions `index`."""
-    positions = index.tolist()
+    rows = index.tolist()
     return EventBatch(
-        ids=[batch.ids[i] for i in positions],
+        ids=[batch.ids[i] for i in rows],
         features=batch.features[index],
-        labels=[batch.labels[i] for i in positions],
-        run_ids=[batch.run_ids[i] for i in positions],
-        produced_at=[batch.produced_at[i] for i in positions],
+        labels=[batch.labels[i] for i in rows],
+        run_ids=[batch.run_ids[i] for i in rows],
+        produced_at=[batch.produced_at[i] for i in rows],
+        positions=[batch.positions[i] for i in rows],
     )
 
 
@@ -91,20 +92,18 @@ def by_model(models: ModelSource, batch: EventBatch) -> Iterator[tuple[Ensemble,
 def split_unknown_runs(
     messages: Sequence[bytes], batch: EventBatch, unknown: set[str]
 ) -> tuple[EventBatch, list[DeadLetter]]:
-    """Take the events of unregistered backtest runs out of `batch`, as dead letters.
-
-    Rare (a typo in a run id, a run deleted mid-replay), so the original bytes are found
-    again by decoding the batch's messages a second time.
-    """
+    """Take the events of unregistered backtest runs out of `batch`, as dead letters."""
     keep = np.asarray([run_id not in unknown for run_id in batch.run_ids], dtype=bool)
-    refused = []
-    for raw in messages:
-        try:
-            _, _, _, run_id, _ = parse_event(orjson.loads(raw))
-        except (orjson.JSONDecodeError, EventError):
-            continue  # malformed: already a dead letter with its own reason
-        if run_id in unknown:
-            refused.append(DeadLetter(raw, f"unknown backtest run_id {run_id!r}: create the run first"))
+    refused = [
+        DeadLetter(
+            messages[position],
+            DeadLetterKind.UNKNOWN_RUN,
+            f"unknown backtest run_id {run_id!r}: create the run first",
+            position,
+        )
+        for run_id, position in zip(batch.run_ids, batch.positions, strict=True)
+        if run_id in unknown
+    ]
     return take_rows(batch, np.flatnonzero(keep)), refused
 
 
@@ -155,26 +154,9 @@ def alert_messages(
     return messages
 
 
-def dead_letter_kind(reason: str) -> str:
-    """A short, bounded label for a refusal reason (for counters; the full reason goes in the header)."""
-    text = reason.lower()
-    for needle, kind in (
-        ("invalid json", "invalid_json"),
-        ("schema_version", "schema_version"),
-        ("missing field", "missing_field"),
-        ("must be finite", "not_finite"),
-        ("must be a number", "not_a_number"),
-        ("must be a json object", "not_an_object"),
-        ("unknown backtest run_id", "unknown_run"),
-    ):
-        if needle in text:
-            return kind
-    return "invalid_field"
-
-
 def dead_letter_message(dead: DeadLetter) -> tuple[bytes, list[tuple[str, bytes]]]:
     """(value, headers) for the dead-letter topic: the original bytes untouched, the reason beside them."""
     return dead.raw, [
         (REASON_HEADER, dead.reason.encode()),
-        (KIND_HEADER, dead_letter_kind(dead.reason).encode()),
+        (KIND_HEADER, dead.kind.encode()),
     ]

@@ -18,7 +18,6 @@ from scorer.pipeline import (
     REASON_HEADER,
     alert_messages,
     by_model,
-    dead_letter_kind,
     dead_letter_message,
     decode,
     keep_gathering,
@@ -41,7 +40,9 @@ def sample_rows(tmp_path_factory) -> tuple[np.ndarray, np.ndarray]:
 def _messages(raw: np.ndarray, run_ids: list[str | None] | None = None) -> list[bytes]:
     run_ids = run_ids or [None] * len(raw)
     return [
-        encode_event(build_event(row, event_id=transaction_id(row), label=0, run_id=run, produced_at=1.0))
+        encode_event(
+            build_event(row, event_id=transaction_id(row), label=0, run_id=run, produced_at=1_764_086_400.0)
+        )
         for row, run in zip(raw.tolist(), run_ids, strict=True)
     ]
 
@@ -96,7 +97,7 @@ def test_batches_split_only_when_runs_use_different_models(ensemble, sample_rows
 
 def test_every_kind_of_malformed_event_becomes_a_dead_letter(sample_rows) -> None:
     raw, _ = sample_rows
-    good = build_event(raw[0].tolist(), event_id="ok", produced_at=1.0)
+    good = build_event(raw[0].tolist(), event_id="ok", produced_at=1_764_086_400.0)
     variants = dict(BAD)
     missing = dict(good)
     del missing["V7"]
@@ -109,7 +110,7 @@ def test_every_kind_of_malformed_event_becomes_a_dead_letter(sample_rows) -> Non
     assert batch.ids == ["ok"]
     assert [letter.raw for letter in dead] == list(variants)
     for letter, kind in zip(dead, variants.values(), strict=True):
-        assert dead_letter_kind(letter.reason) == kind, letter.reason
+        assert letter.kind == kind, letter.reason
         value, headers = dead_letter_message(letter)
         assert value == letter.raw
         assert dict(headers)[REASON_HEADER].decode() == letter.reason
