@@ -113,6 +113,21 @@ class ScoredRows:
         """The stored run id of each row ('' for live events)."""
         return [run_id or LIVE_RUN for run_id in self.run_ids]
 
+    def take(self, rows: Sequence[int]) -> ScoredRows:
+        """The rows at positions `rows`, in that order."""
+        index = np.asarray(rows, dtype=np.intp)
+        return ScoredRows(
+            ids=[self.ids[i] for i in rows],
+            features=self.features[index],
+            labels=[self.labels[i] for i in rows],
+            run_ids=[self.run_ids[i] for i in rows],
+            produced_at=[self.produced_at[i] for i in rows],
+            model_version=self.model_version,
+            score=self.score[index],
+            recon_error=self.recon_error[index],
+            alert=self.alert[index],
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class StoredRow:
