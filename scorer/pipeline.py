@@ -1,9 +1,9 @@
 """What the scorer does with one batch, as plain functions: no broker, no database, no clock of its own.
 
     batch, dead = decode(messages)                           # bad events become DeadLetters, never raise
-    batch, conflicts = first_of_each_key(messages, batch)    # the same id twice in one batch
     for ensemble, part in by_model(models, batch):           # one group unless backtests bring their own model
         group, refused = score_group(ensemble, part, messages)   # one vectorised model call + alerts
+        rounds = occurrence_rounds(group.rows.run_ids, group.rows.ids)  # the same id twice: stored in turn
 
 Every refusal is a `DeadLetter` with its kind, set where it is decided, and the position
 of its message in the batch, so the worker can name the message's topic, partition and
@@ -58,6 +58,14 @@ class ScoredGroup:
     rows: ScoredRows
     positions: list[int]  # the message position of each row
     alerts: dict[int, bytes]  # row index -> the alert message (alerting rows only)
+
+    def take(self, rows: Sequence[int]) -> ScoredGroup:
+        """The rows at `rows` (renumbered from 0), with their positions and alerts."""
+        return ScoredGroup(
+            self.rows.take(rows),
+            [self.positions[row] for row in rows],
+            {i: self.alerts[row] for i, row in enumerate(rows) if row in self.alerts},
+        )
 
 
 def keep_gathering(gathered: int, waiting: int, batch_size: int) -> bool:
@@ -122,35 +130,28 @@ def drop_unknown_runs(
     return refuse_rows(messages, batch, refusals)
 
 
-def first_of_each_key(messages: Sequence[bytes], batch: EventBatch) -> tuple[EventBatch, list[DeadLetter]]:
-    """One row per (run_id, id): the first wins, an identical repeat is dropped, a different one refused.
+def occurrence_rounds(run_ids: Sequence[str | None], ids: Sequence[str]) -> list[list[int]]:
+    """Rows split into rounds in which each (run_id, id) appears once: first occurrences, then second ones...
 
-    A producer's retry sends the same event twice (idempotent: nothing to say); the same
-    id with other features or another label is a conflict, and storing either silently
-    would hide it. Across batches the database decides the same way (`core.db.store`).
+    The worker stores round after round, so a repeat of an id within one batch is judged
+    exactly like a repeat from another batch: against what is stored (an identical
+    event is a silent redelivery, another one a conflict). Almost every batch is one
+    round.
+
+        >>> occurrence_rounds([None, None, None, "bt"], ["a", "b", "a", "a"])
+        [[0, 1, 3], [2]]
     """
-    if len(set(batch.ids)) == len(batch):  # the usual case: every id once
-        return batch, []
-    first: dict[tuple[str | None, str], int] = {}
-    keep: list[int] = []
-    refusals: dict[int, tuple[DeadLetterKind, str]] = {}
-    for row, key in enumerate(zip(batch.run_ids, batch.ids, strict=True)):
-        seen = first.setdefault(key, row)
-        if seen == row:
-            keep.append(row)
-        elif batch.labels[row] != batch.labels[seen] or not np.array_equal(
-            batch.features[row], batch.features[seen]
-        ):
-            refusals[row] = (
-                DeadLetterKind.CONFLICT,
-                f"transaction {key[1]!r} (run {key[0]!r}) came twice in one batch with different "
-                "features or label: the first is kept",
-            )
-    letters = [
-        DeadLetter(messages[batch.positions[row]], kind, reason, batch.positions[row])
-        for row, (kind, reason) in refusals.items()
-    ]
-    return take_rows(batch, keep), letters
+    if len(set(ids)) == len(ids):
+        return [list(range(len(ids)))]
+    seen: dict[tuple[str | None, str], int] = {}
+    rounds: list[list[int]] = []
+    for row, key in enumerate(zip(run_ids, ids, strict=True)):
+        occurrence = seen.get(key, 0)
+        seen[key] = occurrence + 1
+        if occurrence == len(rounds):
+            rounds.append([])
+        rounds[occurrence].append(row)
+    return rounds
 
 
 def by_model(models: ModelSource, batch: EventBatch) -> Iterator[tuple[Ensemble, EventBatch]]:

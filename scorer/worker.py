@@ -28,7 +28,7 @@ from scorer.faults import Fault, FaultInjector
 from scorer.health import WorkerHealth
 from scorer.heartbeat import WorkerMonitor
 from scorer.metrics import ScorerMetrics
-from scorer.pipeline import Origin, by_model, decode, first_of_each_key, score_group
+from scorer.pipeline import Origin, by_model, decode, score_group
 from scorer.resolution import ModelResolution
 from scorer.resources import Resources
 from scorer.writer import BatchWriter, PreparedBatch
@@ -124,10 +124,8 @@ class ScorerWorker:
         messages = [event.value or b"" for event in events]
         self.metrics.consumed.inc(len(messages))
         batch, refused = decode(messages)
-        batch, conflicts = first_of_each_key(messages, batch)
         batch, models, unknown = await self.models.for_batch(messages, batch)
-        refused += conflicts + unknown
-        self.metrics.conflicts.inc(len(conflicts))
+        refused += unknown
         groups = []
         scored_at = time.time()
         for ensemble, part in by_model(models, batch):

@@ -48,7 +48,7 @@ from scorer.failures import FIRST_BACKOFF, describe, isolate_refused, retry_fore
 from scorer.faults import FaultInjector
 from scorer.health import WorkerHealth
 from scorer.metrics import ScorerMetrics
-from scorer.pipeline import Origin, ScoredGroup, dead_letter_headers
+from scorer.pipeline import Origin, ScoredGroup, dead_letter_headers, occurrence_rounds
 
 log = logging.getLogger(__name__)
 
@@ -111,22 +111,22 @@ class BatchWriter:
         """Store the batch, publish its alerts and dead letters; return when all are accounted for."""
         started = time.perf_counter()
         letters = list(prepared.refused)
-        alerts: list[tuple[RowKey, bytes]] = []
+        alerts: dict[RowKey, bytes] = {}  # one per row, whichever way it came
         recovered: set[RowKey] = set()  # alerts stored by an earlier delivery, never confirmed
-        for group in prepared.groups:
-            outcome = await self._store(group)
-            letters += self._refused_by_database(group, outcome, prepared.messages)
-            conflicts, pending = await self._check_already_stored(group, outcome, prepared.messages)
-            letters += conflicts
-            alerts += pending
-            recovered.update(key for key, _ in pending)
-            keys = group.rows.keys()
-            alerts += [
-                ((keys[row], group.rows.ids[row]), group.alerts[row])
-                for row in sorted(outcome.new & group.alerts.keys())
-            ]
-            self._count_stored(group, outcome)
-        await self._publish_alerts_and_letters(alerts, letters, origin, recovered)
+        for whole in prepared.groups:
+            rounds = occurrence_rounds(whole.rows.run_ids, whole.rows.ids)
+            for group in [whole] if len(rounds) == 1 else [whole.take(rows) for rows in rounds]:
+                outcome = await self._store(group)
+                letters += self._refused_by_database(group, outcome, prepared.messages)
+                conflicts, pending = await self._check_already_stored(group, outcome, prepared.messages)
+                letters += conflicts
+                recovered.update(key for key in pending if key not in alerts)
+                alerts.update(pending)
+                keys = group.rows.keys()
+                for row in sorted(outcome.new & group.alerts.keys()):
+                    alerts[(keys[row], group.rows.ids[row])] = group.alerts[row]
+                self._count_stored(group, outcome)
+        await self._publish_alerts_and_letters(list(alerts.items()), letters, origin, recovered)
         self.metrics.batch_size.observe(len(prepared.messages))
         self.metrics.batch_seconds.observe(prepared.seconds + time.perf_counter() - started)
 
@@ -176,12 +176,12 @@ class BatchWriter:
 
     async def _check_already_stored(
         self, group: ScoredGroup, outcome: _GroupWrite, messages: Sequence[bytes]
-    ) -> tuple[list[DeadLetter], list[tuple[RowKey, bytes]]]:
+    ) -> tuple[list[DeadLetter], dict[RowKey, bytes]]:
         """Conflicts among the rows stored before, and their alerts still waiting in the outbox."""
         rows = group.rows
         positions = outcome.already_stored
         if not positions:
-            return [], []
+            return [], {}
         stored = await retry_forever(
             lambda: stored_rows(self.pool, rows, positions),
             what=f"reading {len(positions)} rows stored before",
@@ -189,14 +189,14 @@ class BatchWriter:
         )
         keys = rows.keys()
         conflicts: list[DeadLetter] = []
-        pending: list[tuple[RowKey, bytes]] = []
+        pending: dict[RowKey, bytes] = {}
         for row in positions:
             found = stored.get(row)
             if found is None:  # cannot happen while nothing deletes rows: say so, drop nothing silently
                 log.error("transaction %r was reported stored but is not there", rows.ids[row])
                 continue
             if found.pending_alert is not None:
-                pending.append(((keys[row], rows.ids[row]), found.pending_alert))
+                pending[(keys[row], rows.ids[row])] = found.pending_alert
             if not found.same_content(rows.features[row], rows.labels[row]):
                 position = group.positions[row]
                 reason = (

@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import gzip
 import itertools
+import json
 import os
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from core.dataset import SAMPLE_PATH
 from core.prometheus import read_metric
@@ -77,6 +80,22 @@ async def read_topic(
     return messages
 
 
+async def publish(
+    bootstrap_servers: str, topic: str, messages: Sequence[tuple[bytes | None, bytes, int | None]]
+) -> list[tuple[int, int]]:
+    """Send (key, value, partition or None) messages one by one, acknowledged; their (partition, offset)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers)
+    await producer.start()
+    try:
+        sent = []
+        for key, value, partition in messages:
+            metadata = await producer.send_and_wait(topic, value, key=key, partition=partition)
+            sent.append((metadata.partition, metadata.offset))
+        return sent
+    finally:
+        await producer.stop()
+
+
 async def fetch(database_url: str, sql: str, *args: object) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(database_url)
     try:
@@ -107,6 +126,19 @@ class Worker:
     def metric(self, name: str) -> float:
         """A counter or gauge of this worker, summed over its labels (0 until it is exported)."""
         return read_metric(f"http://127.0.0.1:{self.port}/metrics", name) or 0.0
+
+    def health(self) -> tuple[int, dict]:
+        """(HTTP status, body) of the worker's /health page; (0, {}) while it does not answer."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+        except OSError:
+            return 0, {}
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        return self.process.wait(timeout=timeout)
 
     def wait_partitions(self, count: int, timeout: float = 60) -> None:
         wait_until(

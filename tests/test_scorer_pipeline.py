@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import doctest
+import importlib
 
 import asyncpg
 import numpy as np
@@ -35,8 +37,8 @@ from scorer.pipeline import (
     dead_letter_headers,
     decode,
     drop_unknown_runs,
-    first_of_each_key,
     keep_gathering,
+    occurrence_rounds,
     score_group,
 )
 from tests.streaming_fixtures import write_csv
@@ -165,25 +167,25 @@ def test_a_model_that_raises_is_bisected_down_to_the_rows_it_refuses(sample_rows
     assert model.calls <= 1 + 2 * 2 * 6  # about 2 k log2 n calls, not one per row
 
 
-def test_the_same_id_twice_in_a_batch_keeps_the_first_and_refuses_a_different_second(sample_rows) -> None:
+def test_the_same_id_twice_in_a_batch_is_stored_in_rounds(ensemble, sample_rows) -> None:
+    """Repeats go to later rounds, so the store judges them as it judges a redelivery (see the worker tests)."""
     raw, _ = sample_rows
     a = build_event(raw[0].tolist(), event_id="a", label=0, produced_at=NOW)
     messages = [
         encode_event(a),
         encode_event({**a, "produced_at": NOW + 1}),  # a producer's retry: same content
         encode_event({**a, "V3": a["V3"] + 1}),  # other features
-        encode_event({**a, "label": 1}),  # other label
         encode_event({**a, "run_id": "bt-1"}),  # another run: another row
         encode_event(build_event(raw[1].tolist(), event_id="b", produced_at=NOW)),
     ]
     batch, _ = decode(messages)
-    kept, letters = first_of_each_key(messages, batch)
-    assert kept.ids == ["a", "a", "b"] and kept.run_ids == [None, "bt-1", None]
-    assert kept.positions == [0, 4, 5]
-    assert [(letter.position, letter.kind) for letter in letters] == [(2, Kind.CONFLICT), (3, Kind.CONFLICT)]
-    assert letters[0].raw == messages[2] and "'a'" in letters[0].reason
-    unique, none = first_of_each_key(messages[4:], decode(messages[4:])[0])
-    assert none == [] and unique.ids == ["a", "b"]
+    assert occurrence_rounds(batch.run_ids, batch.ids) == [[0, 3, 4], [1], [2]]
+    assert occurrence_rounds(["x", None], ["a", "b"]) == [[0, 1]]
+    group, _ = score_group(ensemble.with_threshold(0.0), batch, messages, scored_at=NOW)
+    third = group.take([2, 4])
+    assert list(third.rows.ids) == ["a", "b"] and third.positions == [2, 4]
+    assert third.alerts == {0: group.alerts[2], 1: group.alerts[4]}
+    np.testing.assert_array_equal(third.rows.features, group.rows.features[[2, 4]])
 
 
 def test_batches_split_only_when_runs_use_different_models(ensemble, sample_rows) -> None:
@@ -436,6 +438,11 @@ def test_health_is_stalled_only_with_work_waiting_and_no_progress() -> None:
     assert health.next_offsets == {} and health.lag == {}
     health.stopped()
     assert health.status() == (STOPPED, None)
+
+
+@pytest.mark.parametrize("module", ["scorer.pipeline", "scorer.failures", "scorer.health", "scorer.faults"])
+def test_the_docstring_examples_run(module: str) -> None:
+    assert doctest.testmod(importlib.import_module(module)).failed == 0
 
 
 def test_the_fault_setting_is_parsed_strictly() -> None:
