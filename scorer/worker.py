@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import faust
 
@@ -57,6 +58,45 @@ def origin_of(event: faust.EventT) -> Origin:
     return Origin(message.topic, message.partition, message.offset, message.key)
 
 
+#: Longest the worker waits for its producer and pool to close on the way out (s).
+CLOSE_TIMEOUT = 10.0
+
+
+async def run_to_the_end(cleanup: Coroutine[Any, Any, None]) -> None:
+    """Await `cleanup` even if this task is cancelled meanwhile (Faust cancels a stopping agent,
+    sometimes more than once), then pass the cancellation on. `cleanup` bounds itself."""
+    task = asyncio.ensure_future(cleanup)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+
+
+async def _close(
+    background: list[asyncio.Task],
+    resources: Resources | None,
+    heartbeat: asyncio.Task,
+    monitor: WorkerMonitor,
+) -> None:
+    """Stop the background tasks, close the connections, then write the last heartbeat (`stopped`)."""
+    for task in background:
+        task.cancel()
+    await asyncio.gather(*background, return_exceptions=True)
+    if resources is not None:
+        try:
+            await asyncio.wait_for(resources.close(), CLOSE_TIMEOUT)
+        except Exception as error:  # noqa: BLE001 - closing: say so and go on stopping
+            log.warning("closing the producer and the pool: %s", describe(error))
+            resources.pool.terminate()
+    heartbeat.cancel()
+    await asyncio.gather(heartbeat, return_exceptions=True)
+    await monitor.stop()
+
+
 @dataclass
 class ScorerWorker:
     resources: Resources
@@ -70,7 +110,7 @@ class ScorerWorker:
     async def running(cls, config: WorkerConfig) -> AsyncIterator[ScorerWorker]:
         """Open everything, run the background tasks, and close it all on the way out."""
         heartbeat = asyncio.create_task(config.monitor.run(), name="scorer-heartbeat")
-        tasks: list[asyncio.Task] = [heartbeat]
+        background: list[asyncio.Task] = []
         resources: Resources | None = None
         try:
             ensemble = Ensemble.load(config.model_path)
@@ -101,18 +141,11 @@ class ScorerWorker:
                 config.health,
                 FaultInjector(config.fault),
             )
-            tasks.append(asyncio.create_task(models.watch(), name="scorer-model-watch"))
-            tasks.append(asyncio.create_task(writer.sweep_outbox_forever(), name="scorer-outbox-sweep"))
+            background.append(asyncio.create_task(models.watch(), name="scorer-model-watch"))
+            background.append(asyncio.create_task(writer.sweep_outbox_forever(), name="scorer-outbox-sweep"))
             yield cls(resources, models, writer, config.metrics, config.health)
         finally:
-            for task in tasks[1:]:
-                task.cancel()
-            await asyncio.gather(*tasks[1:], return_exceptions=True)
-            if resources is not None:
-                await resources.close()
-            heartbeat.cancel()
-            await asyncio.gather(heartbeat, return_exceptions=True)
-            await config.monitor.stop()
+            await run_to_the_end(_close(background, resources, heartbeat, config.monitor))
 
     async def prepare(self, events: Sequence[faust.EventT]) -> PreparedBatch:
         """Decode, validate, resolve models, score and explain a batch: nothing written yet.

@@ -171,3 +171,52 @@ def workers(settings, model_bundle, tmp_path) -> Iterator:
     yield start
     for worker in started:
         worker.stop()
+
+
+async def register_run(database_url: str, bundle: Path, threshold: float) -> str:
+    """A backtest run scored by `bundle` at `threshold`: events tagged with its id alert at will."""
+    from core.ensemble import Ensemble
+    from producer.backtest import RunSpec, create_run, new_run_id
+
+    run_id = new_run_id()
+    conn = await asyncpg.connect(database_url)
+    try:
+        spec = RunSpec(bundle, 0.0, 1e9)
+        await create_run(conn, spec, Ensemble.load(bundle).with_threshold(threshold), run_id)
+    finally:
+        await conn.close()
+    return run_id
+
+
+async def alerts_check(bootstrap_servers: str, alerts_topic: str, database_url: str) -> int:
+    """The alerts topic against PostgreSQL: one alert per stored alerting row, none for any other, each
+    carrying the stored score and model version; duplicates (at-least-once) byte-identical. The outbox is
+    empty. Returns how many alert messages there were (duplicates included)."""
+    import orjson
+
+    rows = await fetch(
+        database_url,
+        "SELECT s.run_id, s.id, s.score, s.model_version FROM scores s WHERE s.alert",
+    )
+    stored = {row["id"]: row for row in rows}
+    assert stored, "the test data must make some rows alert"
+    messages = await read_topic(bootstrap_servers, alerts_topic, len(stored), timeout=60)
+    values: dict[str, set[bytes]] = {}
+    for key, value, _ in messages:
+        values.setdefault(key.decode(), set()).add(value)
+    assert set(values) == set(stored), (
+        f"missing alerts: {sorted(set(stored) - set(values))[:5]}, alerts for rows that do not alert or are "
+        f"not stored: {sorted(set(values) - set(stored))[:5]}"
+    )
+    for key, copies in values.items():
+        assert len(copies) == 1, f"alert {key} was sent with different contents: {copies}"
+        alert = orjson.loads(next(iter(copies)))
+        row = stored[key]
+        assert (
+            alert["id"] == key
+            and alert["score"] == row["score"]
+            and alert["model_version"] == row["model_version"]
+        )
+        assert (alert["run_id"] or "") == row["run_id"]
+    assert (await fetch(database_url, "SELECT count(*) AS n FROM alert_outbox"))[0]["n"] == 0
+    return len(messages)
