@@ -116,29 +116,3 @@ async def isolate_refused(
         *await isolate_refused(items[:middle], attempt, refused),
         *await isolate_refused(items[middle:], attempt, refused),
     ]
-
-
-async def retry_bounded(
-    operation: Callable[[], Awaitable[T]],
-    *,
-    attempts: int,
-    what: str,
-    on_failure: Callable[[BaseException], None] = lambda error: None,
-    first: float = FIRST_BACKOFF,
-) -> T | None:
-    """Like `retry_forever`, but gives up after `attempts` tries and returns None (never spins forever)."""
-    delay = first
-    for attempt in range(1, attempts + 1):
-        try:
-            return await operation()
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:
-            on_failure(error)
-            if attempt == attempts:
-                log.error("%s failed %d times, giving up (%s)", what, attempts, describe(error))
-                return None
-            log.warning("%s failed (%s); retrying in %.1f s", what, describe(error), delay)
-            await asyncio.sleep(delay)
-            delay *= 2
-    return None

@@ -66,6 +66,11 @@ OUTBOX_SWEEP_LIMIT = 1000
 RowKey = tuple[str, str]
 
 
+def _ignore_outcome(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 @dataclass(frozen=True, slots=True)
 class PreparedBatch:
     """A decoded and scored batch waiting to be written (`scorer.worker` prepares it)."""
@@ -106,6 +111,8 @@ class BatchWriter:
     metrics: ScorerMetrics
     health: WorkerHealth
     faults: FaultInjector
+    publish_attempts: int = PUBLISH_ATTEMPTS
+    publish_timeout: float = PUBLISH_TIMEOUT
 
     async def write(self, prepared: PreparedBatch, origin: Callable[[int], Origin]) -> None:
         """Store the batch, publish its alerts and dead letters; return when all are accounted for."""
@@ -197,7 +204,7 @@ class BatchWriter:
                 continue
             if found.pending_alert is not None:
                 pending[(keys[row], rows.ids[row])] = found.pending_alert
-            if not found.same_content(rows.features[row], rows.labels[row]):
+            if not found.same:
                 position = group.positions[row]
                 reason = (
                     f"transaction {rows.ids[row]!r} (run {rows.run_ids[row]!r}) is already stored with "
@@ -288,7 +295,7 @@ class BatchWriter:
             )
 
     async def publish(self, outgoing: Sequence[Outgoing]) -> list[bool]:
-        """Send each message; retry those the broker did not acknowledge, `PUBLISH_ATTEMPTS` times at most.
+        """Send each message; retry those the broker did not acknowledge, `publish_attempts` times at most.
 
         Returns which were acknowledged. Never raises for the broker's failures and never
         spins forever: the caller keeps what was not taken.
@@ -296,7 +303,7 @@ class BatchWriter:
         delivered = [False] * len(outgoing)
         todo = list(range(len(outgoing)))
         delay = FIRST_BACKOFF
-        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+        for attempt in range(1, self.publish_attempts + 1):
             sent: dict[int, asyncio.Future] = {}
             error: BaseException | None = None
             for i in todo:
@@ -310,7 +317,9 @@ class BatchWriter:
                 except Exception as failure:  # noqa: BLE001 - the broker's trouble: counted, retried, bounded
                     error = failure
             if sent:
-                done, _ = await asyncio.wait(sent.values(), timeout=PUBLISH_TIMEOUT)
+                done, late = await asyncio.wait(sent.values(), timeout=self.publish_timeout)
+                for future in late:  # given up on: whatever becomes of it is not an error to report
+                    future.add_done_callback(_ignore_outcome)
                 for i, future in sent.items():
                     if future in done and not future.cancelled() and future.exception() is None:
                         delivered[i] = True
@@ -319,13 +328,15 @@ class BatchWriter:
             todo = [i for i in todo if not delivered[i]]
             if not todo:
                 break
-            for i in todo:
-                role = "alert" if outgoing[i].topic == self.alerts_topic else "dead_letter"
-                self.metrics.publish_retries.labels(role).inc()
             reason = (
-                describe(error) if error is not None else f"no acknowledgement within {PUBLISH_TIMEOUT:g} s"
+                describe(error)
+                if error is not None
+                else f"no acknowledgement within {self.publish_timeout:g} s"
             )
-            if attempt < PUBLISH_ATTEMPTS:
+            if attempt < self.publish_attempts:
+                for i in todo:
+                    role = "alert" if outgoing[i].topic == self.alerts_topic else "dead_letter"
+                    self.metrics.publish_retries.labels(role).inc()
                 log.warning(
                     "publishing %d messages failed (%s); retrying in %.1f s", len(todo), reason, delay
                 )

@@ -25,7 +25,9 @@ from core.dataset import SAMPLE_PATH, load_csv
 from core.ensemble import Ensemble
 from core.events import DeadLetterKind, build_event, encode_event
 from core.features import EVENT_FEATURES
+from core.kafka import ensure_topics
 from core.models import EnsembleResolver
+from core.runtime.broker import EmbeddedBroker
 from core.runtime.processes import wait_until
 from scorer.faults import Fault, FaultInjector
 from scorer.health import WorkerHealth
@@ -309,3 +311,83 @@ def test_arbitrary_events_are_stored_exactly_or_dead_lettered_and_nothing_raises
             await conn.close()
 
     loop.run(run())
+
+
+def test_a_broker_that_takes_nothing_blocks_nothing_and_loses_nothing(
+    settings, model_bundle, tmp_path
+) -> None:
+    """Publishing fails for good: the write still returns (bounded retries), the dead letters are kept
+    in PostgreSQL with where they came from, the alerts wait in the outbox; the sweep sends them later."""
+    broker = EmbeddedBroker(tmp_path / "broker.log")
+    bootstrap = broker.start()
+    topics = {"alerts-x": 1, "dlq-x": 1}
+    asyncio.run(ensure_topics(bootstrap, topics))
+    metrics, health = ScorerMetrics(), WorkerHealth(stall_seconds=30)
+    good = [encode_event(_good(i, "kept")) for i in range(5)]
+    bad = [b"{not json", orjson.dumps({**_good(9, "x"), "id": "nul\x00"})]
+    events = [_Event(value, offset) for offset, value in enumerate([*good, *bad])]
+
+    async def run() -> None:
+        resources = await Resources.open(
+            dsn=lambda: settings.database_url, bootstrap_servers=bootstrap, on_failure=print
+        )
+        try:
+            ensemble = Ensemble.load(model_bundle).with_threshold(0.0)  # every stored row alerts
+            models = ModelResolution(EnsembleResolver(ensemble), resources.pool, metrics, health, print)
+            writer = BatchWriter(
+                resources.pool,
+                resources.producer,
+                "alerts-x",
+                "dlq-x",
+                metrics,
+                health,
+                FaultInjector(Fault()),
+                publish_attempts=3,
+                publish_timeout=1.0,
+            )
+            worker = ScorerWorker(resources, models, writer, metrics, health)
+            prepared = await worker.prepare(events)
+            broker.stop()
+            acked: list[_Event] = []
+
+            async def ack(event: _Event) -> bool:
+                acked.append(event)
+                return True
+
+            await worker.write_then_ack(prepared, events, ack)
+            assert acked == events
+            conn = await asyncpg.connect(settings.database_url)
+            try:
+                parked = await conn.fetch(
+                    "SELECT kind, value, source_topic, source_partition, source_offset, key, headers FROM dead_letters "
+                    "ORDER BY source_offset"
+                )
+                assert [(r["kind"], r["value"], r["source_offset"]) for r in parked] == [
+                    ("invalid_json", bad[0], 5),
+                    ("invalid_text", bad[1], 6),
+                ]
+                assert all(r["source_topic"] == "t" and r["key"] == b"k" for r in parked)
+                assert "fraudstream.error.reason" in parked[0]["headers"]
+                waiting = {r["id"] for r in await conn.fetch("SELECT id FROM alert_outbox")}
+                assert waiting == {orjson.loads(value)["id"] for value in good}
+                assert await conn.fetchval("SELECT count(*) FROM scores") == 5
+                assert metrics.dead_letters_parked._value.get() == 2
+                assert metrics.alerts_deferred._value.get() == 5
+                assert (
+                    metrics.publish_retries.labels("dead_letter")._value.get() == 2 * 2
+                )  # 2 letters, 2 retries
+                broker.start()  # back (empty), and the sweep sends what waited
+                await ensure_topics(bootstrap, topics)
+                assert await writer.sweep_outbox(older_than=0) == 5
+                assert await conn.fetchval("SELECT count(*) FROM alert_outbox") == 0
+            finally:
+                await conn.close()
+        finally:
+            await resources.close()
+
+    try:
+        asyncio.run(run())
+        alerts = asyncio.run(read_topic(bootstrap, "alerts-x", 5))
+        assert {key.decode() for key, _, _ in alerts} == {orjson.loads(value)["id"] for value in good}
+    finally:
+        broker.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import asyncpg
@@ -94,14 +95,19 @@ async def _store_new_twice(database_url: str) -> dict:
         again = _rows(["c", "x", "a", "y"])  # same seed: "c" and "a" carry other features now
         out["again"] = await store_new(conn, again, {0: b"never-stored", 1: b'{"id":"x"}'})
         out["stored"] = await stored_rows(conn, again, out["again"])
-        out["again_rows"] = again
+        # the first batch's own rows, sent again: the same, bit for bit (labels None included)
+        out["same"] = await stored_rows(conn, first, [0, 1, 2, 3])
+        relabelled = dataclasses.replace(first, labels=[0, 0, 0, 0])
+        out["relabelled"] = await stored_rows(conn, relabelled, [0, 1, 2, 3])
+        nudged = first.features.copy()
+        nudged[3, 17] = np.nextafter(nudged[3, 17], np.inf)
+        out["nudged"] = await stored_rows(conn, dataclasses.replace(first, features=nudged), [2, 3])
         out["outbox"] = sorted(tuple(r) for r in await conn.fetch("SELECT id, payload FROM alert_outbox"))
         out["young"] = await unpublished_alerts(conn, older_than=3600, limit=10)
         async with conn.transaction():
             out["old"] = sorted(await unpublished_alerts(conn, older_than=0, limit=10))
         await forget_alerts(conn, [("", "c"), ("", "x"), ("", "nothing")])
         out["left"] = [r["id"] for r in await conn.fetch("SELECT id FROM alert_outbox")]
-        out["first_rows"] = first
         return out
     finally:
         await conn.close()
@@ -114,14 +120,14 @@ def test_store_new_answers_which_rows_were_already_stored_and_keeps_alerts_of_ne
     assert out["first"] == []
     assert out["again"] == [0, 2]  # "c" and "a"
     assert out["outbox"] == [("c", b'{"id":"c"}'), ("d", b'{"id":"d"}'), ("x", b'{"id":"x"}')]
-    stored, again, first = out["stored"], out["again_rows"], out["first_rows"]
+    stored = out["stored"]
     assert set(stored) == {0, 2}
     assert stored[0].pending_alert == b'{"id":"c"}' and stored[2].pending_alert is None
-    # what is stored is the first batch's content: the same event again matches, the new one does not
-    assert stored[0].same_content(first.features[2], first.labels[2])
-    assert stored[2].same_content(first.features[0], first.labels[0])
-    assert not stored[0].same_content(again.features[0], again.labels[0])
-    assert not stored[2].same_content(first.features[0], 1 - first.labels[0])
+    # "c" and "a" were stored from the first batch's content: the second batch's differ
+    assert not stored[0].same and not stored[2].same
+    assert [out["same"][i].same for i in range(4)] == [True] * 4
+    assert [out["relabelled"][i].same for i in range(4)] == [True, False, True, False]  # stored 0, 1, 0, None
+    assert [out["nudged"][i].same for i in (2, 3)] == [True, False]  # one ulp is a different event
     assert out["young"] == []
     assert [row[1] for row in out["old"]] == ["c", "d", "x"]
     assert out["left"] == ["d"]

@@ -63,9 +63,16 @@ STORE_NEW = f"""WITH {_INPUT}, outbox AS (
 SELECT i.position - 1 AS position FROM input i LEFT JOIN stored s USING (run_id, id) WHERE s.id IS NULL
 """
 
+#: For rows `store_new` found already stored: is the stored content the same (features bit
+#: for bit, label), and is its alert still waiting in the outbox. Compared in PostgreSQL, so
+#: a redelivered batch sends its values once more instead of reading every stored row back.
 STORED_ROWS = f"""
-SELECT k.position, {", ".join(f"t.{name}" for name in FEATURE_COLUMNS)}, t.label, o.payload
-FROM unnest($1::text[], $2::text[], $3::int4[]) AS k(run_id, id, position)
+SELECT k.position,
+       ({", ".join(f"t.{name}" for name in FEATURE_COLUMNS)}, t.label)
+           IS NOT DISTINCT FROM ({", ".join(f"k.{name}" for name in FEATURE_COLUMNS)}, k.label) AS same,
+       o.payload
+FROM unnest($1::text[], $2::text[], $3::int4[], {", ".join(f"${i + 4}::float8[]" for i in range(_N))},
+            ${_N + 4}::int2[]) AS k(run_id, id, position, {_FEATURE_LIST}, label)
 JOIN transactions t ON t.run_id = k.run_id AND t.id = k.id
 LEFT JOIN alert_outbox o ON o.run_id = k.run_id AND o.id = k.id
 """
@@ -131,15 +138,10 @@ class ScoredRows:
 
 @dataclass(frozen=True, slots=True)
 class StoredRow:
-    """What PostgreSQL holds for a row that was already stored."""
+    """What PostgreSQL says of a row that was already stored."""
 
-    features: tuple[float, ...]  # EVENT_FEATURES order
-    label: int | None
+    same: bool  # the event carries exactly what is stored (features bit for bit, label)
     pending_alert: bytes | None  # its alert, while the broker has not acknowledged it
-
-    def same_content(self, features: np.ndarray, label: int | None) -> bool:
-        """True when an event carries exactly what is stored (features bit for bit, label)."""
-        return label == self.label and features.tolist() == list(self.features)
 
 
 def _arguments(rows: ScoredRows) -> list:
@@ -188,17 +190,21 @@ async def store_new(
 async def stored_rows(
     conn: asyncpg.Connection | asyncpg.Pool, rows: ScoredRows, positions: Sequence[int]
 ) -> dict[int, StoredRow]:
-    """What is stored for the rows at `positions` (those `store_new` found already stored)."""
+    """For the rows at `positions` (those `store_new` found already stored): same content? alert pending?"""
     if not positions:
         return {}
     keys = rows.keys()
+    index = np.asarray(positions, dtype=np.intp)
+    features = rows.features[index]
     records = await conn.fetch(
-        STORED_ROWS, [keys[i] for i in positions], [rows.ids[i] for i in positions], list(positions)
+        STORED_ROWS,
+        [keys[i] for i in positions],
+        [rows.ids[i] for i in positions],
+        list(positions),
+        *(features[:, j].tolist() for j in range(_N)),
+        [rows.labels[i] for i in positions],
     )
-    return {
-        record["position"]: StoredRow(tuple(record[1 : _N + 1]), record["label"], record["payload"])
-        for record in records
-    }
+    return {record["position"]: StoredRow(record["same"], record["payload"]) for record in records}
 
 
 async def forget_alerts(conn: asyncpg.Connection | asyncpg.Pool, keys: Sequence[tuple[str, str]]) -> None:
