@@ -77,11 +77,11 @@ def test_a_kill_between_the_write_and_the_ack_loses_no_row_and_no_alert(
 def test_a_worker_joining_and_one_leaving_mid_replay_lose_and_duplicate_nothing(
     settings, workers, model_bundle
 ) -> None:
-    limit = 8000  # at 200/s: 40 s of replay, time for a worker to start and another to leave
+    limit = 9000  # at 150/s: a minute of replay, time for a worker to start and another to leave
     run_id = alerting_run(settings.database_url, model_bundle, limit)
     first = workers()
     first.wait_partitions(4)
-    thread, _ = replay_in_background(settings, rate=200, limit=limit, run_id=run_id)
+    thread, _ = replay_in_background(settings, rate=150, limit=limit, run_id=run_id)
     wait_until(lambda: stored(settings.database_url)[1] >= 500, timeout=60, what="first rows stored")
     second = workers()  # joins: a rebalance while batches are in flight
     second.wait_partitions(2, timeout=90)

@@ -391,3 +391,39 @@ def test_a_broker_that_takes_nothing_blocks_nothing_and_loses_nothing(
         assert {key.decode() for key, _, _ in alerts} == {orjson.loads(value)["id"] for value in good}
     finally:
         broker.stop()
+
+
+def test_repeats_within_a_batch_are_judged_against_what_is_stored(loop, in_process_worker, settings) -> None:
+    """The same id in one batch: an identical copy is a silent redelivery, another content a conflict,
+    whether the stored one came earlier in the batch or from an earlier batch."""
+    worker = in_process_worker
+    x, y = _good(1, "x"), _good(2, "y")
+    earlier = [encode_event(y)]
+    batch = [
+        encode_event(y),  # identical to the stored y: nothing to say
+        encode_event({**y, "label": 1}),  # y with another label: conflict with the stored y
+        encode_event(x),  # new: stored
+        # x with other features: a conflict with the x stored just before it
+        encode_event({**x, "V5": x["V5"] * 2 + 1}),
+        encode_event({**x, "produced_at": x["produced_at"] + 5}),  # x again (a retry): nothing to say
+    ]
+
+    async def ack(event: _Event) -> bool:
+        return True
+
+    async def run() -> list:
+        for messages in (earlier, batch):
+            events = [_Event(value, offset) for offset, value in enumerate(messages)]
+            await worker.write_then_ack(await worker.prepare(events), events, ack)
+        return [
+            tuple(r)
+            for r in await fetch(settings.database_url, "SELECT id, label FROM transactions ORDER BY id")
+        ]
+
+    rows = loop.run(run())
+    letters = asyncio.run(read_topic(settings.kafka_bootstrap_servers, settings.topic_dead_letters, 2))
+    refused = sorted((int(dict(h)[OFFSET_HEADER]), dict(h)[KIND_HEADER].decode()) for _, _, h in letters)
+    assert refused == [(1, "conflict"), (3, "conflict")]
+    assert {value for _, value, _ in letters} == {batch[1], batch[3]}
+    assert rows == [("x-1", 0), ("y-2", 0)]
+    assert worker.metrics.conflicts._value.get() == 2
