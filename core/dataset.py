@@ -3,9 +3,11 @@
 Two readers, for two jobs:
 
 - `load_csv` reads a whole file into numpy for training and backtests. It is strict: a
-  file with a missing, extra or non-numeric column, a NaN/inf or a label other than 0/1
-  is refused with a `CsvSchemaError` that names the column (and the row), because a model
-  trained on silently coerced data is worse than no model.
+  file with a missing, extra or non-numeric column, a NaN/inf, a value the event contract
+  refuses (`core.events.feature_problem`: negative Time/Amount, a magnitude beyond
+  ±1e9) or a label other than 0/1 is refused with a `CsvSchemaError` that names the
+  column (and the row), because a model trained on silently coerced data is worse than
+  no model.
 - `iter_csv_rows` streams a file row by row for the producer. The header is checked up
   front (a wrong header means the wrong file, so it raises), but a bad row is reported
   with its number and reason and the reader carries on, so one broken line does not stop
@@ -32,6 +34,7 @@ from typing import IO
 import numpy as np
 import pandas as pd
 
+from core.events import feature_problem, first_refused_row
 from core.features import CSV_COLUMNS, LABEL_COLUMN, RAW_FEATURES
 
 #: The sample shipped with the repository (all frauds + every 10th normal row).
@@ -147,22 +150,14 @@ def load_csv(path: str | Path) -> Dataset:
             f"column {LABEL_COLUMN!r} must be 0 or 1, got {labels[bad_label[0]]!r} at row {row}"
         )
 
-    for name in NON_NEGATIVE:
-        negative = np.flatnonzero(columns[name] < 0)
-        if negative.size:
-            row = int(negative[0]) + 1
-            raise CsvSchemaError(
-                f"column {name!r} must be >= 0, got {float(columns[name][negative[0]])!r} at row {row}"
-            )
-
     raw = np.column_stack([columns[name] for name in RAW_FEATURES])
+    refused = first_refused_row(raw)
+    if refused is not None:  # the event contract's rules: a row we train on is one the scorer accepts
+        problem = feature_problem(raw[refused].tolist())
+        assert problem is not None
+        position, _, text = problem
+        raise CsvSchemaError(f"column {RAW_FEATURES[position]!r} {text} at row {refused + 1}")
     return Dataset(raw=raw, labels=labels.astype(np.int8), time=raw[:, 0])
-
-
-#: Columns that cannot be negative (seconds since the first transaction; an amount), as the
-#: event schema requires too: a row the producer sends must be one the scorer accepts.
-NON_NEGATIVE = ("Time", "Amount")
-_NON_NEGATIVE_AT = tuple((name, RAW_FEATURES.index(name)) for name in NON_NEGATIVE)
 
 
 def _parse_float(text: str) -> float:
@@ -213,14 +208,9 @@ def iter_csv_rows(path: str | Path) -> Iterator[CsvRow]:
                     error = f"column {name!r}: not a finite number: {text!r}"
                     break
             if error is None:
-                error = next(
-                    (
-                        f"column {name!r}: must be >= 0, got {values[i]!r}"
-                        for name, i in _NON_NEGATIVE_AT
-                        if values[i] < 0
-                    ),
-                    None,
-                )
+                problem = feature_problem(values)
+                if problem is not None:
+                    error = f"column {RAW_FEATURES[problem[0]]!r}: {problem[2]}"
             if error is not None:
                 yield row_number, None, None, error
                 continue

@@ -68,6 +68,14 @@ class Settings(BaseSettings):
     #: rates (p50 29 ms / p99 50 ms at 2,000/s); a backlog does not wait for it.
     scorer_batch_timeout: float = Field(default=0.02, gt=0, le=10)
 
+    # --- scorer: health and fault injection (issue 11) ---
+    #: A worker with work waiting (events consumed and not acknowledged, or lag) and no batch
+    #: done for this long reports itself stalled (metrics, /health, its scorer_workers row).
+    scorer_stall_seconds: float = Field(default=30.0, gt=0, le=3600)
+    #: Tests only: `exit-after-store:N` ends the worker right after its Nth committed write,
+    #: before it publishes or acknowledges (scorer/faults.py). Unset in any real deployment.
+    scorer_fault: str | None = Field(default=None, pattern=r"^exit-after-store:[1-9][0-9]*$")
+
     log_level: str = "INFO"
 
     # The supervisor (`fraudstream up` / `infra`) and the replay's stop: how a stack heals and stops.

@@ -2,22 +2,27 @@
 
     faust -A scorer.app worker -l info        # or: fraudstream scorer
 
-Each worker reads its share of the `transactions` partitions in batches of raw bytes,
-and per batch: decodes and validates the events (bad ones go to the dead-letter topic),
-scores them with one call of the ensemble (loaded once per worker), writes transactions
-and scores in one idempotent statement, publishes alerts, and only then acknowledges the
-batch's offsets. Batch n+1 is decoded and scored while batch n is being written, so the
-worker's CPU and PostgreSQL's overlap; one write at a time keeps the acknowledgements in
-order. How that is safe against the known Faust traps:
+Each worker reads its share of the `transactions` partitions in batches of raw bytes and,
+per batch, in order: decodes and validates the events, scores them with one call of the
+ensemble, writes rows, scores and alerts in one idempotent statement, publishes the
+alerts and the dead letters, and only then acknowledges the batch's offsets
+(`scorer.worker`; the error policy is `scorer.failures`, the batching and ordering
+`scorer.batches`). No event can stop it: an event that PostgreSQL or the model refuses is
+isolated and dead-lettered with its kind, the rest of its batch is stored; only the
+sink being away (transient) holds the offsets, and then the worker says it is stalled
+(`/health`, `fraudstream_scorer_stalled`, its `scorer_workers` row). How that is safe
+against the known Faust traps:
 
 - offsets: `noack_take` hands us the events unacknowledged and we ack them after the batch
   is durable, so neither a crash, a SIGKILL, a rebalance nor a cancelled task (a write in
   flight is cancelled unacknowledged) can commit an offset past an unstored event (plain
   `take` acks the buffer when the generator is closed, even if the batch was never stored);
-- agent concurrency is 1, so acknowledgements are in order per partition;
-- `within` bounds how long a partial batch waits, so a quiet topic never stalls; under a
-  backlog the agent gathers several takes into one batch (`keep_gathering`);
-- the PostgreSQL write is idempotent (Faust's exactly-once covers Kafka only);
+- agent concurrency is 1, and one write at a time, so acknowledgements are in order;
+- `within` bounds how long a partial batch waits, so a quiet topic never stalls;
+- the PostgreSQL write is idempotent and alerts wait in an outbox until the broker has
+  them (Faust's exactly-once covers Kafka only);
+- an error the worker does not understand ends the process (non-zero) instead of leaving
+  an agent that silently stopped: its batch was not acknowledged and comes again;
 - group join, session and rebalance timeouts are short, so a restarted worker does not
   sit out a long rebalance.
 
@@ -30,19 +35,24 @@ rarer, so the short-lived objects of a batch mostly die before they are ever pro
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
+import os
 
 import faust
+import orjson
 
-from core.kafka import ensure_topics
-from core.runtime.stack import resolve_endpoints, topic_partitions
+from core.db.urls import asyncpg_dsn
+from core.kafka import ensure_topics, scorer_group_id
+from core.runtime.stack import resolve_database_url, resolve_endpoints, topic_partitions
 from core.settings import Settings, get_settings
-from scorer.batches import BatchScorer, PreparedBatch
+from scorer.batches import InOrderWrites, full_batches
+from scorer.faults import Fault
+from scorer.health import OK, WorkerHealth
+from scorer.heartbeat import WorkerMonitor
 from scorer.metrics import ScorerMetrics
-from scorer.pipeline import keep_gathering
 from scorer.transport import ScorerApp
+from scorer.worker import ScorerWorker, WorkerConfig
 
 log = logging.getLogger(__name__)
 
@@ -52,20 +62,28 @@ GC_GEN0_THRESHOLD = 50_000
 #: Prometheus text format 0.0.4 (aiohttp wants the charset apart from the content type).
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4"
 
+#: Exit status of a worker that met an error it cannot handle (a supervisor restarts it).
+EXIT_ON_UNEXPECTED_ERROR = 70
+
 
 def group_id(settings: Settings) -> str:
-    """The consumer group (= Faust app id): one group per transactions topic."""
-    base = "fraudstream-scorer"
-    return base if settings.topic_transactions == "transactions" else f"{base}.{settings.topic_transactions}"
+    """The consumer group (= Faust app id): one group per transactions topic (`core.kafka`)."""
+    return scorer_group_id(settings.topic_transactions)
 
 
 def broker_urls(bootstrap_servers: str) -> list[str]:
     return [f"kafka://{server.strip()}" for server in bootstrap_servers.split(",") if server.strip()]
 
 
+def database_dsn() -> str:
+    """The database, resolved anew each time a connection is made (an embedded one may have moved)."""
+    return asyncpg_dsn(resolve_database_url(settings))
+
+
 settings = get_settings()
 endpoints = resolve_endpoints(settings)
 metrics = ScorerMetrics()
+health = WorkerHealth(stall_seconds=settings.scorer_stall_seconds)
 datadir = settings.state_dir / "scorer"
 datadir.mkdir(parents=True, exist_ok=True)  # Faust creates its folder inside, not the parents
 
@@ -108,6 +126,31 @@ dead_letters_topic = app.topic(
 )
 
 
+def consumer_lag() -> dict[int, int] | None:
+    """Per assigned partition of the transactions topic: end offset minus the next offset to acknowledge.
+
+    The end offset is the one the last fetch saw; the next offset is after this worker's
+    last acknowledgement, or the group's committed offset before it has acknowledged
+    anything on that partition (Faust's own record of it).
+    """
+    consumer = app.consumer
+    committed = getattr(consumer, "_committed_offset", {})
+    lag: dict[int, int] = {}
+    for tp in consumer.assignment():
+        if tp.topic != settings.topic_transactions:
+            continue
+        end = consumer.highwater(tp)
+        position = health.next_offsets.get(tp.partition)
+        if position is None:
+            position = committed.get(tp)
+        if end is not None and position is not None:
+            lag[tp.partition] = max(0, end - position)
+    return lag
+
+
+monitor = WorkerMonitor(health, metrics, dsn=database_dsn, lag=consumer_lag)
+
+
 def freeze_startup_heap() -> None:
     """Exclude everything allocated so far from garbage collection; collect young objects rarely."""
     gc.collect()
@@ -116,61 +159,70 @@ def freeze_startup_heap() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
-async def open_scorer() -> BatchScorer:
+async def create_topics() -> None:
     await ensure_topics(endpoints.bootstrap_servers, topic_partitions(settings))
-    return await BatchScorer.open(
+
+
+def worker_config() -> WorkerConfig:
+    return WorkerConfig(
         model_path=str(settings.model_path),
-        database_url=endpoints.database_url,
+        dsn=database_dsn,
         bootstrap_servers=endpoints.bootstrap_servers,
         alerts_topic=alerts_topic.get_topic_name(),
         dead_letters_topic=dead_letters_topic.get_topic_name(),
         metrics=metrics,
+        health=health,
+        monitor=monitor,
+        fault=Fault.parse(settings.scorer_fault),
+        prepare_broker=create_topics,
     )
 
 
 @app.agent(transactions_topic, concurrency=1)
 async def score_transactions(stream: faust.StreamT) -> None:
-    """Score each batch of transactions, store it, then acknowledge it; never the other way round."""
-    scorer = await open_scorer()
-    freeze_startup_heap()
-
-    async def commit_then_ack(prepared: PreparedBatch, events: list[faust.EventT]) -> None:
-        await scorer.commit(prepared)
-        for event in events:
-            await stream.ack(event)
-
-    size = settings.scorer_batch_size
-    writing: asyncio.Task | None = None  # the previous batch's commit, at most one at a time
-    gathered: list[faust.EventT] = []
+    """Take a full batch, prepare it, write it, then acknowledge it: in order, never the other way round."""
     try:
-        async for events in stream.noack_take(size, within=settings.scorer_batch_timeout):
-            gathered.extend(events)
-            # While the rest of a batch is already waiting in the queue, take it too.
-            while gathered and not keep_gathering(len(gathered), stream.channel.queue.qsize(), size):
-                batch, gathered = gathered[:size], gathered[size:]
-                prepared = await scorer.prepare([event.value or b"" for event in batch])
-                if writing is not None:
-                    await writing  # in order: batch n is acknowledged before batch n+1 is written
-                writing = asyncio.create_task(commit_then_ack(prepared, batch))
-        if writing is not None:
-            await writing
-    finally:
-        if writing is not None and not writing.done():
-            writing.cancel()  # not acknowledged: the batch is delivered again (the write is idempotent)
-            await asyncio.gather(writing, return_exceptions=True)
-        await scorer.close()
+        async with ScorerWorker.running(worker_config()) as worker, InOrderWrites() as writes:
+            freeze_startup_heap()
+            size, within = settings.scorer_batch_size, settings.scorer_batch_timeout
+            async for events in full_batches(stream, size, within, on_taken=health.taken):
+                prepared = await worker.prepare(events)
+                await writes.submit(worker.write_then_ack(prepared, events, stream.ack))
+    except Exception:
+        log.critical("the scorer met an error it cannot handle; exiting so that it restarts", exc_info=True)
+        logging.shutdown()
+        os._exit(EXIT_ON_UNEXPECTED_ERROR)
 
 
 @app.page("/metrics")
 async def prometheus_metrics(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:
     """The scorer's counters in Prometheus' text format."""
+    monitor.refresh()
     return web.bytes(metrics.exposition(), content_type=METRICS_CONTENT_TYPE)
+
+
+@app.page("/health")
+async def worker_health(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:
+    """200 `{"status": "ok", ...}` while the worker makes progress; 503 with the reason otherwise."""
+    state, reason = monitor.refresh()
+    body = {
+        "status": state,
+        "reason": reason,
+        "worker_id": monitor.worker_id,
+        "pending_events": health.pending,
+        "lag": health.total_lag,
+        "assigned_partitions": sorted(health.partitions),
+        "last_store_at": health.last_store_at,
+        "model_version": health.model_version,
+    }
+    return web.bytes(orjson.dumps(body), content_type="application/json", status=200 if state == OK else 503)
 
 
 @app.on_partitions_assigned.connect
 async def count_partitions(sender: faust.App, assigned: set, **kwargs: object) -> None:
-    mine = [tp for tp in assigned if tp.topic == settings.topic_transactions]
+    mine = {tp.partition for tp in assigned if tp.topic == settings.topic_transactions}
     metrics.assigned_partitions.set(len(mine))
+    health.ready(mine)
     log.info("reading %d partitions of %s", len(mine), settings.topic_transactions)
 
 

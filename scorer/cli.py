@@ -1,9 +1,11 @@
 """`fraudstream scorer`: run scorer worker(s) of the Faust app `scorer.app`.
 
-    fraudstream scorer                    # one worker, metrics at http://127.0.0.1:6066/metrics
+    fraudstream scorer                    # one worker, metrics at http://127.0.0.1:6066/metrics,
+                                          #   its health at http://127.0.0.1:6066/health
     fraudstream scorer --workers 2        # two worker processes in one consumer group
     fraudstream scorer --web-port 6067    # a second worker beside a first one
-    fraudstream scorer --no-web           # no HTTP server (metrics off)
+    fraudstream scorer --no-web           # no HTTP server (metrics and /health off; the
+                                          #   heartbeat rows in scorer_workers still come)
 
 The same as `faust -A scorer.app worker --web-bind 127.0.0.1`; settings (broker, database,
 topics, model) come from FRAUDSTREAM_* variables or a running embedded stack.

@@ -29,14 +29,38 @@ class ScorerMetrics:
         self.stored = Counter("fraudstream_stored", "New rows written (redeliveries excluded)", registry=r)
         self.alerts = Counter("fraudstream_alerts", "Alerts published", registry=r)
         self.dead_letters = Counter(
-            "fraudstream_dead_letters", "Malformed events sent to the dead-letter topic", ["kind"], registry=r
+            "fraudstream_dead_letters",
+            "Refused events (malformed, conflicting, refused by the model or PostgreSQL), by kind",
+            ["kind"],
+            registry=r,
+        )
+        self.conflicts = Counter(
+            "fraudstream_conflicts",
+            "Events whose (run_id, id) was already stored or seen with other features or label",
+            registry=r,
+        )
+        self.dead_letters_parked = Counter(
+            "fraudstream_dead_letters_parked",
+            "Dead letters kept in PostgreSQL (dead_letters) because the dead-letter topic would not take them",
+            registry=r,
+        )
+        self.alerts_deferred = Counter(
+            "fraudstream_alerts_deferred",
+            "Alerts the broker would not take after bounded retries (kept in alert_outbox for later)",
+            registry=r,
+        )
+        self.alerts_recovered = Counter(
+            "fraudstream_alerts_recovered",
+            "Alerts published from alert_outbox: stored before a crash or a failed publish, sent since",
+            registry=r,
         )
         self.store_retries = Counter(
             "fraudstream_store_retries", "Failed attempts to write a batch (retried)", registry=r
         )
         self.publish_retries = Counter(
             "fraudstream_publish_retries",
-            "Failed attempts to publish alerts/dead letters (retried)",
+            "Messages whose publication failed and was retried (bounded), by topic role",
+            ["role"],
             registry=r,
         )
         self.model_reloads = Counter(
@@ -60,6 +84,27 @@ class ScorerMetrics:
         self.assigned_partitions = Gauge(
             "fraudstream_assigned_partitions",
             "Partitions of the transactions topic this worker reads",
+            registry=r,
+        )
+        self.stalled = Gauge(
+            "fraudstream_scorer_stalled",
+            "1 while the worker has work waiting and makes no progress (the reason is in its log and heartbeat)",
+            registry=r,
+        )
+        self.last_store_timestamp = Gauge(
+            "fraudstream_scorer_last_store_timestamp_seconds",
+            "Wall clock of the last successful write to PostgreSQL (0 before the first)",
+            registry=r,
+        )
+        self.pending_events = Gauge(
+            "fraudstream_scorer_pending_events",
+            "Events consumed and not yet acknowledged",
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "fraudstream_consumer_lag",
+            "Per partition of the transactions topic: end offset minus the next offset to acknowledge",
+            ["partition"],
             registry=r,
         )
 

@@ -1,28 +1,30 @@
-"""What the scorer does with one batch, as plain functions: decode → score → alerts/dead letters.
+"""What the scorer does with one batch, as plain functions: no broker, no database, no clock of its own.
 
-No broker and no database here, so every step is testable on its own:
+    batch, dead = decode(messages)                           # bad events become DeadLetters, never raise
+    for ensemble, part in by_model(models, batch):           # one group unless backtests bring their own model
+        group, refused = score_group(ensemble, part, messages)   # one vectorised model call + alerts
+        rounds = occurrence_rounds(group.rows.run_ids, group.rows.ids)  # the same id twice: stored in turn
 
-    batch, dead = decode(messages)                 # bad events become DeadLetters, never raise
-    for ensemble, part in by_model(models, batch): # one group unless backtests bring their own model
-        rows = score_batch(ensemble, part)         # one vectorised model call
-        alerts = alert_messages(ensemble, part, rows)
-
-`models` maps an event's run id to the ensemble that scores it: live events (run id None)
-use the active model; a backtest can score its run-tagged events with its own model
-version and threshold. The scorer stores `rows` with `core.db.store.store_scored`.
+Every refusal is a `DeadLetter` with its kind, set where it is decided, and the position
+of its message in the batch, so the worker can name the message's topic, partition and
+offset in the dead letter's headers. The model's own refusals are isolated here: a row
+that makes the model raise, give a non-finite score or fail its explanation is taken
+out, the others are scored. `models` maps an event's run id to the ensemble that scores
+it: live events (run id None) use the active model; a backtest can score its
+run-tagged events with its own model version and threshold.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
 
 from core.db.store import ScoredRows
 from core.ensemble import Ensemble
-from core.events import DeadLetter, EventBatch, EventError, decode_batch, parse_event
+from core.events import DeadLetter, DeadLetterKind, EventBatch, decode_batch
 
 #: Chooses the ensemble for a run id (None = live events).
 ModelSource = Callable[[str | None], Ensemble]
@@ -33,6 +35,37 @@ TOP_FEATURES = 3
 #: Kafka header names on dead letters (Kafka Connect's convention: value = original bytes).
 REASON_HEADER = "fraudstream.error.reason"
 KIND_HEADER = "fraudstream.error.kind"
+TOPIC_HEADER = "fraudstream.error.topic"
+PARTITION_HEADER = "fraudstream.error.partition"
+OFFSET_HEADER = "fraudstream.error.offset"
+KEY_HEADER = "fraudstream.error.key"
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a message came from: what a dead letter's headers name."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredGroup:
+    """Rows scored by one ensemble, ready to store, with the alert of each alerting row."""
+
+    rows: ScoredRows
+    positions: list[int]  # the message position of each row
+    alerts: dict[int, bytes]  # row index -> the alert message (alerting rows only)
+
+    def take(self, rows: Sequence[int]) -> ScoredGroup:
+        """The rows at `rows` (renumbered from 0), with their positions and alerts."""
+        return ScoredGroup(
+            self.rows.take(rows),
+            [self.positions[row] for row in rows],
+            {i: self.alerts[row] for i, row in enumerate(rows) if row in self.alerts},
+        )
 
 
 def keep_gathering(gathered: int, waiting: int, batch_size: int) -> bool:
@@ -49,20 +82,76 @@ def keep_gathering(gathered: int, waiting: int, batch_size: int) -> bool:
 
 
 def decode(messages: Sequence[bytes]) -> tuple[EventBatch, list[DeadLetter]]:
-    """Valid events column-wise plus the refused ones with their reasons (never raises)."""
+    """Valid events column-wise plus the refused ones with their kinds and reasons (never raises)."""
     return decode_batch(messages)
 
 
-def take_rows(batch: EventBatch, index: np.ndarray) -> EventBatch:
-    """The events of `batch` at the positions `index`."""
-    positions = index.tolist()
+def take_rows(batch: EventBatch, index: np.ndarray | Sequence[int]) -> EventBatch:
+    """The events of `batch` at the row positions `index`."""
+    index = np.asarray(index, dtype=np.intp)
+    rows = index.tolist()
     return EventBatch(
-        ids=[batch.ids[i] for i in positions],
+        ids=[batch.ids[i] for i in rows],
         features=batch.features[index],
-        labels=[batch.labels[i] for i in positions],
-        run_ids=[batch.run_ids[i] for i in positions],
-        produced_at=[batch.produced_at[i] for i in positions],
+        labels=[batch.labels[i] for i in rows],
+        run_ids=[batch.run_ids[i] for i in rows],
+        produced_at=[batch.produced_at[i] for i in rows],
+        positions=[batch.positions[i] for i in rows],
     )
+
+
+def refuse_rows(
+    messages: Sequence[bytes], batch: EventBatch, refusals: dict[int, tuple[DeadLetterKind, str]]
+) -> tuple[EventBatch, list[DeadLetter]]:
+    """Take the rows in `refusals` (row -> kind, reason) out of `batch`, as dead letters."""
+    if not refusals:
+        return batch, []
+    letters = [
+        DeadLetter(messages[batch.positions[row]], kind, reason, batch.positions[row])
+        for row, (kind, reason) in sorted(refusals.items())
+    ]
+    keep = [row for row in range(len(batch)) if row not in refusals]
+    return take_rows(batch, keep), letters
+
+
+def drop_unknown_runs(
+    messages: Sequence[bytes], batch: EventBatch, unknown: set[str]
+) -> tuple[EventBatch, list[DeadLetter]]:
+    """Take the events of unregistered backtest runs out of `batch`, as dead letters.
+
+    They cannot be scored as asked, and mixing them into another model's scores would
+    be worse than refusing them.
+    """
+    refusals = {
+        row: (DeadLetterKind.UNKNOWN_RUN, f"unknown backtest run_id {run_id!r}: create the run first")
+        for row, run_id in enumerate(batch.run_ids)
+        if run_id in unknown
+    }
+    return refuse_rows(messages, batch, refusals)
+
+
+def occurrence_rounds(run_ids: Sequence[str | None], ids: Sequence[str]) -> list[list[int]]:
+    """Rows split into rounds in which each (run_id, id) appears once: first occurrences, then second ones...
+
+    The worker stores round after round, so a repeat of an id within one batch is judged
+    exactly like a repeat from another batch: against what is stored (an identical
+    event is a silent redelivery, another one a conflict). Almost every batch is one
+    round.
+
+        >>> occurrence_rounds([None, None, None, "bt"], ["a", "b", "a", "a"])
+        [[0, 1, 3], [2]]
+    """
+    if len(set(ids)) == len(ids):
+        return [list(range(len(ids)))]
+    seen: dict[tuple[str | None, str], int] = {}
+    rounds: list[list[int]] = []
+    for row, key in enumerate(zip(run_ids, ids, strict=True)):
+        occurrence = seen.get(key, 0)
+        seen[key] = occurrence + 1
+        if occurrence == len(rounds):
+            rounds.append([])
+        rounds[occurrence].append(row)
+    return rounds
 
 
 def by_model(models: ModelSource, batch: EventBatch) -> Iterator[tuple[Ensemble, EventBatch]]:
@@ -84,97 +173,143 @@ def by_model(models: ModelSource, batch: EventBatch) -> Iterator[tuple[Ensemble,
     if len(by_version) == 1:
         yield next(iter(owner.values())), batch
         return
-    for key, positions in by_version.items():
-        yield owner[key], take_rows(batch, np.asarray(positions, dtype=np.intp))
+    for key, rows in by_version.items():
+        yield owner[key], take_rows(batch, rows)
 
 
-def split_unknown_runs(
-    messages: Sequence[bytes], batch: EventBatch, unknown: set[str]
-) -> tuple[EventBatch, list[DeadLetter]]:
-    """Take the events of unregistered backtest runs out of `batch`, as dead letters.
+def _model_refusal(error: BaseException) -> tuple[DeadLetterKind, str]:
+    text = " ".join(str(error).split())[:200]
+    return DeadLetterKind.MODEL_REFUSED, f"the model failed on this event ({type(error).__name__}: {text})"
 
-    Rare (a typo in a run id, a run deleted mid-replay), so the original bytes are found
-    again by decoding the batch's messages a second time.
+
+def _score_isolating(ensemble: Ensemble, features: np.ndarray, offset: int, refusals: dict) -> np.ndarray:
+    """(n, 2) score and reconstruction error; rows the model raises on alone get NaN and a refusal."""
+    try:
+        scores = ensemble.score(features)
+        return np.column_stack([scores.score, scores.recon_error])
+    except Exception as error:  # noqa: BLE001 - any failure of the model is its refusal of the content
+        if len(features) == 1:
+            refusals[offset] = _model_refusal(error)
+            return np.full((1, 2), np.nan)
+    middle = len(features) // 2
+    return np.concatenate(
+        [
+            _score_isolating(ensemble, features[:middle], offset, refusals),
+            _score_isolating(ensemble, features[middle:], offset + middle, refusals),
+        ]
+    )
+
+
+def _explain_isolating(
+    ensemble: Ensemble, features: np.ndarray, rows: list[int], top: int, refusals: dict
+) -> dict[int, list[tuple[str, float]]]:
+    """Top features per row (TreeSHAP); rows whose explanation fails or is not finite get a refusal."""
+    try:
+        reasons = ensemble.top_features(features, k=top)
+    except Exception as error:  # noqa: BLE001 - TreeSHAP failing on a row is the model refusing it
+        if len(rows) == 1:
+            refusals[rows[0]] = _model_refusal(error)
+            return {}
+        middle = len(rows) // 2
+        return {
+            **_explain_isolating(ensemble, features[:middle], rows[:middle], top, refusals),
+            **_explain_isolating(ensemble, features[middle:], rows[middle:], top, refusals),
+        }
+    explained = {}
+    for row, pairs in zip(rows, reasons, strict=True):
+        if all(np.isfinite(value) for _, value in pairs):
+            explained[row] = pairs
+        else:
+            refusals[row] = (
+                DeadLetterKind.MODEL_REFUSED,
+                "the model's explanation of this event is not finite",
+            )
+    return explained
+
+
+def alert_message(
+    rows: ScoredRows, row: int, threshold: float, top_features: list[tuple[str, float]], scored_at: float
+) -> bytes:
+    """The alert for one stored row: its stored score, model version and values, and why it scored high."""
+    return orjson.dumps(
+        {
+            "id": rows.ids[row],
+            "run_id": rows.run_ids[row],
+            "time": float(rows.features[row, 0]),
+            "amount": float(rows.features[row, -1]),
+            "score": float(rows.score[row]),
+            "threshold": threshold,
+            "recon_error": float(rows.recon_error[row]),
+            "model_version": rows.model_version,
+            "top_features": [{"feature": name, "contribution": value} for name, value in top_features],
+            "produced_at": rows.produced_at[row],
+            "scored_at": scored_at,
+        }
+    )
+
+
+def score_group(
+    ensemble: Ensemble,
+    batch: EventBatch,
+    messages: Sequence[bytes],
+    *,
+    scored_at: float,
+    top: int = TOP_FEATURES,
+) -> tuple[ScoredGroup, list[DeadLetter]]:
+    """Score the batch with one vectorised call, build its alerts; rows the model refuses become dead letters.
+
+    Explanations (TreeSHAP) cost far more than scoring, so only the alerting rows are
+    explained. Each alert is built here, once, from exactly the values that will be
+    stored; the worker keeps it with the row until the broker has it.
     """
-    keep = np.asarray([run_id not in unknown for run_id in batch.run_ids], dtype=bool)
-    refused = []
-    for raw in messages:
-        try:
-            _, _, _, run_id, _ = parse_event(orjson.loads(raw))
-        except (orjson.JSONDecodeError, EventError):
-            continue  # malformed: already a dead letter with its own reason
-        if run_id in unknown:
-            refused.append(DeadLetter(raw, f"unknown backtest run_id {run_id!r}: create the run first"))
-    return take_rows(batch, np.flatnonzero(keep)), refused
-
-
-def score_batch(ensemble: Ensemble, batch: EventBatch) -> ScoredRows:
-    """Score every event of the batch with one vectorised call; the rows `store_scored` writes."""
-    scores = ensemble.score(batch.features)
-    return ScoredRows(
+    refusals: dict[int, tuple[DeadLetterKind, str]] = {}
+    scored = _score_isolating(ensemble, batch.features, 0, refusals)
+    score, recon_error = scored[:, 0], scored[:, 1]
+    for row in np.flatnonzero(~(np.isfinite(score) & np.isfinite(recon_error))).tolist():
+        refusals.setdefault(
+            row, (DeadLetterKind.MODEL_REFUSED, "the model gives a non-finite score or reconstruction error")
+        )
+    alert = score >= ensemble.threshold
+    flagged = [row for row in np.flatnonzero(alert).tolist() if row not in refusals]
+    explained = (
+        _explain_isolating(ensemble, batch.features[flagged], flagged, top, refusals) if flagged else {}
+    )
+    if refusals:
+        keep = np.asarray([row for row in range(len(batch)) if row not in refusals], dtype=np.intp)
+        renumber = {old: new for new, old in enumerate(keep.tolist())}
+        kept, letters = refuse_rows(messages, batch, refusals)
+        score, recon_error, alert = score[keep], recon_error[keep], alert[keep]
+        explained = {renumber[row]: pairs for row, pairs in explained.items()}
+        batch = kept
+    else:
+        letters = []
+    rows = ScoredRows(
         ids=batch.ids,
         features=batch.features,
         labels=batch.labels,
         run_ids=batch.run_ids,
         produced_at=batch.produced_at,
         model_version=ensemble.version,
-        score=scores.score,
-        recon_error=scores.recon_error,
-        alert=scores.alert,
+        score=score,
+        recon_error=recon_error,
+        alert=alert,
     )
+    alerts = {
+        row: alert_message(rows, row, ensemble.threshold, pairs, scored_at)
+        for row, pairs in explained.items()
+    }
+    return ScoredGroup(rows, batch.positions, alerts), letters
 
 
-def alert_messages(
-    ensemble: Ensemble, rows: ScoredRows, *, top: int = TOP_FEATURES, now: float | None = None
-) -> list[tuple[bytes, bytes]]:
-    """(key, value) for every alert of the batch: score, threshold and the top contributing features.
-
-    Explanations (TreeSHAP) cost far more than scoring, so only the alerting rows are explained.
-    """
-    flagged = np.flatnonzero(rows.alert)
-    if not flagged.size:
-        return []
-    reasons = ensemble.top_features(rows.features[flagged], k=top)
-    scored_at = time.time() if now is None else now
-    messages = []
-    for position, features in zip(flagged.tolist(), reasons, strict=True):
-        alert = {
-            "id": rows.ids[position],
-            "run_id": rows.run_ids[position],
-            "time": float(rows.features[position, 0]),
-            "amount": float(rows.features[position, -1]),
-            "score": float(rows.score[position]),
-            "threshold": ensemble.threshold,
-            "recon_error": float(rows.recon_error[position]),
-            "model_version": rows.model_version,
-            "top_features": [{"feature": name, "contribution": value} for name, value in features],
-            "produced_at": rows.produced_at[position],
-            "scored_at": scored_at,
-        }
-        messages.append((rows.ids[position].encode(), orjson.dumps(alert)))
-    return messages
-
-
-def dead_letter_kind(reason: str) -> str:
-    """A short, bounded label for a refusal reason (for counters; the full reason goes in the header)."""
-    text = reason.lower()
-    for needle, kind in (
-        ("invalid json", "invalid_json"),
-        ("schema_version", "schema_version"),
-        ("missing field", "missing_field"),
-        ("must be finite", "not_finite"),
-        ("must be a number", "not_a_number"),
-        ("must be a json object", "not_an_object"),
-        ("unknown backtest run_id", "unknown_run"),
-    ):
-        if needle in text:
-            return kind
-    return "invalid_field"
-
-
-def dead_letter_message(dead: DeadLetter) -> tuple[bytes, list[tuple[str, bytes]]]:
-    """(value, headers) for the dead-letter topic: the original bytes untouched, the reason beside them."""
-    return dead.raw, [
-        (REASON_HEADER, dead.reason.encode()),
-        (KIND_HEADER, dead_letter_kind(dead.reason).encode()),
+def dead_letter_headers(letter: DeadLetter, origin: Origin) -> list[tuple[str, bytes]]:
+    """Headers of a dead letter: why (kind, reason) and where it came from (topic, partition, offset, key)."""
+    headers = [
+        (REASON_HEADER, letter.reason.encode("utf-8", "backslashreplace")),
+        (KIND_HEADER, letter.kind.encode()),
+        (TOPIC_HEADER, origin.topic.encode()),
+        (PARTITION_HEADER, str(origin.partition).encode()),
+        (OFFSET_HEADER, str(origin.offset).encode()),
     ]
+    if origin.key is not None:
+        headers.append((KEY_HEADER, origin.key))
+    return headers

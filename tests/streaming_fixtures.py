@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import gzip
 import itertools
+import json
 import os
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from core.dataset import SAMPLE_PATH
 from core.prometheus import read_metric
@@ -77,6 +80,22 @@ async def read_topic(
     return messages
 
 
+async def publish(
+    bootstrap_servers: str, topic: str, messages: Sequence[tuple[bytes | None, bytes, int | None]]
+) -> list[tuple[int, int]]:
+    """Send (key, value, partition or None) messages one by one, acknowledged; their (partition, offset)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers)
+    await producer.start()
+    try:
+        sent = []
+        for key, value, partition in messages:
+            metadata = await producer.send_and_wait(topic, value, key=key, partition=partition)
+            sent.append((metadata.partition, metadata.offset))
+        return sent
+    finally:
+        await producer.stop()
+
+
 async def fetch(database_url: str, sql: str, *args: object) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(database_url)
     try:
@@ -107,6 +126,19 @@ class Worker:
     def metric(self, name: str) -> float:
         """A counter or gauge of this worker, summed over its labels (0 until it is exported)."""
         return read_metric(f"http://127.0.0.1:{self.port}/metrics", name) or 0.0
+
+    def health(self) -> tuple[int, dict]:
+        """(HTTP status, body) of the worker's /health page; (0, {}) while it does not answer."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+        except OSError:
+            return 0, {}
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        return self.process.wait(timeout=timeout)
 
     def wait_partitions(self, count: int, timeout: float = 60) -> None:
         wait_until(
@@ -139,3 +171,52 @@ def workers(settings, model_bundle, tmp_path) -> Iterator:
     yield start
     for worker in started:
         worker.stop()
+
+
+async def register_run(database_url: str, bundle: Path, threshold: float) -> str:
+    """A backtest run scored by `bundle` at `threshold`: events tagged with its id alert at will."""
+    from core.ensemble import Ensemble
+    from producer.backtest import RunSpec, create_run, new_run_id
+
+    run_id = new_run_id()
+    conn = await asyncpg.connect(database_url)
+    try:
+        spec = RunSpec(bundle, 0.0, 1e9)
+        await create_run(conn, spec, Ensemble.load(bundle).with_threshold(threshold), run_id)
+    finally:
+        await conn.close()
+    return run_id
+
+
+async def alerts_check(bootstrap_servers: str, alerts_topic: str, database_url: str) -> int:
+    """The alerts topic against PostgreSQL: one alert per stored alerting row, none for any other, each
+    carrying the stored score and model version; duplicates (at-least-once) byte-identical. The outbox is
+    empty. Returns how many alert messages there were (duplicates included)."""
+    import orjson
+
+    rows = await fetch(
+        database_url,
+        "SELECT s.run_id, s.id, s.score, s.model_version FROM scores s WHERE s.alert",
+    )
+    stored = {row["id"]: row for row in rows}
+    assert stored, "the test data must make some rows alert"
+    messages = await read_topic(bootstrap_servers, alerts_topic, len(stored), timeout=60)
+    values: dict[str, set[bytes]] = {}
+    for key, value, _ in messages:
+        values.setdefault(key.decode(), set()).add(value)
+    assert set(values) == set(stored), (
+        f"missing alerts: {sorted(set(stored) - set(values))[:5]}, alerts for rows that do not alert or are "
+        f"not stored: {sorted(set(values) - set(stored))[:5]}"
+    )
+    for key, copies in values.items():
+        assert len(copies) == 1, f"alert {key} was sent with different contents: {copies}"
+        alert = orjson.loads(next(iter(copies)))
+        row = stored[key]
+        assert (
+            alert["id"] == key
+            and alert["score"] == row["score"]
+            and alert["model_version"] == row["model_version"]
+        )
+        assert (alert["run_id"] or "") == row["run_id"]
+    assert (await fetch(database_url, "SELECT count(*) AS n FROM alert_outbox"))[0]["n"] == 0
+    return len(messages)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +131,33 @@ def test_iter_csv_rows_without_label_column(tmp_path: Path) -> None:
     [(number, values, label, error)] = list(iter_csv_rows(path))
     assert (number, label, error) == (1, None, None)
     assert values is not None and len(values) == 30
+
+
+@pytest.mark.parametrize(
+    ("overrides", "column", "problem"),
+    [
+        ({"Time": "-1"}, "Time", "must be >= 0, got -1.0"),
+        ({"Amount": "-0.5"}, "Amount", "must be >= 0, got -0.5"),
+        ({"V4": "1e10"}, "V4", "must be within ±1e+09"),
+        ({"V28": "-2e9"}, "V28", "must be within ±1e+09"),
+    ],
+)
+def test_both_readers_refuse_what_the_event_contract_refuses(
+    tmp_path: Path, overrides: dict, column: str, problem: str
+) -> None:
+    """A row the producer could send is a row the scorer accepts: the CSV readers apply the event rules."""
+    row = _row(1)
+    for name, value in overrides.items():
+        row[CSV_COLUMNS.index(name)] = value
+    path = _write(tmp_path / "d.csv", list(CSV_COLUMNS), [_row(0), row, _row(2)])
+    with pytest.raises(CsvSchemaError, match=re.escape(f"column '{column}' {problem}") + ".* at row 2"):
+        load_csv(path)
+    out = list(iter_csv_rows(path))
+    assert [r[3] is None for r in out] == [True, False, True]
+    assert out[1][3].startswith(f"column '{column}': {problem}")
+
+
+def test_values_at_the_bound_are_accepted_by_both_readers(tmp_path: Path) -> None:
+    path = _write(tmp_path / "d.csv", list(CSV_COLUMNS), [_row(0, V4="1e9", V5="-1e9")])
+    assert load_csv(path).raw[0, 4] == 1e9
+    assert next(iter_csv_rows(path))[3] is None

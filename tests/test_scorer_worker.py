@@ -2,7 +2,8 @@
 
 Each test starts `python -m scorer.cli` processes on its own topics and database, replays
 a few thousand rows of the sample, and checks PostgreSQL: every transaction stored exactly
-once, after a SIGKILL, a PostgreSQL outage, malformed events, or with two workers.
+once, after a SIGKILL (with every alert on the alerts topic), a PostgreSQL outage (reported on
+/health while it lasts), malformed events, or with two workers.
 """
 
 from __future__ import annotations
@@ -12,17 +13,19 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from core.dataset import SAMPLE_PATH
+from core.dataset import SAMPLE_PATH, load_csv
+from core.ensemble import Ensemble
 from core.events import build_event, encode_event
 from core.prometheus import read_metric
 from core.runtime.processes import wait_until
 from core.settings import Settings
 from producer.replay import ReplayReport, read_rows, replay, select_rows
 from scorer.pipeline import KIND_HEADER, REASON_HEADER
-from tests.streaming_fixtures import fetch, read_topic
+from tests.streaming_fixtures import alerts_check, fetch, read_topic, register_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,11 +80,15 @@ def assert_exactly_once(database_url: str, limit: int) -> None:
     assert stored(database_url) == (limit, limit, limit)
 
 
-def test_sigkill_mid_replay_loses_and_duplicates_nothing(settings, workers) -> None:
+def test_sigkill_mid_replay_loses_and_duplicates_nothing(settings, workers, model_bundle) -> None:
     limit = 6000
+    scores = Ensemble.load(model_bundle).score(load_csv(SAMPLE_PATH).raw[:limit]).score
+    run_id = asyncio.run(  # a third of the rows alert: every batch has alerts to lose
+        register_run(settings.database_url, model_bundle, float(np.quantile(scores, 0.66)))
+    )
     first = workers()
     first.wait_partitions(4)
-    thread, _ = replay_in_background(settings, rate=1500, limit=limit)
+    thread, _ = replay_in_background(settings, rate=1500, limit=limit, run_id=run_id)
     wait_until(lambda: stored(settings.database_url)[1] >= 1500, timeout=60, what="first rows stored")
     first.kill()
     assert stored(settings.database_url)[1] < limit, "the kill must land in the middle of the replay"
@@ -91,25 +98,33 @@ def test_sigkill_mid_replay_loses_and_duplicates_nothing(settings, workers) -> N
     time.sleep(1.0)  # anything redelivered late would show up now
     assert_exactly_once(settings.database_url, limit)
     assert second.metric("fraudstream_consumed_total") > 0
+    asyncio.run(alerts_check(settings.kafka_bootstrap_servers, settings.topic_alerts, settings.database_url))
 
 
-def test_postgres_outage_under_load_loses_nothing(settings, workers, infra) -> None:
+def test_postgres_outage_under_load_loses_nothing_and_health_says_so(settings, workers, infra) -> None:
     limit = 5000
     worker = workers()
     worker.wait_partitions(4)
     thread, _ = replay_in_background(settings, rate=1000, limit=limit)
     wait_until(lambda: stored(settings.database_url)[1] >= 1000, timeout=60, what="first rows stored")
+    assert worker.health()[0] == 200
     infra.postgres.stop()
     try:
         wait_until(
             lambda: worker.metric("fraudstream_store_retries_total") > 0, timeout=30, what="store retries"
         )
+        wait_until(lambda: worker.health()[0] == 503, timeout=30, what="the worker saying it is stalled")
+        status, body = worker.health()
+        assert body["status"] == "stalled" and "writes keep failing" in body["reason"], body
+        assert worker.metric("fraudstream_scorer_stalled") == 1
     finally:
         infra.postgres.start()
     thread.join(timeout=60)
     wait_stored(settings.database_url, limit)
     assert_exactly_once(settings.database_url, limit)
     assert worker.process.poll() is None, "the worker kept running through the outage"
+    wait_until(lambda: worker.health()[0] == 200, timeout=30, what="the worker healthy again")
+    assert worker.metric("fraudstream_scorer_stalled") == 0
 
 
 def test_malformed_events_go_to_the_dead_letter_topic(settings, workers, infra) -> None:

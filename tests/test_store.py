@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import asyncpg
@@ -81,3 +82,118 @@ def test_migrations_build_exactly_the_declared_schema(database_url: str) -> None
             await engine.dispose()
 
     assert asyncio.run(diff()) == []
+
+
+async def _store_new_twice(database_url: str) -> dict:
+    from core.db.store import forget_alerts, store_new, stored_rows, unpublished_alerts
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        first = _rows(["a", "b", "c", "d"])
+        alerts = {2: b'{"id":"c"}', 3: b'{"id":"d"}'}
+        out = {"first": await store_new(conn, first, alerts)}
+        again = _rows(["c", "x", "a", "y"])  # same seed: "c" and "a" carry other features now
+        out["again"] = await store_new(conn, again, {0: b"never-stored", 1: b'{"id":"x"}'})
+        out["stored"] = await stored_rows(conn, again, out["again"])
+        # the first batch's own rows, sent again: the same, bit for bit (labels None included)
+        out["same"] = await stored_rows(conn, first, [0, 1, 2, 3])
+        relabelled = dataclasses.replace(first, labels=[0, 0, 0, 0])
+        out["relabelled"] = await stored_rows(conn, relabelled, [0, 1, 2, 3])
+        nudged = first.features.copy()
+        nudged[3, 17] = np.nextafter(nudged[3, 17], np.inf)
+        out["nudged"] = await stored_rows(conn, dataclasses.replace(first, features=nudged), [2, 3])
+        out["outbox"] = sorted(tuple(r) for r in await conn.fetch("SELECT id, payload FROM alert_outbox"))
+        out["young"] = await unpublished_alerts(conn, older_than=3600, limit=10)
+        async with conn.transaction():
+            out["old"] = sorted(await unpublished_alerts(conn, older_than=0, limit=10))
+        await forget_alerts(conn, [("", "c"), ("", "x"), ("", "nothing")])
+        out["left"] = [r["id"] for r in await conn.fetch("SELECT id FROM alert_outbox")]
+        return out
+    finally:
+        await conn.close()
+
+
+def test_store_new_answers_which_rows_were_already_stored_and_keeps_alerts_of_new_rows_only(
+    database_url: str,
+) -> None:
+    out = asyncio.run(_store_new_twice(database_url))
+    assert out["first"] == []
+    assert out["again"] == [0, 2]  # "c" and "a"
+    assert out["outbox"] == [("c", b'{"id":"c"}'), ("d", b'{"id":"d"}'), ("x", b'{"id":"x"}')]
+    stored = out["stored"]
+    assert set(stored) == {0, 2}
+    assert stored[0].pending_alert == b'{"id":"c"}' and stored[2].pending_alert is None
+    # "c" and "a" were stored from the first batch's content: the second batch's differ
+    assert not stored[0].same and not stored[2].same
+    assert [out["same"][i].same for i in range(4)] == [True] * 4
+    assert [out["relabelled"][i].same for i in range(4)] == [True, False, True, False]  # stored 0, 1, 0, None
+    assert [out["nudged"][i].same for i in (2, 3)] == [True, False]  # one ulp is a different event
+    assert out["young"] == []
+    assert [row[1] for row in out["old"]] == ["c", "d", "x"]
+    assert out["left"] == ["d"]
+
+
+def test_dead_letters_park_in_postgresql_whatever_their_bytes(database_url: str) -> None:
+    from core.db.store import ParkedLetter, park_dead_letters
+
+    letters = [
+        ParkedLetter(
+            kind="invalid_text",
+            reason="field 'id' must not contain NUL \x00 \ud800",
+            topic="transactions",
+            partition=3,
+            offset=2**40,
+            key=b"k\x00\xff",
+            value=b'{"id": "a\\u0000"}\xff',
+            headers=[("fraudstream.error.key", b"k\x00\xff"), ("x\x00", b"\xfe")],
+        ),
+        ParkedLetter("invalid_json", "bad", "t", 0, 0, None, b"", []),
+    ]
+
+    async def run() -> list:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await park_dead_letters(conn, letters)
+            return await conn.fetch(
+                "SELECT kind, reason, source_topic, source_partition, source_offset, key, value, headers "
+                "FROM dead_letters ORDER BY seq"
+            )
+        finally:
+            await conn.close()
+
+    first, second = asyncio.run(run())
+    assert first["key"] == b"k\x00\xff" and first["value"] == letters[0].value  # the bytes as they came
+    assert (first["source_topic"], first["source_partition"], first["source_offset"]) == (
+        "transactions",
+        3,
+        2**40,
+    )
+    assert "\\x00" in first["reason"] and "fraudstream.error.key" in first["headers"]
+    assert second["key"] is None and second["value"] == b""
+
+
+def test_worker_heartbeats_upsert_one_row_per_worker(database_url: str) -> None:
+    from core.db.workers import WorkerBeat, forget_gone_workers, upsert_worker
+
+    async def run() -> list:
+        conn = await asyncpg.connect(database_url)
+        try:
+            beat = WorkerBeat("w-1", "host", 42, "starting", None, None, 0, 0, None, None)
+            await upsert_worker(conn, beat)
+            await upsert_worker(
+                conn, WorkerBeat("w-1", "host", 42, "stalled", "no store for 31 s", 1.7e9, 12, 4, 900, "v1")
+            )
+            await upsert_worker(conn, WorkerBeat("w-2", "host", 43, "ok", None, None, 0, 2, 0, "v1"))
+            await conn.execute(
+                "UPDATE scorer_workers SET heartbeat_at = now() - interval '2 days' WHERE worker_id = 'w-2'"
+            )
+            await forget_gone_workers(conn)
+            return await conn.fetch(
+                "SELECT worker_id, state, reason, extract(epoch FROM last_store_at) AS last, pending_events, "
+                "assigned_partitions, lag, model_version FROM scorer_workers"
+            )
+        finally:
+            await conn.close()
+
+    (row,) = asyncio.run(run())
+    assert tuple(row) == ("w-1", "stalled", "no store for 31 s", 1.7e9, 12, 4, 900, "v1")

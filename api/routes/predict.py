@@ -14,33 +14,21 @@ from api.explain import contributions
 from api.predictor import PredictRequest
 from api.schemas import ExplanationOut, Prediction, Problem, Published
 from core.db.schema import LIVE_RUN
-from core.events import TransactionIn, build_event, encode_event
+from core.events import EventError, TransactionIn, build_event, encode_event
 from core.features import EVENT_FEATURES
 
 router = APIRouter(prefix="/api", tags=["predict"])
-
-#: Inputs beyond this magnitude overflow the model's float32 arithmetic (the data stay within ±1e6).
-MAX_ABS_INPUT = 1e9
 
 _AUTH_RESPONSES = {401: {"model": Problem, "description": "missing or wrong bearer token"}}
 
 
 def check_body(body: TransactionIn) -> list[float]:
-    """What `TransactionIn` cannot say: no NUL in text, values in the model's range. 422 otherwise."""
-    for name in ("id", "run_id"):
-        value = getattr(body, name)
-        if value is not None and "\x00" in value:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name} must not contain NUL characters"
-            )
-    values = body.feature_values()
-    for name, value in zip(EVENT_FEATURES, values, strict=True):
-        if abs(value) > MAX_ABS_INPUT:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT,
-                f"{name}={value!r} is outside the range the model accepts (|x| <= {MAX_ABS_INPUT:g})",
-            )
-    return values
+    """The body through the transaction contract (the same check as every event); 422 naming the field."""
+    try:
+        _, values, _, _, _ = body.checked()
+    except EventError as error:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
+    return list(values)
 
 
 @router.post(

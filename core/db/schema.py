@@ -13,8 +13,10 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     Double,
+    Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     SmallInteger,
@@ -133,4 +135,37 @@ scorer_workers = Table(
     CheckConstraint("state IN ('starting', 'ok', 'stalled', 'stopped')", name="ck_scorer_workers_state"),
     PrimaryKeyConstraint("worker_id", name="pk_scorer_workers"),
     Index("ix_scorer_workers_heartbeat", "heartbeat_at"),
+)
+
+#: The alert of each newly stored alerting row until the broker acknowledged it (migration
+#: 0006): written in the statement that stores the row, deleted once published, so a
+#: scorer killed in between publishes exactly these bytes when the batch comes again.
+alert_outbox = Table(
+    "alert_outbox",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("id", Text, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("created_at", TIMESTAMP(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("run_id", "id", name="pk_alert_outbox"),
+    Index("ix_alert_outbox_created", "created_at"),
+)
+
+#: Refused messages the dead-letter topic would not take after bounded retries (migration
+#: 0006): kept here with where they came from, so the partition goes on and none is lost.
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("seq", BigInteger, Identity(always=True), nullable=False),
+    Column("parked_at", TIMESTAMP(timezone=True), nullable=False, server_default=func.now()),
+    Column("kind", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("source_topic", Text, nullable=False),
+    Column("source_partition", Integer, nullable=False),
+    Column("source_offset", BigInteger, nullable=False),
+    Column("key", LargeBinary, nullable=True),
+    Column("value", LargeBinary, nullable=False),
+    Column("headers", JSONB, nullable=False),
+    PrimaryKeyConstraint("seq", name="pk_dead_letters"),
+    Index("ix_dead_letters_parked", "parked_at"),
 )

@@ -1,18 +1,27 @@
-"""Writing scored transactions: one round trip per batch, idempotent.
+"""Writing scored transactions: one round trip per batch, idempotent, alerts in an outbox.
 
 Used by the scorer for every batch and by the API's predict endpoint for one row, so
 both store exactly the same thing. One statement inserts the transactions and their
 scores from column arrays (`unnest`), skipping rows whose `(run_id, id)` is already
 stored: a redelivered or replayed event never makes a second row.
+
+The scorer's statement (`store_new`) also writes the alert of each newly stored alerting
+row into `alert_outbox`, in the same transaction as the row, and answers which rows were
+*not* new. Only for those (a redelivery, a replay, another producer) does it ask again
+(`stored_rows`): what is stored for them, to tell an identical redelivery from a
+conflicting one, and whether their alert still waits in the outbox. An alert leaves the
+outbox (`forget_alerts`) once the broker has acknowledged it, so a crash in between can
+never lose it, and a re-sent alert is the stored bytes, identical.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import asyncpg
 import numpy as np
+import orjson
 
 from core.db.schema import FEATURE_COLUMNS, LIVE_RUN
 
@@ -20,24 +29,73 @@ _FEATURE_LIST = ", ".join(FEATURE_COLUMNS)
 _N = len(FEATURE_COLUMNS)
 _FEATURE_PARAMS = ", ".join(f"${i + 3}::float8[]" for i in range(_N))
 _LABEL, _PRODUCED, _VERSION, _SCORE, _ERROR, _ALERT = range(_N + 3, _N + 9)
+_ALERT_RUNS, _ALERT_IDS, _ALERT_PAYLOADS = range(_N + 9, _N + 12)
 
-INSERT_SCORED = f"""
-WITH input AS (
+_INPUT = f"""
+input AS (
     SELECT * FROM unnest($1::text[], $2::text[], {_FEATURE_PARAMS},
                          ${_LABEL}::int2[], ${_PRODUCED}::float8[], ${_SCORE}::float8[],
                          ${_ERROR}::float8[], ${_ALERT}::bool[])
-        AS t(run_id, id, {_FEATURE_LIST}, label, produced_at, score, recon_error, alert)
+        WITH ORDINALITY AS t(run_id, id, {_FEATURE_LIST}, label, produced_at, score, recon_error, alert, position)
 ), stored AS (
     INSERT INTO transactions (run_id, id, {_FEATURE_LIST}, label, produced_at)
     SELECT run_id, id, {_FEATURE_LIST}, label, to_timestamp(produced_at) FROM input
     ON CONFLICT DO NOTHING
     RETURNING run_id, id
+), scored AS (
+    INSERT INTO scores (run_id, id, model_version, score, recon_error, alert, scored_at, latency_ms)
+    SELECT i.run_id, i.id, ${_VERSION}, i.score, i.recon_error, i.alert, clock_timestamp(),
+           (extract(epoch FROM clock_timestamp()) - i.produced_at) * 1000.0
+    FROM input i JOIN stored s USING (run_id, id)
+    ON CONFLICT DO NOTHING
+)"""
+
+INSERT_SCORED = f"WITH {_INPUT}\nSELECT count(*) FROM stored"
+
+#: The scorer's write: rows, scores and the new rows' alerts in one statement; returns the
+#: (0-based) positions of the rows that were already stored.
+STORE_NEW = f"""WITH {_INPUT}, outbox AS (
+    INSERT INTO alert_outbox (run_id, id, payload)
+    SELECT a.run_id, a.id, a.payload
+    FROM unnest(${_ALERT_RUNS}::text[], ${_ALERT_IDS}::text[], ${_ALERT_PAYLOADS}::bytea[]) AS a(run_id, id, payload)
+    JOIN stored s USING (run_id, id)
 )
-INSERT INTO scores (run_id, id, model_version, score, recon_error, alert, scored_at, latency_ms)
-SELECT i.run_id, i.id, ${_VERSION}, i.score, i.recon_error, i.alert, clock_timestamp(),
-       (extract(epoch FROM clock_timestamp()) - i.produced_at) * 1000.0
-FROM input i JOIN stored s USING (run_id, id)
-ON CONFLICT DO NOTHING
+SELECT i.position - 1 AS position FROM input i LEFT JOIN stored s USING (run_id, id) WHERE s.id IS NULL
+"""
+
+#: For rows `store_new` found already stored: is the stored content the same (features bit
+#: for bit, label), and is its alert still waiting in the outbox. Compared in PostgreSQL, so
+#: a redelivered batch sends its values once more instead of reading every stored row back.
+STORED_ROWS = f"""
+SELECT k.position,
+       ({", ".join(f"t.{name}" for name in FEATURE_COLUMNS)}, t.label)
+           IS NOT DISTINCT FROM ({", ".join(f"k.{name}" for name in FEATURE_COLUMNS)}, k.label) AS same,
+       o.payload
+FROM unnest($1::text[], $2::text[], $3::int4[], {", ".join(f"${i + 4}::float8[]" for i in range(_N))},
+            ${_N + 4}::int2[]) AS k(run_id, id, position, {_FEATURE_LIST}, label)
+JOIN transactions t ON t.run_id = k.run_id AND t.id = k.id
+LEFT JOIN alert_outbox o ON o.run_id = k.run_id AND o.id = k.id
+"""
+
+FORGET_ALERTS = """
+DELETE FROM alert_outbox o USING unnest($1::text[], $2::text[]) AS k(run_id, id)
+WHERE o.run_id = k.run_id AND o.id = k.id
+"""
+
+#: Alerts whose publisher never confirmed them (it died, and no redelivery came: the broker
+#: lost the topic, say). Locked, so two workers sweeping at once do not both send one.
+UNPUBLISHED_ALERTS = """
+SELECT run_id, id, payload FROM alert_outbox
+WHERE created_at < now() - make_interval(secs => $1)
+ORDER BY created_at
+LIMIT $2
+FOR UPDATE SKIP LOCKED
+"""
+
+PARK_DEAD_LETTERS = """
+INSERT INTO dead_letters (kind, reason, source_topic, source_partition, source_offset, key, value, headers)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::int8[], $6::bytea[], $7::bytea[],
+                     $8::jsonb[])
 """
 
 
@@ -55,22 +113,153 @@ class ScoredRows:
     recon_error: np.ndarray
     alert: np.ndarray
 
+    def __len__(self) -> int:
+        return len(self.ids)
 
-async def store_scored(conn: asyncpg.Connection | asyncpg.Pool, rows: ScoredRows) -> int:
-    """Insert the batch; return how many rows were new (the rest were already stored)."""
-    if not len(rows.ids):
-        return 0
-    columns = [rows.features[:, j].tolist() for j in range(_N)]
-    status = await conn.execute(
-        INSERT_SCORED,
-        [run_id or LIVE_RUN for run_id in rows.run_ids],
+    def keys(self) -> list[str]:
+        """The stored run id of each row ('' for live events)."""
+        return [run_id or LIVE_RUN for run_id in self.run_ids]
+
+    def take(self, rows: Sequence[int]) -> ScoredRows:
+        """The rows at positions `rows`, in that order."""
+        index = np.asarray(rows, dtype=np.intp)
+        return ScoredRows(
+            ids=[self.ids[i] for i in rows],
+            features=self.features[index],
+            labels=[self.labels[i] for i in rows],
+            run_ids=[self.run_ids[i] for i in rows],
+            produced_at=[self.produced_at[i] for i in rows],
+            model_version=self.model_version,
+            score=self.score[index],
+            recon_error=self.recon_error[index],
+            alert=self.alert[index],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRow:
+    """What PostgreSQL says of a row that was already stored."""
+
+    same: bool  # the event carries exactly what is stored (features bit for bit, label)
+    pending_alert: bytes | None  # its alert, while the broker has not acknowledged it
+
+
+def _arguments(rows: ScoredRows) -> list:
+    return [
+        rows.keys(),
         list(rows.ids),
-        *columns,
+        *(rows.features[:, j].tolist() for j in range(_N)),
         list(rows.labels),
         list(rows.produced_at),
         rows.model_version,
         rows.score.tolist(),
         rows.recon_error.tolist(),
         rows.alert.tolist(),
+    ]
+
+
+async def store_scored(conn: asyncpg.Connection | asyncpg.Pool, rows: ScoredRows) -> int:
+    """Insert the batch; return how many rows were new (the rest were already stored)."""
+    if not len(rows.ids):
+        return 0
+    return int(await conn.fetchval(INSERT_SCORED, *_arguments(rows)))
+
+
+async def store_new(
+    conn: asyncpg.Connection | asyncpg.Pool, rows: ScoredRows, alerts: Mapping[int, bytes]
+) -> list[int]:
+    """Insert the batch and the alerts (row position -> payload) of its new rows.
+
+    Returns the positions of the rows that were already stored: nothing of theirs is
+    written (not even their alert). Row keys must be unique within the batch.
+    """
+    if not len(rows.ids):
+        return []
+    keys = rows.keys()
+    positions = list(alerts)
+    records = await conn.fetch(
+        STORE_NEW,
+        *_arguments(rows),
+        [keys[i] for i in positions],
+        [rows.ids[i] for i in positions],
+        [alerts[i] for i in positions],
     )
-    return int(status.rsplit(" ", 1)[-1])
+    return [record["position"] for record in records]
+
+
+async def stored_rows(
+    conn: asyncpg.Connection | asyncpg.Pool, rows: ScoredRows, positions: Sequence[int]
+) -> dict[int, StoredRow]:
+    """For the rows at `positions` (those `store_new` found already stored): same content? alert pending?"""
+    if not positions:
+        return {}
+    keys = rows.keys()
+    index = np.asarray(positions, dtype=np.intp)
+    features = rows.features[index]
+    records = await conn.fetch(
+        STORED_ROWS,
+        [keys[i] for i in positions],
+        [rows.ids[i] for i in positions],
+        list(positions),
+        *(features[:, j].tolist() for j in range(_N)),
+        [rows.labels[i] for i in positions],
+    )
+    return {record["position"]: StoredRow(record["same"], record["payload"]) for record in records}
+
+
+async def forget_alerts(conn: asyncpg.Connection | asyncpg.Pool, keys: Sequence[tuple[str, str]]) -> None:
+    """Remove published alerts ((run_id, id) pairs) from the outbox."""
+    if keys:
+        await conn.execute(FORGET_ALERTS, [run_id for run_id, _ in keys], [id_ for _, id_ in keys])
+
+
+async def unpublished_alerts(
+    conn: asyncpg.Connection, older_than: float, limit: int
+) -> list[tuple[str, str, bytes]]:
+    """Outbox entries older than `older_than` seconds, locked until the caller's transaction ends."""
+    records = await conn.fetch(UNPUBLISHED_ALERTS, float(older_than), int(limit))
+    return [(record["run_id"], record["id"], record["payload"]) for record in records]
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedLetter:
+    """A dead letter the dead-letter topic would not take, as `dead_letters` keeps it."""
+
+    kind: str
+    reason: str
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: Sequence[tuple[str, bytes]]
+
+
+def pg_text(text: str) -> str:
+    """`text` as PostgreSQL can store it: NUL and unpaired surrogates written out as escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+async def park_dead_letters(conn: asyncpg.Connection | asyncpg.Pool, letters: Sequence[ParkedLetter]) -> None:
+    """Keep dead letters in PostgreSQL (one statement); their bytes as they came."""
+    if not letters:
+        return
+
+    def headers(letter: ParkedLetter) -> str:
+        text = {
+            pg_text(name): pg_text(value.decode("utf-8", "backslashreplace"))
+            for name, value in letter.headers
+        }
+        return orjson.dumps(text).decode()
+
+    await conn.execute(
+        PARK_DEAD_LETTERS,
+        [letter.kind for letter in letters],
+        [pg_text(letter.reason) for letter in letters],
+        [pg_text(letter.topic) for letter in letters],
+        [letter.partition for letter in letters],
+        [letter.offset for letter in letters],
+        [letter.key for letter in letters],
+        [letter.value for letter in letters],
+        [headers(letter) for letter in letters],
+    )
