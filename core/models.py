@@ -29,7 +29,7 @@ from pathlib import Path
 
 import asyncpg
 
-from core.db.registry import Deployed, registry_head
+from core.db.registry import Deployed, RegistryHead, registry_head
 from core.ensemble import BundleError, Ensemble
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,8 @@ class EnsembleResolver:
         #: registry has no champion and no fallback loads); `open` never returns one.
         self.active = active
         self.shadow = shadow
+        #: The registry as last read (by `open` or `refresh`): what this resolver should serve.
+        self.head: RegistryHead | None = None
         self._load = load
         self._bundles: OrderedDict[str, Ensemble] = OrderedDict()
         self._runs: dict[str, Ensemble | None] = {}
@@ -88,7 +90,7 @@ class EnsembleResolver:
         anything else would silently split the fleet across versions).
         """
         resolver = cls(load=load)
-        head = await registry_head(conn)
+        head = resolver.head = await registry_head(conn)
         if head.champion is not None:
             try:
                 resolver.active = await resolver._version(head.champion)
@@ -119,7 +121,7 @@ class EnsembleResolver:
         A version that cannot be loaded is logged (once) and the current model kept, so
         a bad deployment never stops scoring; `/health` reports the disagreement.
         """
-        head = await registry_head(conn)
+        head = self.head = await registry_head(conn)
         champion_changed = shadow_changed = False
         if head.champion is not None and (
             self.active is None or head.champion.version != self.active.version
