@@ -140,10 +140,11 @@ async def authorize(request: Request, identity: CurrentIdentity) -> None:
 
 
 async def authorize_metrics(
-    request: Request, settings: AppSettings, tokens: Annotated[TokenTable, Depends(get_tokens)]
+    settings: AppSettings,
+    tokens: Annotated[TokenTable, Depends(get_tokens)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
     """`/metrics`: open when FRAUDSTREAM_API_METRICS_PUBLIC (the default), else any known token."""
     if settings.api_metrics_public or not tokens.enabled:
         return
-    credentials = await _bearer(request)
     await current_identity(tokens, credentials)
