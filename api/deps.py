@@ -48,6 +48,14 @@ async def get_pool(request: Request) -> asyncpg.Pool:
     return request.app.state.pool
 
 
+async def get_pool_connection(
+    pool: Annotated[asyncpg.Pool, Depends(get_pool)], settings: Annotated[Settings, Depends(get_settings)]
+) -> AsyncIterator[asyncpg.Connection]:
+    """One asyncpg connection for the request; waits at most FRAUDSTREAM_API_POOL_TIMEOUT_SECONDS (-> 503)."""
+    async with pool.acquire(timeout=settings.api_pool_timeout_seconds) as conn:
+        yield conn
+
+
 async def get_served_models(request: Request) -> ServedModels:
     return request.app.state.models
 
@@ -88,6 +96,7 @@ AppSettings = Annotated[Settings, Depends(get_settings)]
 Engine = Annotated[AsyncEngine, Depends(get_engine)]
 Connection = Annotated[AsyncConnection, Depends(get_connection)]
 Pool = Annotated[asyncpg.Pool, Depends(get_pool)]
+PoolConnection = Annotated[asyncpg.Connection, Depends(get_pool_connection)]
 Models = Annotated[ServedModels, Depends(get_served_models)]
 Champion = Annotated[Ensemble, Depends(get_champion)]
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]

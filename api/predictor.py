@@ -84,6 +84,7 @@ class Predictor:
         *,
         max_batch: int = 256,
         max_waiting: int = 256,
+        acquire_timeout: float = 5.0,
         on_stored: Callable[[str], None] | None = None,
     ) -> None:
         self.champion = champion  # read once per batch: the version that scores it
@@ -91,6 +92,7 @@ class Predictor:
         self.on_stored = on_stored  # told each run id written to (the result cache: read your writes)
         self.max_batch = max_batch
         self.max_waiting = max_waiting
+        self.acquire_timeout = acquire_timeout
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_waiting)
         self._task: asyncio.Task | None = None
         self.refused = 0
@@ -174,7 +176,7 @@ class Predictor:
             recon_error=scored.recon_error,
             alert=scored.alert,
         )
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
             if len(firsts) == 1:  # the count says it all; no transaction round trips
                 new_keys = set(unique) if await store_scored(conn, rows) else set()
             else:

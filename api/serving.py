@@ -35,8 +35,16 @@ log = logging.getLogger(__name__)
 class ServedModels:
     """Owns the resolver and its polling task: start() in the lifespan, close() on shutdown."""
 
-    def __init__(self, pool: asyncpg.Pool, *, fallback_path: Path | None, refresh_seconds: float) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        fallback_path: Path | None,
+        refresh_seconds: float,
+        acquire_timeout: float = 5.0,
+    ) -> None:
         self._pool = pool
+        self._acquire_timeout = acquire_timeout
         self.fallback_path = fallback_path
         self.refresh_seconds = refresh_seconds
         self._resolver = EnsembleResolver()
@@ -84,7 +92,7 @@ class ServedModels:
         async with self._lock:
             before = self.champion
             try:
-                async with self._pool.acquire() as conn:
+                async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
                     if self._resolver.active is None:
                         self._resolver = await EnsembleResolver.open(conn, fallback_path=self.fallback_path)
                     else:

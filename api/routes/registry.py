@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from api import queries
 from api.auth import CurrentIdentity
 from api.cache import REGISTRY, REGISTRY_SCOPE, cached_response
-from api.deps import Cache, Models, Pool
+from api.deps import Cache, Models, PoolConnection
 from api.schemas import (
     ModelChange,
     ModelEventOut,
@@ -84,12 +84,11 @@ async def models(cache: Cache, served: Models) -> Response:
 
 @router.get("/events", response_model=ModelEvents, summary="The registry's audit trail, newest first")
 async def events(
-    pool: Pool,
+    conn: PoolConnection,
     version: Annotated[str | None, Query(max_length=64, pattern=r"^[0-9a-fA-F]+$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> ModelEvents:
-    async with pool.acquire() as conn:
-        found = await model_events(conn, version=version.lower() if version else None, limit=limit)
+    found = await model_events(conn, version=version.lower() if version else None, limit=limit)
     return ModelEvents(
         events=[
             ModelEventOut(id=e.id, version=e.version, action=e.action, actor=e.actor, at=e.at, note=e.note)
@@ -136,17 +135,16 @@ def _refused(error: Exception) -> HTTPException:
     responses=_CHANGE_RESPONSES,
 )
 async def promote_version(
-    version: VersionPath, identity: CurrentIdentity, pool: Pool, served: Models, cache: Cache
+    version: VersionPath, identity: CurrentIdentity, conn: PoolConnection, served: Models, cache: Cache
 ) -> ModelChange:
     """Recorded in the audit trail with the caller's identity. A shadow that is promoted stops
     being the shadow. Promoting the champion changes nothing (`changed: false`)."""
-    async with pool.acquire() as conn:
-        try:
-            resolved = await resolve_version(conn, version)
-            changed = await promote(conn, resolved, identity.name, note="via the API")
-        except (UnknownVersion, RegistryConflict) as error:
-            raise _refused(error) from None
-        head = await registry_head(conn)
+    try:
+        resolved = await resolve_version(conn, version)
+        changed = await promote(conn, resolved, identity.name, note="via the API")
+    except (UnknownVersion, RegistryConflict) as error:
+        raise _refused(error) from None
+    head = await registry_head(conn)
     return await _changed(
         head, served, cache, version=resolved, role="champion", changed=changed, actor=identity.name
     )
@@ -159,16 +157,15 @@ async def promote_version(
     responses=_CHANGE_RESPONSES,
 )
 async def choose_shadow(
-    choice: ShadowChoice, identity: CurrentIdentity, pool: Pool, served: Models, cache: Cache
+    choice: ShadowChoice, identity: CurrentIdentity, conn: PoolConnection, served: Models, cache: Cache
 ) -> ModelChange:
     """`{"version": null}` clears the shadow. The champion cannot be its own shadow (409)."""
-    async with pool.acquire() as conn:
-        try:
-            resolved = await resolve_version(conn, choice.version) if choice.version is not None else None
-            changed = await set_shadow(conn, resolved, identity.name, note="via the API")
-        except (UnknownVersion, RegistryConflict) as error:
-            raise _refused(error) from None
-        head = await registry_head(conn)
+    try:
+        resolved = await resolve_version(conn, choice.version) if choice.version is not None else None
+        changed = await set_shadow(conn, resolved, identity.name, note="via the API")
+    except (UnknownVersion, RegistryConflict) as error:
+        raise _refused(error) from None
+    head = await registry_head(conn)
     return await _changed(
         head, served, cache, version=resolved, role="shadow", changed=changed, actor=identity.name
     )

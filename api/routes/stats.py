@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api import queries
 from api.cache import AS_OF_HEADER, TIMED, cached_response
-from api.deps import Cache, Connection
+from api.deps import Cache, Engine
 from api.params import DEFAULT_RUN, RunId
 from api.schemas import LatencySummary, Stats, TimePoint, TimeSeries
 from api.totals import RunTotals, read_run_totals
@@ -22,7 +22,7 @@ Minutes = Annotated[float, Query(gt=0, le=1440, allow_inf_nan=False, description
 
 @router.get("", response_model=Stats, summary="Volume, frauds, alerts, throughput and latency")
 async def stats(
-    cache: Cache, conn: Connection, run_id: RunId = DEFAULT_RUN, minutes: Minutes = 1.0
+    cache: Cache, engine: Engine, run_id: RunId = DEFAULT_RUN, minutes: Minutes = 1.0
 ) -> Response:
     """Totals of the run, plus scored rows, alerts, throughput and latency over the last `minutes`.
 
@@ -59,7 +59,8 @@ async def stats(
         )
 
     entry = await cache.get(("stats", run_id, minutes), run_id, compute, TIMED)
-    fields = _totals_fields(await read_run_totals(conn, run_id))
+    async with engine.connect() as conn:  # after the cache: a request never holds two connections
+        fields = _totals_fields(await read_run_totals(conn, run_id))
     cached: Stats = entry.value
     body = entry.body
     if any(getattr(cached, name) != value for name, value in fields.items()):
