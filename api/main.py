@@ -120,10 +120,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     cache: ResultCache = app.state.cache
     cache.bind(engine, run_watermark)
     models = ServedModels(
-        pool, fallback_path=settings.model_path, refresh_seconds=settings.model_refresh_seconds
+        pool,
+        fallback_path=settings.model_path,
+        refresh_seconds=settings.model_refresh_seconds,
+        acquire_timeout=settings.api_pool_timeout_seconds,
     )
     predictor = Predictor(
-        lambda: models.champion, pool, max_waiting=settings.api_predict_queue, on_stored=cache.written
+        lambda: models.champion,
+        pool,
+        max_pending=settings.api_predict_queue,
+        acquire_timeout=settings.api_pool_timeout_seconds,
+        on_stored=cache.written,
     )
     broker_monitor = BrokerMonitor(endpoints.bootstrap_servers)
     app.state.engine, app.state.pool, app.state.models = engine, pool, models

@@ -113,9 +113,9 @@ class ServingCollector:
         predictor = getattr(self.state, "predictor", None)
         models = getattr(self.state, "models", None)
         yield GaugeMetricFamily(
-            "fraudstream_api_predict_waiting",
-            "Predictions waiting for the model (bounded by FRAUDSTREAM_API_PREDICT_QUEUE)",
-            value=predictor.waiting if predictor is not None else 0,
+            "fraudstream_api_predict_pending",
+            "Predictions admitted and not yet answered (bounded by FRAUDSTREAM_API_PREDICT_QUEUE)",
+            value=predictor.pending if predictor is not None else 0,
         )
         if models is not None:
             yield CounterMetricFamily(

@@ -6,9 +6,11 @@ with one vectorised `Ensemble.score` call and stores them with one `store_scored
 statement (the scorer's own write path). Alone, a request is scored at once; under
 load, concurrent requests share the model call and the database round trip.
 
-The queue is bounded (`max_waiting`): past it a request is refused at once with
+Admission is bounded (`max_pending`: predictions admitted and not yet answered, whether
+waiting or in the batch being scored): past it a request is refused at once with
 `Overloaded` (the route answers 503 with Retry-After), so overload costs the excess
-callers a fast refusal instead of costing every caller an ever longer wait. A batch is
+callers a fast refusal instead of costing every caller an ever longer wait, and an
+admitted request waits at most for about `max_pending` predictions ahead of it. A batch is
 scored by the champion it started with, and every result names that version: a model
 switch lands between batches.
 
@@ -41,10 +43,10 @@ JOIN transactions t ON t.run_id = i.run_id AND t.id = i.id AND t.ingested_at = n
 
 
 class Overloaded(Exception):
-    """The prediction queue is full: try again after `retry_after` seconds."""
+    """As many predictions as allowed are in progress: try again after `retry_after` seconds."""
 
-    def __init__(self, waiting: int, retry_after: int = 1) -> None:
-        super().__init__(f"{waiting} predictions are already waiting; try again in {retry_after} s")
+    def __init__(self, pending: int, retry_after: int = 1) -> None:
+        super().__init__(f"{pending} predictions are already in progress; try again in {retry_after} s")
         self.retry_after = retry_after
 
 
@@ -83,7 +85,7 @@ class Predictor:
         pool: asyncpg.Pool,
         *,
         max_batch: int = 256,
-        max_waiting: int = 256,
+        max_pending: int = 256,
         acquire_timeout: float = 5.0,
         on_stored: Callable[[str], None] | None = None,
     ) -> None:
@@ -91,10 +93,11 @@ class Predictor:
         self.pool = pool
         self.on_stored = on_stored  # told each run id written to (the result cache: read your writes)
         self.max_batch = max_batch
-        self.max_waiting = max_waiting
+        self.max_pending = max_pending
         self.acquire_timeout = acquire_timeout
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_waiting)
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()  # never longer than max_pending
         self._task: asyncio.Task | None = None
+        self.pending = 0  # admitted, not yet answered
         self.refused = 0
 
     @property
@@ -115,14 +118,17 @@ class Predictor:
                 future.set_exception(ConnectionError("the API is shutting down"))
 
     async def predict(self, request: PredictRequest) -> PredictResult:
-        """Score and store one transaction; `Overloaded` at once when the queue is full."""
+        """Score and store one transaction; `Overloaded` at once when `max_pending` are in progress."""
+        if self.pending >= self.max_pending:
+            self.refused += 1
+            raise Overloaded(self.max_pending)
         future: asyncio.Future[PredictResult] = asyncio.get_running_loop().create_future()
+        self.pending += 1
         try:
             self._queue.put_nowait((request, future))
-        except asyncio.QueueFull:
-            self.refused += 1
-            raise Overloaded(self.max_waiting) from None
-        return await future
+            return await future
+        finally:
+            self.pending -= 1
 
     async def _run(self) -> None:
         while True:

@@ -94,8 +94,8 @@ class Settings(BaseSettings):
     api_metrics_public: bool = True
     #: Largest request body the API reads (a transaction is ~1 KB); larger gets 413.
     api_max_body_bytes: int = Field(default=65_536, ge=1024, le=16 * 1024 * 1024)
-    #: Predictions waiting for the model at most; past that `/api/predict` answers 503 with
-    #: Retry-After instead of letting the queue (and every caller's wait) grow.
+    #: Predictions in progress (waiting or being scored) at most; past that `/api/predict`
+    #: answers 503 with Retry-After instead of letting the queue (and every caller's wait) grow.
     api_predict_queue: int = Field(default=256, ge=1, le=100_000)
     #: PostgreSQL cancels any API statement running longer than this (both connection pools).
     api_statement_timeout_ms: int = Field(default=15_000, ge=100, le=3_600_000)

@@ -35,7 +35,7 @@ from tests.streaming_fixtures import fetch
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
-QUEUE = 32  # FRAUDSTREAM_API_PREDICT_QUEUE of the API under test: up to concurrency 32 nothing waits past it
+QUEUE = 32  # FRAUDSTREAM_API_PREDICT_QUEUE of the API under test: up to concurrency 32 all are admitted
 PHASE_SECONDS = 5.0
 PHASE_REQUESTS = 4000
 RUN = "load"
@@ -173,9 +173,9 @@ def test_predict_past_capacity_sheds_load_and_stores_all_or_nothing(
     assert past.rate >= 0.8 * peak, (past.rate, peak)
     assert past.refused > 0 and past.retry_after == {"1"}
     assert all(phases[c].refused == 0 for c in (1, 8, 32))  # within the queue's bound nothing is refused
-    # Latency of what is accepted stays bounded (the queue holds 32, not 32 more: an unbounded
-    # one doubles it again from concurrency 32, ~5x the uncongested p99 here), and the excess
-    # is refused without waiting in the queue: faster than what is accepted beside it.
+    # Latency of what is accepted stays bounded (32 in progress, not 64: without the bound it
+    # doubles again from concurrency 32, ~4-5x the uncongested p99 here), and the excess is
+    # refused without waiting in the queue: faster than what is accepted beside it.
     assert past.p99() <= 4 * phases[8].p99(), (past.p99(), phases[8].p99())
     refused_p99 = float(np.percentile(past.refused_ms, 99))
     assert refused_p99 <= past.p99(), (refused_p99, past.p99())
