@@ -38,6 +38,9 @@ _TRANSIENT: tuple[tuple[type[BaseException], str], ...] = (
     (asyncpg.ConnectionDoesNotExistError, "the connection was lost"),
     (asyncpg.PostgresConnectionError, "the connection failed"),
     (asyncpg.InterfaceError, "the connection is not usable"),
+    # The server ended an idle connection (a shutdown's FATAL) just before it was reused: the
+    # driver finds it mid-error and refuses the new query. The pool replaces it.
+    (asyncpg.InternalClientError, "the connection was ended by the server"),
     (asyncpg.DeadlockDetectedError, "a deadlock was broken; retry"),
     (asyncpg.SerializationError, "a concurrent update conflicted; retry"),
     (sa_exc.TimeoutError, "no free connection in the pool"),

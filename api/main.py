@@ -88,11 +88,6 @@ API_ROUTERS = (
 )
 
 
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """The pool's reset between uses: nothing to undo (the API sets no session state and
-    holds no session locks; transactions are always closed), so no reset round trip."""
-
-
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -115,7 +110,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         server_settings=server_settings,
         command_timeout=client_timeout,
         timeout=10,
-        reset=_keep_session,
     )
     cache: ResultCache = app.state.cache
     cache.bind(engine, run_watermark)
