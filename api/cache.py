@@ -25,10 +25,14 @@ fresh scan on every poll makes every poll pay the full query, so instead:
   cheap answers that ask for it (list pages): `written(run_id)` makes their older
   answers of that run unusable (read your writes).
 
+How an answer goes stale is named by its `Freshness` policy (`SNAPSHOT`, `TIMED`,
+`FIRST_PAGE`, `FULL_SCAN`), one per kind of answer, so a route says what its answer is
+rather than setting flags.
+
 Answers are kept serialised (JSON bytes), so a hit costs no re-serialisation. The
-cache is owned by the app (`app.state.cache`) and computes on its own connections
-(`bind(engine)` in the lifespan): a recompute outlives the request that started it.
-`max_age <= 0` turns caching off (every request runs its queries).
+cache is owned by the app and computes on its own connections (`bind(engine)` in the
+lifespan): a recompute outlives the request that started it. `max_age <= 0` turns
+caching off (every request runs its queries).
 """
 
 from __future__ import annotations
@@ -47,11 +51,46 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from starlette.responses import Response
 
 log = logging.getLogger(__name__)
 
 Compute = Callable[[AsyncConnection], Awaitable[Any]]
 Watermark = Callable[[AsyncConnection, str], Awaitable[Any]]
+
+#: Response header of cached answers: when the data behind the answer were read (ISO 8601, UTC).
+AS_OF_HEADER = "X-As-Of"
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """How a kind of cached answer goes stale (see the module docstring).
+
+    `follows_clock`: the answer changes with time alone ("the last 5 minutes"), or with
+    data the run's watermark does not cover (the registry), so an unchanged watermark does
+    not make it current. `follows_writes`: a cheap answer a client may read right after
+    writing (a list's first page): what was written through this process before the read
+    is in it. `full_scan`: bounded by the cache's `slow_max_age`, not `max_age`.
+    """
+
+    name: str
+    follows_clock: bool = False
+    follows_writes: bool = False
+    full_scan: bool = False
+
+
+#: Aggregates over a run's stored rows: recomputed when the run's watermark moves.
+SNAPSHOT = Freshness("snapshot")
+#: Windows over the clock, and answers the watermark does not cover: recomputed every bound.
+TIMED = Freshness("timed", follows_clock=True)
+#: A list's first page: the bound, and read-your-writes for rows stored through this process.
+FIRST_PAGE = Freshness("first page", follows_writes=True)
+#: Full-scan analytics (histograms, scatter, model curves): the longer `slow_max_age` bound.
+FULL_SCAN = Freshness("full scan", full_scan=True)
+#: What this process changes in the registry (promotions): the bound, and read-your-writes.
+REGISTRY = Freshness("registry", follows_clock=True, follows_writes=True)
+#: The scope registry answers are kept under (a run id no run uses; see `ResultCache.written`).
+REGISTRY_SCOPE = "(registry)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,8 +197,8 @@ class ResultCache:
     # ------------------------------------------------------------------ reading
 
     def written(self, run_id: str) -> None:
-        """Rows of `run_id` were stored through this process: later reads of answers that
-        follow writes (`get(follows_writes=True)`) must include them."""
+        """Rows of `run_id` (or the `REGISTRY_SCOPE`) were written through this process: later
+        reads of answers that follow writes (`Freshness.follows_writes`) must include them."""
         self._written[run_id] = self._clock()
 
     async def get(
@@ -167,31 +206,26 @@ class ResultCache:
         key: Hashable | None,
         run_id: str,
         compute: Compute,
+        freshness: Freshness = SNAPSHOT,
         *,
-        follows_clock: bool = False,
-        follows_writes: bool = False,
-        slow: bool = False,
         keep_value: bool = True,
     ) -> Cached:
-        """The answer for `key` (computed by `compute(conn)`), at most `max_age` + one recompute old.
+        """The answer for `key` (computed by `compute(conn)`), at most its bound + one recompute old.
 
-        `follows_clock`: the answer changes with time alone ("the last 5 minutes"), so an
-        unchanged watermark does not make it current. `follows_writes`: a cheap answer a
-        client may read right after writing (a list's first page): rows stored through this
-        process before the read are in it. Aggregates do not: under a stream of predictions
-        every read would wait for a full recompute. `slow`: a full-scan analytics answer,
-        bounded by `slow_max_age` instead of `max_age`. `keep_value=False`: keep only the
-        JSON (the answer's object graph would stay on the heap for the garbage collector to
-        walk on every full collection).
+        `freshness` says how the answer goes stale (`SNAPSHOT`, `TIMED`, `FIRST_PAGE`,
+        `FULL_SCAN`, `REGISTRY`). Aggregates do not follow writes: under a stream of
+        predictions every read would wait for a full recompute. `keep_value=False`: keep
+        only the JSON (the answer's object graph would stay on the heap for the garbage
+        collector to walk on every full collection).
         """
         if not self.enabled or key is None:  # key None: a question not worth keeping
             self.misses += 1
             return await self._compute_entry(run_id, compute, None, None, keep_value)
         now = self._clock()
-        bound = self.slow_max_age if slow else self.max_age
-        slot = self._slot(key, run_id, compute, follows_clock, now, bound)
+        bound = self.slow_max_age if freshness.full_scan else self.max_age
+        slot = self._slot(key, run_id, compute, freshness.follows_clock, now, bound)
         slot.keep_value = slot.keep_value or keep_value
-        must_follow = self._written.get(run_id, -math.inf) if follows_writes else -math.inf
+        must_follow = self._written.get(run_id, -math.inf) if freshness.follows_writes else -math.inf
         entry = slot.entry
         if entry is not None and entry.started > must_follow:
             if now - entry.started <= bound:
@@ -325,3 +359,13 @@ class ResultCache:
                 await asyncio.sleep(slot.max_age)
             if slot.entry is entry:  # nothing newer arrived: do not spin
                 await asyncio.sleep(slot.max_age)
+
+
+async def cached_response(
+    cache: ResultCache, key: Hashable | None, run_id: str, compute: Compute, freshness: Freshness = SNAPSHOT
+) -> Response:
+    """The cached answer's JSON as is, with `X-As-Of`: when the data it was computed from were read."""
+    entry = await cache.get(key, run_id, compute, freshness, keep_value=False)
+    return Response(
+        entry.body, media_type="application/json", headers={AS_OF_HEADER: entry.as_of.isoformat()}
+    )

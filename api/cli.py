@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fraudstream api",
         description="Serve the analytics API (FastAPI). Settings come from FRAUDSTREAM_* variables; "
-        "set FRAUDSTREAM_API_TOKEN to require a bearer token on POST endpoints.",
+        "set FRAUDSTREAM_API_TOKEN (and FRAUDSTREAM_API_READ_TOKEN) to require a bearer token on every /api route.",
     )
     parser.add_argument("--host", help="bind address (default: FRAUDSTREAM_HOST, 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default: FRAUDSTREAM_API_PORT, 8000)")

@@ -2,15 +2,21 @@
 
     uvicorn --factory api.main:create_app        # or: fraudstream api
 
-Resources are opened in the lifespan, once per process, and live on `app.state`: an
-async SQLAlchemy engine (asyncpg) for the analytics queries, an asyncpg pool for the
-predict write path (`core.db.store.store_scored`, the scorer's own statement), the
-loaded `Ensemble`, the batching `Predictor`, a lazily started Kafka producer, the
-result cache (stale-while-revalidate, `api.cache`), the background broker check
-(`api.broker`) and the Prometheus registry. Nothing is opened at import time.
+Resources are opened in the lifespan, once per process, and reach routes only through
+the providers in `api.deps`: an async SQLAlchemy engine (asyncpg) for the analytics
+queries, an asyncpg pool for the predict write path (`core.db.store.store_scored`, the
+scorer's own statement), the registry and the health check, the served models
+(`api.serving`: the registry's champion, hot-reloaded), the batching `Predictor` with
+its bounded queue, a lazily started Kafka producer, the result cache
+(stale-while-revalidate, `api.cache`), the background broker check (`api.broker`) and
+the Prometheus registry. Nothing is opened at import time, and nothing is registered or
+activated on start.
 
-A missing or broken model bundle does not stop the API: analytics keep working, and
-predict/explain/`/health` say why there is no model (503).
+Every `/api/*` route hangs from one router whose dependency checks the bearer token
+(`api.auth`); every query runs under a statement timeout; database failures become 503s
+with a reason (`api.errors`); bodies are capped at `FRAUDSTREAM_API_MAX_BODY_BYTES` (413).
+A missing model does not stop the API: analytics keep working, and predict, explain and
+`/health` say why there is no model (503).
 """
 
 from __future__ import annotations
@@ -21,24 +27,24 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
-from fastapi import FastAPI, Request, status
+from fastapi import Depends, FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from api.auth import TokenTable, authorize
 from api.broker import BrokerMonitor
 from api.cache import ResultCache
-from api.deps import run_watermark
-from api.metrics import ApiMetrics, CacheCollector, MetricsMiddleware
+from api.errors import DATABASE_ERRORS, database_error, is_transient
+from api.metrics import ApiMetrics, CacheCollector, MetricsMiddleware, ServingCollector
 from api.predictor import Predictor
 from api.publisher import Publisher
-from api.routes import backtests, distributions, meta, model, predict, scatter, stats, transactions
+from api.routes import backtests, distributions, meta, model, predict, registry, scatter, stats, transactions
 from api.routes.meta import SERVICE_NAME, package_version
-from core.db.registry import register_model
+from api.serving import ServedModels
+from api.totals import run_watermark
 from core.db.urls import asyncpg_dsn, sqlalchemy_url
-from core.ensemble import BundleError, Ensemble
 from core.runtime.stack import resolve_endpoints
 from core.settings import Settings, get_settings
 
@@ -46,75 +52,99 @@ log = logging.getLogger(__name__)
 
 _DESCRIPTION = """
 Analytics over the transactions the fraudstream scorer stores in PostgreSQL, plus live
-prediction and explanation with the same model bundle.
+prediction and explanation with the registry's champion model.
+
+**Access.** With `FRAUDSTREAM_API_TOKEN` (and optionally `FRAUDSTREAM_API_READ_TOKEN` or
+named tokens) set, every `/api/*` route needs `Authorization: Bearer <token>`: 401 without
+a known token, 403 for a read-only token on a write. `/`, `/health` and these docs are open.
+
+**Models.** Predictions and explanations name the version that computed them. Promote a
+version or choose the shadow under `/api/models`; scorers and APIs follow within seconds.
 
 `run_id` selects the live stream (`''`, the default) or a backtest run. Lists are newest
-first with keyset pagination (`next_cursor`). Write endpoints (`POST`) need
-`Authorization: Bearer <token>` when `FRAUDSTREAM_API_TOKEN` is set.
+first with keyset pagination (`next_cursor`).
 
 Aggregates (stats windows, time series, distributions, scatter, model performance, list
 first pages) are served from answers kept fresh in the background: an answer is at most
 the cache bound (2 s by default; 10 s for distributions, scatter and model performance,
 which scan every row) plus one recompute old, and header `X-As-Of` says when its data
 were read. The totals of `/api/stats` are always current.
+
+**Overload and faults** answer 503 with `Retry-After` and a reason (a full prediction
+queue, the database restarting, out of connections, a statement past its timeout), never
+500; bodies over the size limit get 413.
 """
 
-
-def _load_model(settings: Settings) -> tuple[Ensemble | None, str | None]:
-    try:
-        return Ensemble.load(settings.model_path), None
-    except (BundleError, OSError) as exc:
-        log.warning("no model bundle loaded from %s: %s", settings.model_path, exc)
-        return None, f"{settings.model_path}: {exc}"
+#: Every router under /api (each route's path starts with /api).
+API_ROUTERS = (
+    stats.router,
+    transactions.router,
+    distributions.router,
+    scatter.router,
+    model.router,
+    registry.router,
+    predict.router,
+    backtests.router,
+)
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     endpoints = resolve_endpoints(settings)
+    # Every statement of this process is cancelled by the server past the timeout (-> 503).
+    server_settings = {"statement_timeout": str(settings.api_statement_timeout_ms)}
+    client_timeout = settings.api_statement_timeout_ms / 1000 + 5  # if the server itself stops answering
     engine = create_async_engine(
-        sqlalchemy_url(endpoints.database_url), pool_size=8, max_overflow=8, pool_recycle=3600
+        sqlalchemy_url(endpoints.database_url),
+        pool_size=8,
+        max_overflow=8,
+        pool_recycle=3600,
+        pool_timeout=settings.api_pool_timeout_seconds,
+        connect_args={"server_settings": server_settings, "command_timeout": client_timeout, "timeout": 10},
     )
-    pool = await asyncpg.create_pool(asyncpg_dsn(endpoints.database_url), min_size=0, max_size=8)
-    ensemble, model_error = _load_model(settings)
-    app.state.engine = engine
-    app.state.pool = pool
-    app.state.ensemble = ensemble
-    app.state.model_error = model_error
-    app.state.bootstrap_servers = endpoints.bootstrap_servers
-    app.state.publisher = Publisher(endpoints.bootstrap_servers)
+    pool = await asyncpg.create_pool(
+        asyncpg_dsn(endpoints.database_url),
+        min_size=0,
+        max_size=8,
+        server_settings=server_settings,
+        command_timeout=client_timeout,
+        timeout=10,
+    )
     cache: ResultCache = app.state.cache
     cache.bind(engine, run_watermark)
-    app.state.broker_monitor = BrokerMonitor(endpoints.bootstrap_servers)
-    app.state.broker_monitor.start()
-    app.state.predictor = Predictor(ensemble, pool, on_stored=cache.written) if ensemble is not None else None
-    if ensemble is not None:
-        try:
-            async with pool.acquire() as conn:
-                await register_model(conn, ensemble, settings.model_path.resolve())
-        except (OSError, asyncpg.PostgresError) as exc:
-            log.warning("could not record model %s in model_versions: %s", ensemble.version, exc)
-        app.state.predictor.start()
+    models = ServedModels(
+        pool,
+        fallback_path=settings.model_path,
+        refresh_seconds=settings.model_refresh_seconds,
+        acquire_timeout=settings.api_pool_timeout_seconds,
+    )
+    predictor = Predictor(
+        lambda: models.champion,
+        pool,
+        max_pending=settings.api_predict_queue,
+        acquire_timeout=settings.api_pool_timeout_seconds,
+        on_stored=cache.written,
+    )
+    broker_monitor = BrokerMonitor(endpoints.bootstrap_servers)
+    app.state.engine, app.state.pool, app.state.models = engine, pool, models
+    app.state.predictor, app.state.broker_monitor = predictor, broker_monitor
+    app.state.publisher = Publisher(endpoints.bootstrap_servers)
+    broker_monitor.start()
+    await models.start()
+    predictor.start()
     if app.state.freeze_heap:
         freeze_startup_heap()
     try:
         yield
     finally:
-        if app.state.predictor is not None:
-            await app.state.predictor.close()
+        await predictor.close()
+        await models.close()
         await cache.close()
-        await app.state.broker_monitor.close()
+        await broker_monitor.close()
         await app.state.publisher.close()
         await pool.close()
         await engine.dispose()
-
-
-async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    log.warning("database error on %s: %s", request.url.path, exc)
-    return JSONResponse(
-        {"detail": f"database unavailable: {type(exc).__name__}"},
-        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-    )
 
 
 async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -134,11 +164,10 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
     )
 
 
-async def _invalid_value(request: Request, exc: Exception) -> JSONResponse:
-    """PostgreSQL refused a value (a safety net: the routes validate before querying)."""
-    return JSONResponse(
-        {"detail": f"invalid value: {type(exc).__name__}"}, status_code=status.HTTP_400_BAD_REQUEST
-    )
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    if is_transient(exc):
+        request.app.state.metrics.database_unavailable.inc()
+    return await database_error(request, exc)
 
 
 def freeze_startup_heap() -> None:
@@ -174,42 +203,30 @@ def create_app(
         version=package_version(),
         description=_DESCRIPTION,
         lifespan=lifespan,
+        max_body_size=settings.api_max_body_bytes,
     )
     app.state.settings = settings
     app.state.freeze_heap = freeze_heap
+    app.state.tokens = TokenTable.from_settings(settings)
     app.state.cache = ResultCache(cache_seconds, slow_max_age=analytics_cache_seconds)
     app.state.metrics = ApiMetrics()
     app.state.metrics.registry.register(CacheCollector(app.state.cache))
-    app.state.ensemble = None
-    app.state.model_error = "the app has not started"
-    for router in (
-        meta.router,
-        stats.router,
-        transactions.router,
-        distributions.router,
-        scatter.router,
-        model.router,
-        predict.router,
-        backtests.router,
-    ):
-        app.include_router(router)
+    app.state.metrics.registry.register(ServingCollector(app.state))
+    app.state.predictor = app.state.models = None
+    app.include_router(meta.router)
+    # Every /api router is included here, with the token check as its dependency: a route
+    # added to one of them cannot forget authentication (tests/test_api_auth.py walks the spec).
+    for router in API_ROUTERS:
+        app.include_router(router, dependencies=[Depends(authorize)])
     app.add_exception_handler(RequestValidationError, _invalid_request)
-    for error in (asyncpg.DataError, DataError):
-        app.add_exception_handler(error, _invalid_value)
-    for error in (
-        OSError,
-        InterfaceError,
-        OperationalError,
-        asyncpg.PostgresConnectionError,
-        ConnectionError,
-    ):
-        app.add_exception_handler(error, _database_unavailable)
+    for error in DATABASE_ERRORS:
+        app.add_exception_handler(error, _database_error)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "PUT"],
             allow_headers=["Authorization", "Content-Type"],
         )
     log.debug("%s app built", SERVICE_NAME)

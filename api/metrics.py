@@ -51,6 +51,17 @@ class ApiMetrics:
         self.published = Counter(
             "fraudstream_api_published_total", "Transactions published to Kafka", registry=self.registry
         )
+        self.shed = Counter(
+            "fraudstream_api_shed_total",
+            "Requests refused with 503 + Retry-After to shed load, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.database_unavailable = Counter(
+            "fraudstream_api_database_unavailable_total",
+            "Requests answered 503 because the database could not serve them",
+            registry=self.registry,
+        )
 
 
 class CacheCollector:
@@ -90,6 +101,36 @@ class CacheCollector:
             value=cache.compute_seconds,
         )
         yield GaugeMetricFamily("fraudstream_api_cache_keys", "Keys held by the cache", value=cache.size)
+
+
+class ServingCollector:
+    """The served model and the prediction queue, read when Prometheus scrapes."""
+
+    def __init__(self, state: object) -> None:
+        self.state = state  # the app's state: the predictor and the served models appear in the lifespan
+
+    def collect(self) -> Iterator[Metric]:
+        predictor = getattr(self.state, "predictor", None)
+        models = getattr(self.state, "models", None)
+        yield GaugeMetricFamily(
+            "fraudstream_api_predict_pending",
+            "Predictions admitted and not yet answered (bounded by FRAUDSTREAM_API_PREDICT_QUEUE)",
+            value=predictor.pending if predictor is not None else 0,
+        )
+        if models is not None:
+            yield CounterMetricFamily(
+                "fraudstream_api_model_reloads",
+                "Champion switches followed by this process",
+                value=models.reloads,
+            )
+            served = GaugeMetricFamily(
+                "fraudstream_api_model_info",
+                "The model version this process serves (value 1)",
+                labels=["version"],
+            )
+            if models.champion is not None:
+                served.add_metric([models.champion.version], 1)
+            yield served
 
 
 class MetricsMiddleware:

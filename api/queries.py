@@ -23,13 +23,13 @@ from sqlalchemy import (
     select,
     table,
     tablesample,
-    text,
     true,
     tuple_,
 )
 from sqlalchemy.sql.elements import ColumnElement
 
-from core.db.schema import FEATURE_COLUMNS, backtest_runs, model_versions, run_totals, scores, transactions
+from core.db.schema import FEATURE_COLUMNS, backtest_runs, model_versions, scores, transactions
+from core.db.schema import run_totals as run_totals_table
 from core.features import PCA_COLUMNS
 
 t = transactions.c
@@ -83,29 +83,21 @@ def watermark(run_id: str) -> Select:
     return select(func.max(s.scored_at)).where(s.run_id == run_id)
 
 
-def totals(run_id: str) -> Select:
-    """The run's counters, kept by triggers (migration 0003): no scan. No row = nothing stored."""
-    r = run_totals.c
-    return select(r.transactions, r.labelled, r.frauds, r.scored, r.alerts).where(r.run_id == run_id)
-
-
-def live_totals_sql(run: str) -> str:
-    """The run's counters and first/last scored_at in one round trip: a primary-key probe and
-    two index probes. Plain SQL (`/api/stats` runs it on every request through asyncpg,
-    skipping SQLAlchemy's per-statement overhead); `run` is the placeholder of the run id,
-    a bound parameter (`$1` for asyncpg, `:run` for SQLAlchemy's `text`)."""
-    return f"""
-SELECT coalesce(r.transactions, 0) AS transactions, coalesce(r.labelled, 0) AS labelled,
-       coalesce(r.frauds, 0) AS frauds, coalesce(r.scored, 0) AS scored,
-       coalesce(r.alerts, 0) AS alerts,
-       (SELECT min(scored_at) FROM scores WHERE run_id = {run}) AS first,
-       (SELECT max(scored_at) FROM scores WHERE run_id = {run}) AS last
-FROM (SELECT) AS one LEFT JOIN run_totals r ON r.run_id = {run}
-"""
-
-
-LIVE_TOTALS = live_totals_sql("$1")
-LIVE_TOTALS_TEXT = text(live_totals_sql(":run"))
+def run_totals(run_id: str) -> Select:
+    """The run's counters (kept by triggers, migration 0003) and its first/last scored_at: a
+    primary-key probe and two index probes, one round trip. Zeros for a run with nothing stored."""
+    r = run_totals_table.c
+    counters = [
+        func.coalesce(column_, 0).label(column_.name)
+        for column_ in (r.transactions, r.labelled, r.frauds, r.scored, r.alerts)
+    ]
+    return select(
+        *counters,
+        select(func.min(s.scored_at)).where(s.run_id == run_id).scalar_subquery().label("first"),
+        select(func.max(s.scored_at)).where(s.run_id == run_id).scalar_subquery().label("last"),
+    ).select_from(
+        select(literal(1).label("one")).subquery("one").outerjoin(run_totals_table, r.run_id == run_id)
+    )
 
 
 def window_totals(run_id: str, since: datetime) -> Select:
@@ -391,8 +383,11 @@ def model_version_list() -> Select:
         m.version,
         m.created_at,
         m.bundle_path,
+        m.source_path,
+        m.registered_by,
         m.threshold,
         m.active,
+        m.shadow,
         case((func.jsonb_typeof(evaluation) == "object", evaluation.op("-")("curves"))).label("evaluation"),
         case((func.jsonb_typeof(training) == "object", training["data"])).label("training"),
     ).order_by(m.created_at.desc(), m.version)
@@ -415,6 +410,7 @@ def backtest_one(run_id: str) -> Select:
 
 def run_count(run_id: str) -> Select:
     """Rows scored for the run so far: the trigger-kept counter (migration 0003), no scan."""
+    scored = run_totals_table.c.scored
     return select(
-        func.coalesce(select(run_totals.c.scored).where(run_totals.c.run_id == run_id).scalar_subquery(), 0)
+        func.coalesce(select(scored).where(run_totals_table.c.run_id == run_id).scalar_subquery(), 0)
     )

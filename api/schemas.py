@@ -37,18 +37,45 @@ class Heartbeat(_Model):
 
     name: str = Field(examples=["fraudstream-api"])
     version: str = Field(description="package version")
-    model_version: str | None = Field(description="version of the loaded model bundle")
+    model_version: str | None = Field(description="the model version this API serves (the champion)")
     docs: str = Field(default="/docs")
 
 
-class Health(_Model):
-    """`GET /health`: readiness. 200 when every part is `ok`, 503 otherwise (same body)."""
+class WorkerHealth(_Model):
+    """One scorer worker's last heartbeat (`scorer_workers`)."""
 
-    status: Literal["ok", "unavailable"]
+    worker_id: str
+    host: str
+    pid: int
+    state: Literal["starting", "ok", "stalled", "stopped"]
+    reason: str | None
+    model_version: str | None
+    pending_events: int
+    lag: int | None
+    assigned_partitions: int
+    heartbeat_at: datetime
+    last_store_at: datetime | None
+    heartbeat_age_s: float = Field(description="seconds since its last heartbeat (database clock)")
+    last_store_age_s: float | None
+
+
+class ScorerHealth(_Model):
+    live: int = Field(description="workers with a recent heartbeat that are not stopped")
+    workers: list[WorkerHealth]
+
+
+class Health(_Model):
+    """`GET /health`: `ok` (200), `degraded` (200: serving, with `reasons`) or `unavailable` (503)."""
+
+    status: Literal["ok", "degraded", "unavailable"]
     database: str = Field(description="'ok' or why it is not reachable")
-    model: str | None = Field(description="loaded bundle version, null when none is loaded")
-    broker: str = Field(description="'ok' or why it is not reachable")
-    not_ready: list[str] = Field(default_factory=list, description="the parts that are not ready")
+    model: str | None = Field(description="the version this API serves, null when none is loaded")
+    champion: str | None = Field(default=None, description="the registry's champion")
+    shadow: str | None = Field(default=None, description="the registry's shadow (challenger)")
+    broker: str = Field(description="'ok', 'not configured' or why it is not reachable")
+    scorer: ScorerHealth | None = Field(default=None, description="the scorer workers' heartbeats")
+    not_ready: list[str] = Field(default_factory=list, description="the parts that keep the API from serving")
+    reasons: list[str] = Field(default_factory=list, description="why the status is not ok, in words")
 
 
 class Problem(_Model):
@@ -261,9 +288,12 @@ class ModelPerformance(_Model):
 class ModelVersion(_Model):
     version: str
     created_at: datetime
-    bundle_path: str
+    bundle_path: str = Field(description="the version's copy in the model store")
+    source_path: str | None = Field(default=None, description="the folder it was registered from")
+    registered_by: str = "unknown"
     threshold: float
-    active: bool = Field(description="the version marked active in the database")
+    active: bool = Field(description="the champion: what live traffic is scored with")
+    shadow: bool = Field(default=False, description="the challenger, scored beside the champion")
     loaded: bool = Field(description="the version this API process scores with")
     evaluation: dict[str, Any] | None = Field(
         description="the manifest's evaluation without curves (test metrics, baselines)"
@@ -272,11 +302,47 @@ class ModelVersion(_Model):
 
 
 class ModelList(_Model):
-    """`GET /api/models`."""
+    """`GET /api/models`: the registry, newest first."""
 
-    active: str | None
-    loaded: str
+    active: str | None = Field(description="the champion")
+    shadow: str | None = None
+    loaded: str | None = Field(description="the version this API process serves")
     versions: list[ModelVersion]
+
+
+class ShadowChoice(_Model):
+    """`PUT /api/models/shadow`: the version to score in shadow, or null for none."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: str | None = Field(max_length=64, pattern=r"^[0-9a-fA-F]+$", examples=["3f2a9c0d1e2b4a5c"])
+
+
+class ModelChange(_Model):
+    """What a promotion or shadow change did."""
+
+    version: str | None = Field(description="the version acted on (null: the shadow was cleared)")
+    role: Literal["champion", "shadow"]
+    changed: bool = Field(description="false when it already had that role")
+    actor: str
+    champion: str | None
+    shadow: str | None
+    serving: str | None = Field(description="the version this API process serves after the change")
+
+
+class ModelEventOut(_Model):
+    id: int
+    version: str
+    action: Literal["registered", "promoted", "shadow_on", "shadow_off"]
+    actor: str
+    at: datetime
+    note: str | None
+
+
+class ModelEvents(_Model):
+    """`GET /api/models/events`: the registry's audit trail, newest first."""
+
+    events: list[ModelEventOut]
 
 
 # --------------------------------------------------------------------------- predict / explain / publish

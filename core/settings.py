@@ -10,11 +10,19 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class NamedToken(BaseModel):
+    """One named API token (`FRAUDSTREAM_API_TOKENS`): who holds it and what it may do."""
+
+    token: str = Field(min_length=16)
+    access: Literal["read", "write"] = "read"
 
 
 class Settings(BaseSettings):
@@ -92,6 +100,32 @@ class Settings(BaseSettings):
     #: what it sent before giving up and exiting non-zero.
     replay_flush_seconds: float = Field(default=10.0, gt=0, le=600)
 
+    # --- model registry, API safety and health (issue 12) ------------------------------------
+    #: The content-addressed bundle store (`core.bundle_store`): one directory per registered
+    #: version. Scorers and the API load registered models from here, so it must be shared
+    #: by all of them (a shared volume across machines). Unset = <state_dir>/models.
+    model_store: Path | None = Field(default=None, description="registered bundles, one folder per version")
+    #: How often the scorer and the API ask the registry which version is the champion.
+    model_refresh_seconds: float = Field(default=5.0, gt=0, le=300)
+    #: Reads only: `/api/*` GETs (and explain) with this token; writes get 403.
+    api_read_token: str | None = Field(default=None, description="bearer token for reads only")
+    #: Named tokens, so requests carry who made them: {"alice": {"token": "...", "access": "write"}}.
+    api_tokens: dict[str, NamedToken] = Field(default_factory=dict)
+    #: Whether `/metrics` stays open when tokens are configured (Prometheus scrapers usually
+    #: carry none; the page holds counters, no transaction data). False: it needs a read token.
+    api_metrics_public: bool = True
+    #: Largest request body the API reads (a transaction is ~1 KB); larger gets 413.
+    api_max_body_bytes: int = Field(default=65_536, ge=1024, le=16 * 1024 * 1024)
+    #: Predictions in progress (waiting or being scored) at most; past that `/api/predict`
+    #: answers 503 with Retry-After instead of letting the queue (and every caller's wait) grow.
+    api_predict_queue: int = Field(default=256, ge=1, le=100_000)
+    #: PostgreSQL cancels any API statement running longer than this (both connection pools).
+    api_statement_timeout_ms: int = Field(default=15_000, ge=100, le=3_600_000)
+    #: How long a request waits for a free database connection before it gets 503.
+    api_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    #: A scorer worker whose heartbeat is older than this is gone (`/health`).
+    health_worker_stale_seconds: float = Field(default=15.0, gt=0, le=3600)
+
     @field_validator("database_url")
     @classmethod
     def _postgres_only(cls, value: str | None) -> str | None:
@@ -102,6 +136,11 @@ class Settings(BaseSettings):
     @property
     def resolved_api_url(self) -> str:
         return self.api_url or f"http://{self.host}:{self.api_port}"
+
+    @property
+    def resolved_model_store(self) -> Path:
+        """Where registered bundles live: FRAUDSTREAM_MODEL_STORE, or <state_dir>/models."""
+        return self.model_store or self.state_dir / "models"
 
 
 @lru_cache(maxsize=1)
@@ -116,6 +155,8 @@ def settings_env(settings: Settings, **overrides: str) -> dict[str, str]:
     for name, value in settings.model_dump(mode="json").items():
         if value is None:
             continue
-        env[f"FRAUDSTREAM_{name.upper()}"] = json.dumps(value) if isinstance(value, list) else str(value)
+        env[f"FRAUDSTREAM_{name.upper()}"] = (
+            json.dumps(value) if isinstance(value, list | dict) else str(value)
+        )
     env.update(overrides)
     return env

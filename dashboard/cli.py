@@ -3,6 +3,8 @@
     fraudstream dashboard [--host 127.0.0.1] [--port 8050] [--api-url http://127.0.0.1:8000]
 
 Defaults come from FRAUDSTREAM_HOST, FRAUDSTREAM_DASHBOARD_PORT and FRAUDSTREAM_API_URL.
+With API tokens configured, or bound beyond 127.0.0.1, it asks for a login
+(FRAUDSTREAM_DASHBOARD_PASSWORD, or the API token it holds): see `dashboard.auth`.
 The app is served by Werkzeug's threaded WSGI server with debug off: one process, one
 thread per request, enough for a handful of analysts on a loopback or LAN address.
 """
@@ -72,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from dashboard.app import create_app  # imported here so `--help` stays fast
 
-    app = create_app(args.api_url, settings)
+    try:
+        app = create_app(args.api_url, settings, host=args.host)
+    except ValueError as exc:
+        print(f"fraudstream dashboard: {exc}", file=sys.stderr)
+        return 2
     try:
         server = make_server(args.host, args.port, app.server, threaded=True)
     except (OSError, SystemExit) as exc:  # Werkzeug reports a taken port by exiting

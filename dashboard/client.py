@@ -26,6 +26,10 @@ LIVE_TTL = 1.0
 SLOW_TTL = 10.0
 
 
+def _bearer(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 class ApiUnreachable(Exception):
     """Nothing answered at the API's URL (refused, timed out, DNS)."""
 
@@ -67,13 +71,16 @@ class ApiClient:
         base_url: str,
         *,
         token: str | None = None,
+        read_token: str | None = None,
         timeout: float = 5.0,
         live_ttl: float = LIVE_TTL,
         slow_ttl: float = SLOW_TTL,
         transport: httpx.BaseTransport | None = None,
     ):
         self.base_url = base_url.rstrip("/")
-        self._token = token
+        # Reads go with the read token when there is one; writes (predict) need the write token.
+        self._read_headers = _bearer(read_token or token)
+        self._write_headers = _bearer(token)
         self._live_ttl = live_ttl
         self._slow_ttl = slow_ttl
         self._cache = TickCache(ttl=live_ttl)
@@ -104,10 +111,12 @@ class ApiClient:
     def _get(self, path: str, params: Mapping[str, Any] | None = None, *, ttl: float | None = None) -> Any:
         clean = {k: v for k, v in (params or {}).items() if v is not None}
         key = (path, tuple(sorted(clean.items())))
-        return self._cache.get(key, lambda: self._request("GET", path, params=clean), ttl=ttl)
+        return self._cache.get(
+            key, lambda: self._request("GET", path, params=clean, headers=self._read_headers), ttl=ttl
+        )
 
-    def _post(self, path: str, body: Any, *, auth: bool = False) -> Any:
-        headers = {"Authorization": f"Bearer {self._token}"} if auth and self._token else {}
+    def _post(self, path: str, body: Any, *, writes: bool) -> Any:
+        headers = self._write_headers if writes else self._read_headers
         return self._request("POST", path, json=body, headers=headers)
 
     # -- health and live ----------------------------------------------------------------
@@ -149,10 +158,10 @@ class ApiClient:
 
     # -- try it ----------------------------------------------------------------------------
     def predict(self, transaction: Mapping[str, Any]) -> Any:
-        return self._post("/api/predict", dict(transaction), auth=True)
+        return self._post("/api/predict", dict(transaction), writes=True)
 
     def explain(self, transaction: Mapping[str, Any]) -> Any:
-        return self._post("/api/explain", dict(transaction), auth=True)
+        return self._post("/api/explain", dict(transaction), writes=False)  # stores nothing: a read
 
     # -- backtests -------------------------------------------------------------------------
     def backtests(self) -> Any:

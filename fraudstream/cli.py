@@ -17,6 +17,7 @@ SERVICE_COMMANDS: dict[str, tuple[str, str]] = {
     "api": ("api.cli", "run the analytics API (FastAPI)"),
     "dashboard": ("dashboard.cli", "run the live dashboard (Dash)"),
     "backtest": ("producer.backtest_cli", "replay a window of history as a backtest run"),
+    "model": ("fraudstream.model_cli", "the model registry: list, promote, shadow, history"),
 }
 
 

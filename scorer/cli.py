@@ -53,6 +53,29 @@ def worker_argv(args: argparse.Namespace, host: str, port: int) -> list[str]:
     return argv
 
 
+def _champion_registered(database_url: str) -> bool:
+    """Whether the registry names a champion (a database that cannot be reached: assume so, the
+    worker waits for it and says so)."""
+    import asyncio
+
+    import asyncpg
+
+    from core.db.registry import active_model
+    from core.db.urls import asyncpg_dsn
+
+    async def ask() -> bool:
+        conn = await asyncpg.connect(asyncpg_dsn(database_url), timeout=5)
+        try:
+            return await active_model(conn) is not None
+        finally:
+            await conn.close()
+
+    try:
+        return asyncio.run(ask())
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return True
+
+
 def _run_worker(argv: list[str]) -> int:
     from scorer.app import app  # imported late: the app reads settings and endpoints at import
 
@@ -92,15 +115,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_web and not 0 < args.web_port + args.workers - 1 <= 65535:
         parser.error(f"--web-port {args.web_port} is not a valid port")
     try:
-        resolve_endpoints(settings)
+        endpoints = resolve_endpoints(settings)
     except NotConfigured as exc:
         print(f"fraudstream scorer: {exc}", file=sys.stderr)
         return 1
     manifest = Path(settings.model_path) / "manifest.json"
-    if not manifest.is_file():
+    if not manifest.is_file() and not _champion_registered(endpoints.database_url):
         print(
-            f"fraudstream scorer: no model bundle at {settings.model_path} "
-            "(train one with `fraudstream train`, or set FRAUDSTREAM_MODEL_PATH)",
+            "fraudstream scorer: no champion in the model registry and no model bundle at "
+            f"{settings.model_path} (train one with `fraudstream train --activate`, or set "
+            "FRAUDSTREAM_MODEL_PATH)",
             file=sys.stderr,
         )
         return 1

@@ -22,7 +22,6 @@ from typing import Any
 
 import faust
 
-from core.ensemble import Ensemble
 from core.models import EnsembleResolver
 from scorer.failures import describe
 from scorer.faults import Fault, FaultInjector
@@ -113,13 +112,6 @@ class ScorerWorker:
         background: list[asyncio.Task] = []
         resources: Resources | None = None
         try:
-            ensemble = Ensemble.load(config.model_path)
-            log.info(
-                "loaded model %s (threshold %.4f) from %s",
-                ensemble.version,
-                ensemble.threshold,
-                config.model_path,
-            )
             await config.prepare_broker()
 
             def failed(error: BaseException) -> None:
@@ -129,9 +121,12 @@ class ScorerWorker:
             resources = await Resources.open(
                 dsn=config.dsn, bootstrap_servers=config.bootstrap_servers, on_failure=failed
             )
-            models = ModelResolution(
-                EnsembleResolver(ensemble), resources.pool, config.metrics, config.health, failed
-            )
+            # The registry's champion (and shadow); the configured bundle only when none is registered.
+            async with resources.pool.acquire() as conn:
+                resolver = await EnsembleResolver.open(conn, fallback_path=config.model_path)
+            ensemble = resolver.active
+            log.info("scoring with model %s (threshold %.4f)", ensemble.version, ensemble.threshold)
+            models = ModelResolution(resolver, resources.pool, config.metrics, config.health, failed)
             writer = BatchWriter(
                 resources.pool,
                 resources.producer,

@@ -1,7 +1,8 @@
 """Fixtures for the API tests: a database filled through the scorer's write path, a live server.
 
 `api_db` stores the shipped sample exactly as the scorer does (real `Ensemble` scores,
-`core.db.store.store_scored`, ids from `core.events.transaction_id`), once per module.
+`core.db.store.store_scored`, ids from `core.events.transaction_id`), once per module,
+and registers the bundle as the champion (the API serves the registry's champion).
 `serve` runs the real app under a real uvicorn on a free loopback port, in a thread.
 """
 
@@ -23,7 +24,9 @@ import pytest
 import uvicorn
 
 from api.main import create_app
+from core.bundle_store import BundleStore
 from core.dataset import SAMPLE_PATH, load_csv
+from core.db.registry import register_model
 from core.db.store import ScoredRows, store_scored
 from core.ensemble import Ensemble
 from core.events import transaction_id
@@ -57,9 +60,18 @@ def stable_ids(raw: np.ndarray) -> list[str]:
     return ids
 
 
-async def _fill(url: str, ensemble: Ensemble, raw: np.ndarray, labels: np.ndarray, ids: list[str]):
+async def _fill(
+    url: str,
+    ensemble: Ensemble,
+    raw: np.ndarray,
+    labels: np.ndarray,
+    ids: list[str],
+    bundle: Path,
+    store: Path,
+):
     conn = await asyncpg.connect(url)
     try:
+        await register_model(conn, ensemble, bundle, activate=True, actor="tests", store=BundleStore(store))
         scores, errors, alerts = [], [], []
         for start in range(0, len(ids), 4000):
             part = raw[start : start + 4000]
@@ -86,12 +98,13 @@ async def _fill(url: str, ensemble: Ensemble, raw: np.ndarray, labels: np.ndarra
 
 
 @pytest.fixture(scope="module", name="api_db")
-def api_db_fixture(infra, model_bundle: Path) -> Iterator[StoredSample]:
+def api_db_fixture(infra, model_bundle: Path, tmp_path_factory) -> Iterator[StoredSample]:
     name, url = infra.create_database("api")
     data = load_csv(SAMPLE_PATH)
     ensemble = Ensemble.load(model_bundle)
     ids = stable_ids(data.raw)
-    score, error, alert = asyncio.run(_fill(url, ensemble, data.raw, data.labels, ids))
+    store = tmp_path_factory.mktemp("store")
+    score, error, alert = asyncio.run(_fill(url, ensemble, data.raw, data.labels, ids, model_bundle, store))
     yield StoredSample(url, ids, data.raw, data.labels.astype(int), score, error, alert, ensemble)
     infra.drop_database(name)
 
@@ -111,10 +124,12 @@ def api_settings(infra, database_url: str, bundle: Path, tmp_path: Path, **overr
 
 
 @contextlib.contextmanager
-def serve(settings: Settings) -> Iterator[str]:
+def serve(settings: Settings, **app_options) -> Iterator[str]:
     """Run the app under uvicorn on a free 127.0.0.1 port; yield its base URL."""
     port = free_port("127.0.0.1")
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(
+        create_app(settings, **app_options), host="127.0.0.1", port=port, log_level="warning"
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="api-test-server", daemon=True)
     thread.start()

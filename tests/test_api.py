@@ -68,13 +68,17 @@ def test_heartbeat_health_and_openapi(http: httpx.Client, api_db: StoredSample) 
     assert beat["name"] == "fraudstream-api" and beat["model_version"] == api_db.ensemble.version
     health = http.get("/health")
     assert health.status_code == 200, health.text
-    assert health.json() == {
-        "status": "ok",
+    body = health.json()
+    assert {key: body[key] for key in ("database", "model", "champion", "broker", "not_ready")} == {
         "database": "ok",
         "model": api_db.ensemble.version,
+        "champion": api_db.ensemble.version,
         "broker": "ok",
         "not_ready": [],
     }
+    # No scorer worker runs in this module: serving, but degraded (tests/test_api_health.py has every state).
+    assert body["status"] == "degraded" and body["scorer"] == {"live": 0, "workers": []}
+    assert body["reasons"] == ["no live scorer worker (no heartbeat in the last 15 s)"]
     spec = http.get("/openapi.json").json()
     for path in ("/api/stats", "/api/transactions", "/api/predict", "/api/distributions/feature/{name}"):
         assert path in spec["paths"]
@@ -473,7 +477,7 @@ def test_live_predict_shows_up_in_the_live_view(http: httpx.Client, api_db: Stor
 # --------------------------------------------------------------------------- token and CORS
 
 
-def test_token_guards_writes_and_cors_is_configurable(
+def test_token_guards_reads_and_writes_and_cors_is_configurable(
     infra, api_db: StoredSample, model_bundle, tmp_path
 ) -> None:
     settings = api_settings(
@@ -492,7 +496,9 @@ def test_token_guards_writes_and_cors_is_configurable(
             assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
         ok = client.post("/api/predict", json=body, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
-        assert client.get("/api/stats").status_code == 200  # reads need no token
+        assert client.get("/api/stats").status_code == 401  # reads need it too
+        assert client.get("/api/stats", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert client.get("/health").status_code == 200 and client.get("/").status_code == 200
         allowed = client.get("/", headers={"Origin": "http://dash.local"})
         assert allowed.headers["access-control-allow-origin"] == "http://dash.local"
         other = client.get("/", headers={"Origin": "http://evil.example"})

@@ -21,7 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from api.broker import BrokerMonitor
-from api.cache import ResultCache
+from api.cache import FIRST_PAGE, FULL_SCAN, ResultCache
 from core.db.store import ScoredRows, store_scored
 from core.db.urls import sqlalchemy_url
 from core.kafka import broker_reachable
@@ -109,15 +109,15 @@ def test_single_flight_and_read_your_writes(database_url: str) -> None:
         results = await asyncio.gather(*waiting)
         assert gate.calls == 1 and len({id(r) for r in results}) == 1
 
-        before = await cache.get("cold", "", gate, follows_writes=True)
+        before = await cache.get("cold", "", gate, FIRST_PAGE)
         aggregate = await cache.get("aggregate", "", Gate())
         cache.written("")  # a row stored through this process: the next read must see it
-        after = await cache.get("cold", "", gate, follows_writes=True)
+        after = await cache.get("cold", "", gate, FIRST_PAGE)
         assert after is not before and after.value["call"] > before.value["call"]
         other_run = Gate()
-        kept = await cache.get("other", "run-b", other_run, follows_writes=True)
+        kept = await cache.get("other", "run-b", other_run, FIRST_PAGE)
         cache.written("")
-        assert await cache.get("other", "run-b", other_run, follows_writes=True) is kept  # other runs
+        assert await cache.get("other", "run-b", other_run, FIRST_PAGE) is kept  # other runs
         assert await cache.get("aggregate", "", Gate()) is aggregate  # aggregates follow the bound only
 
     run_with_cache(database_url, scenario)
@@ -265,10 +265,10 @@ def test_slow_answers_follow_their_own_bound(database_url: str) -> None:
         cache.bind(engine)
         slow, live = Gate(), Gate()
         try:
-            first_slow = await cache.get("histogram", "", slow, slow=True)
+            first_slow = await cache.get("histogram", "", slow, FULL_SCAN)
             first_live = await cache.get("stats", "", live)
             await asyncio.sleep(1.5 * MAX_AGE)  # past the live bound, well inside the slow one
-            assert await cache.get("histogram", "", slow, slow=True) is first_slow and slow.calls == 1
+            assert await cache.get("histogram", "", slow, FULL_SCAN) is first_slow and slow.calls == 1
             assert (await cache.get("stats", "", live)) is not first_live and live.calls == 2
         finally:
             await cache.close()

@@ -1,11 +1,14 @@
 """The dashboard in a real headless Chromium, against the real API and PostgreSQL.
 
 One stack per module (a migrated database filled through `core.db.store.store_scored`
-with real `Ensemble` scores of rows of the shipped sample, the API under uvicorn in a
-thread, the dashboard as its own process via `python -m dashboard`), then each page is
-checked for real content: KPI numbers equal the API's own stats, plots have traces, the
-live page follows new rows, Try it shows the model's score, and the banner reports an
-unreachable API and clears when it is back. Screenshots go to artifacts/screenshots/.
+with real `Ensemble` scores of rows of the shipped sample and the bundle registered as the
+champion, a scorer worker's heartbeat row kept fresh, the API under uvicorn in a thread
+with a write and a read token, the dashboard as its own process via `python -m dashboard`
+with a password), then: a visitor without a session is refused everywhere and signs in;
+each page is checked for real content: KPI numbers equal the API's own stats, plots have
+traces, the live page follows new rows, Try it shows the model's score, and the banner
+reports a degraded stack and an unreachable API and clears when they recover.
+Screenshots go to artifacts/screenshots/.
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ import pytest
 import uvicorn
 from selenium.webdriver.common.by import By
 
+from core.bundle_store import BundleStore
 from core.dataset import SAMPLE_PATH, Dataset, load_csv
 from core.db.store import ScoredRows, store_scored
 from core.ensemble import Ensemble
 from core.events import transaction_id
 from core.settings import PROJECT_ROOT, Settings
 from tests.browser import chromium, chromium_available, screenshot, wait_for
+from tests.bundles import register
 
 pytestmark = pytest.mark.skipif(
     not chromium_available(),
@@ -41,6 +46,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 SCREENSHOTS = PROJECT_ROOT / "artifacts" / "screenshots"
+WRITE_TOKEN, READ_TOKEN = "dash-write-token-0123456789", "dash-read-token-0123456789"
+PASSWORD = "correct horse battery staple"
 SEED_ROWS = 2500
 MORE_ROWS = 300
 #: Rows from the end of the sample (the model's test stretch), so live metrics are honest.
@@ -96,7 +103,8 @@ class ApiServer:
         self._server = self._thread = None
 
     def get(self, path: str, **params: Any) -> Any:
-        response = httpx.get(self.url + path, params=params, timeout=10)
+        headers = {"Authorization": f"Bearer {READ_TOKEN}"}
+        response = httpx.get(self.url + path, params=params, headers=headers, timeout=10)
         response.raise_for_status()
         return response.json()
 
@@ -152,18 +160,75 @@ def stack_database(infra) -> Iterator[str]:
     infra.drop_database(name)
 
 
+class Heartbeats:
+    """A scorer worker's heartbeat row, upserted every second as a worker does, in a thread."""
+
+    def __init__(self, database_url: str, version: str) -> None:
+        self.database_url = database_url
+        self.version = version
+        self.state, self.reason = "ok", None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
+
+    def _run(self) -> None:
+        async def beat() -> None:
+            conn = await asyncpg.connect(self.database_url)
+            try:
+                while not self._stop.is_set():
+                    await conn.execute(
+                        "INSERT INTO scorer_workers (worker_id, host, pid, state, reason, model_version, "
+                        "last_store_at) VALUES ('dash-worker', 'test', 1, $1, $2, $3, now()) "
+                        "ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = now(), state = EXCLUDED.state, "
+                        "reason = EXCLUDED.reason, model_version = EXCLUDED.model_version",
+                        self.state,
+                        self.reason,
+                        self.version,
+                    )
+                    await asyncio.sleep(1.0)
+            finally:
+                await conn.close()
+
+        asyncio.run(beat())
+
+    def __enter__(self) -> Heartbeats:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def heartbeats(stack_database: str, ensemble: Ensemble) -> Iterator[Heartbeats]:
+    with Heartbeats(stack_database, ensemble.version) as beating:
+        yield beating
+
+
 @pytest.fixture(scope="module")
 def api(
-    infra, stack_database: str, model_bundle: Path, sample: Dataset, ensemble: Ensemble, tmp_path_factory
+    infra,
+    stack_database: str,
+    model_bundle: Path,
+    sample: Dataset,
+    ensemble: Ensemble,
+    heartbeats: Heartbeats,
+    tmp_path_factory,
 ):
-    """The API on a free port, over a database holding the first SEED_ROWS sample rows, scored."""
+    """The API on a free port, over a database holding the first SEED_ROWS sample rows, scored,
+    with the bundle registered as the champion; reads and writes need a token."""
     stored = store(stack_database, score_rows(ensemble, sample.take(SEED)))
     assert stored == SEED_ROWS
+    asyncio.run(
+        register(stack_database, model_bundle, BundleStore(tmp_path_factory.mktemp("store")), activate=True)
+    )
     settings = Settings(
         kafka_bootstrap_servers=infra.bootstrap_servers,
         database_url=stack_database,
         model_path=model_bundle,
         state_dir=tmp_path_factory.mktemp("dash-state"),
+        api_token=WRITE_TOKEN,
+        api_read_token=READ_TOKEN,
         _env_file=None,
     )
     server = ApiServer(settings, free_port())
@@ -178,7 +243,15 @@ def dashboard(api: ApiServer, tmp_path_factory) -> Iterator[str]:
     port = free_port()
     log = tmp_path_factory.mktemp("dash-log") / "dashboard.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSTREAM_")}
-    env.update({"FRAUDSTREAM_API_URL": api.url, "FRAUDSTREAM_REFRESH_MS": "1000"})
+    env.update(
+        {
+            "FRAUDSTREAM_API_URL": api.url,
+            "FRAUDSTREAM_REFRESH_MS": "1000",
+            "FRAUDSTREAM_API_TOKEN": WRITE_TOKEN,
+            "FRAUDSTREAM_API_READ_TOKEN": READ_TOKEN,
+            "FRAUDSTREAM_DASHBOARD_PASSWORD": PASSWORD,
+        }
+    )
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "dashboard", "--host", "127.0.0.1", "--port", str(port)],
@@ -200,10 +273,72 @@ def dashboard(api: ApiServer, tmp_path_factory) -> Iterator[str]:
     assert process.returncode == 0, log.read_text()
 
 
+def sign_in(driver: Any, dashboard: str, secret: str) -> None:
+    driver.get(dashboard + "/login")
+    field = wait_for(driver, lambda d: d.find_elements(By.ID, "secret"), 20, "no login form")[0]
+    field.send_keys(secret)
+    driver.find_element(By.ID, "sign-in").click()
+
+
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def browser(dashboard: str) -> Iterator[Any]:
+    """A browser signed in to the dashboard."""
     with chromium() as driver:
+        sign_in(driver, dashboard, PASSWORD)
+        wait_for(
+            driver,
+            lambda d: d.find_elements(By.ID, "kpi-scored"),
+            30,
+            "signing in did not open the Live page",
+        )
         yield driver
+
+
+def test_nothing_is_served_before_signing_in(dashboard: str) -> None:
+    """No page, callback, layout, bundle or asset without a session; a wrong secret is refused."""
+    with httpx.Client(base_url=dashboard, timeout=10, follow_redirects=False) as anonymous:
+        page = anonymous.get("/model")
+        assert page.status_code == 302 and page.headers["location"] == "/login?next=%2Fmodel"
+        callback = anonymous.post(
+            "/_dash-update-component",
+            json={
+                "output": "kpi-scored.children",
+                "outputs": {"id": "kpi-scored", "property": "children"},
+                "inputs": [{"id": "live-tick", "property": "n_intervals", "value": 1}],
+                "changedPropIds": [],
+            },
+        )
+        assert callback.status_code == 401 and WRITE_TOKEN not in callback.text
+        for path in (
+            "/_dash-layout",
+            "/_dash-dependencies",
+            "/assets/style.css",
+            "/_dash-component-suites/dash/dcc/async-graph.js",
+        ):
+            assert anonymous.get(path).status_code == 401, path
+        wrong = anonymous.post("/login", data={"secret": "guess"})
+        assert wrong.status_code == 401 and "fraudstream_session" not in wrong.cookies
+        evil = anonymous.post("/login?next=//evil.example/x", data={"secret": PASSWORD})
+        assert evil.status_code == 302 and evil.headers["location"] == "/"  # never an open redirect
+        assert anonymous.get("/_dash-layout").status_code == 200  # the session cookie now opens it
+    with chromium() as driver:  # a person: sent to the login page, refused, then let in
+        driver.get(dashboard + "/")
+        wait_for(
+            driver, lambda d: d.current_url.endswith("/login?next=%2F"), 20, "not sent to the login page"
+        )
+        sign_in(driver, dashboard, "not the password")
+        assert (
+            "That is not it" in wait_for(driver, lambda d: d.find_elements(By.ID, "login-error"), 20)[0].text
+        )
+        screenshot(driver, SCREENSHOTS / "login.png")
+        sign_in(driver, dashboard, PASSWORD)
+        wait_for(
+            driver, lambda d: d.find_elements(By.ID, "kpi-scored"), 30, "the right password did not let in"
+        )
+        driver.find_element(By.ID, "sign-out").click()
+        wait_for(
+            driver, lambda d: d.find_elements(By.ID, "secret"), 20, "signing out did not end the session"
+        )
 
 
 def text_of(driver: Any, element_id: str) -> str:
@@ -412,3 +547,35 @@ def test_banner_reports_an_unreachable_api_and_clears_when_it_returns(
         browser, lambda d: not d.find_element(By.ID, "status-banner").is_displayed(), 30, "banner stayed"
     )
     wait_for(browser, lambda d: text_of(d, "kpi-scored") == f"{volume:,}", 30, "the KPIs did not come back")
+
+
+def test_banner_says_when_the_stack_is_degraded_and_why(
+    dashboard: str, api: ApiServer, browser, heartbeats
+) -> None:
+    browser.get(dashboard + "/")
+    wait_for(
+        browser,
+        lambda d: not d.find_element(By.ID, "status-banner").is_displayed(),
+        30,
+        "banner at the start",
+    )
+    heartbeats.state, heartbeats.reason = "stalled", "900 events pending, nothing stored for 40 s"
+    try:
+        banner = wait_for(
+            browser,
+            lambda d: (
+                (b := d.find_element(By.ID, "status-banner")).is_displayed() and "stalled" in b.text and b
+            ),
+            30,
+            "no banner for a stalled worker",
+        )
+        assert banner.text == (
+            "Degraded: scorer worker dash-worker is stalled: 900 events pending, nothing stored for 40 s."
+        )
+        assert "banner-warn" in banner.get_attribute("class")
+        screenshot(browser, SCREENSHOTS / "degraded.png")
+    finally:
+        heartbeats.state, heartbeats.reason = "ok", None
+    wait_for(
+        browser, lambda d: not d.find_element(By.ID, "status-banner").is_displayed(), 30, "banner stayed"
+    )

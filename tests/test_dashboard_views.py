@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 
+import httpx
 import pytest
 
 from dashboard.cache import TickCache
@@ -300,3 +301,91 @@ def test_cli_says_when_the_port_is_taken(capsys: pytest.CaptureFixture[str]) -> 
         port = busy.getsockname()[1]
         assert main(["--port", str(port), "--api-url", "http://127.0.0.1:9"]) == 1
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- login, banner, tokens
+
+
+def test_a_login_is_needed_whenever_credentials_or_the_network_are_involved() -> None:
+    bare = DashboardSettings(_env_file=None)
+    assert not bare.login_required("127.0.0.1") and not bare.login_required("localhost")
+    assert bare.login_required("0.0.0.0") and bare.login_required("192.168.1.20")
+    assert bare.login_secrets == []
+    with_token = DashboardSettings(_env_file=None, api_read_token="r" * 20, api_token="w" * 20)
+    assert with_token.login_required("127.0.0.1") and with_token.login_secrets == ["r" * 20, "w" * 20]
+    with_password = DashboardSettings(_env_file=None, api_token="w" * 20, dashboard_password="pw")
+    assert with_password.login_secrets == ["pw"]  # the password replaces the tokens as a login
+
+
+def test_a_needed_login_without_anything_to_check_refuses_to_start() -> None:
+    from dashboard.app import create_app
+
+    with pytest.raises(ValueError, match="FRAUDSTREAM_DASHBOARD_PASSWORD"):
+        create_app("http://127.0.0.1:1", DashboardSettings(_env_file=None), host="0.0.0.0")
+    served = create_app(
+        "http://127.0.0.1:1", DashboardSettings(_env_file=None, dashboard_password="pw"), host="0.0.0.0"
+    )
+    anonymous = served.server.test_client()
+    assert anonymous.get("/").status_code == 302 and anonymous.get("/_dash-layout").status_code == 401
+    assert anonymous.post("/login", data={"secret": "pw"}).status_code == 302
+    assert anonymous.get("/_dash-layout").status_code == 200
+    open_app = create_app("http://127.0.0.1:1", DashboardSettings(_env_file=None), host="127.0.0.1")
+    assert open_app.server.test_client().get("/_dash-layout").status_code == 200  # loopback, no tokens
+
+
+def test_failed_logins_lock_an_address_out_for_a_while() -> None:
+    from dashboard.auth import LOCKOUT_S, MAX_FAILURES, LoginLimiter, _safe_next
+
+    clock = FakeClock()
+    limiter = LoginLimiter(clock)
+    for _ in range(MAX_FAILURES):
+        assert not limiter.locked("10.0.0.1")
+        limiter.failed("10.0.0.1")
+    assert limiter.locked("10.0.0.1") and not limiter.locked("10.0.0.2")
+    clock.now += LOCKOUT_S + 1
+    assert not limiter.locked("10.0.0.1")
+    for target, safe in (
+        ("/model?x=1", "/model?x=1"),
+        ("//evil.example", "/"),
+        ("https://evil", "/"),
+        (None, "/"),
+    ):
+        assert _safe_next(target) == safe
+
+
+def test_the_banner_says_degraded_with_the_reasons() -> None:
+    from dashboard.app import status_message
+
+    degraded = {
+        "status": "degraded",
+        "reasons": ["scorer worker w1 is stalled: x", "broker unreachable at b"],
+    }
+    text, css = status_message(degraded, None, "http://api")
+    assert (
+        text == "Degraded: scorer worker w1 is stalled: x; broker unreachable at b."
+        and css == "banner banner-warn"
+    )
+    down = {"status": "unavailable", "not_ready": ["database"], "reasons": ["database unreachable: refused"]}
+    text, css = status_message(down, None, "http://api")
+    assert text == "The API is not ready (database unreachable: refused)." and css == "banner banner-error"
+    assert status_message({"status": "ok"}, None, "http://api") == ("", "banner hidden")
+
+
+def test_reads_carry_the_read_token_and_predictions_the_write_token() -> None:
+    seen: list[tuple[str, str | None]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.url.path, request.headers.get("authorization")))
+        return httpx.Response(200, json={})
+
+    client = ApiClient("http://api", token="W", read_token="R", transport=httpx.MockTransport(handler))
+    client.stats()
+    client.explain({"time": 1})
+    client.predict({"time": 1})
+    client.health()
+    assert seen == [
+        ("/api/stats", "Bearer R"),
+        ("/api/explain", "Bearer R"),
+        ("/api/predict", "Bearer W"),
+        ("/health", None),
+    ]

@@ -5,15 +5,16 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Path, Query, Response, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api import queries
-from api.cache import ResultCache
-from api.deps import Cache, cached_response, run_totals
+from api.cache import FULL_SCAN, ResultCache, cached_response
+from api.deps import Cache
 from api.params import DEFAULT_RUN, RunId
 from api.schemas import Distribution, HistogramSeries, Problem
+from api.totals import read_run_totals
 from core.db.schema import transactions
 
 router = APIRouter(prefix="/api/distributions", tags=["distributions"])
@@ -67,7 +68,7 @@ async def _counts(
     _add(counts, sums, "normal", everything)
     _add(counts, sums, "alert", [row for row in everything if row.alert])
     labels: list[tuple[str, int | None]] = [("fraud", 1)]
-    if (await run_totals(conn, run_id)).unlabelled:
+    if (await read_run_totals(conn, run_id)).unlabelled:
         labels.append(("unlabelled", None))
     for name, label in labels:
         rows = (await conn.execute(queries.histogram_of_label(*args, label))).all()
@@ -78,7 +79,7 @@ async def _counts(
 
 async def _distribution(
     cache: ResultCache, feature: queries.Feature, run_id: str, bins: int, scale: str
-) -> Response | JSONResponse:
+) -> Response:
     key = feature.name.lower()
     log = scale == "log" or (scale == "auto" and key in _LOG_BY_DEFAULT)
     if log and not feature.nonnegative:
@@ -114,11 +115,18 @@ async def _distribution(
             rows=sum(s.total for s in series if s.name != "alert"),
         )
 
-    return await cached_response(cache, ("distribution", key, run_id, bins, log), run_id, compute, slow=True)
+    return await cached_response(cache, ("distribution", key, run_id, bins, log), run_id, compute, FULL_SCAN)
 
 
-@router.get("/amount", response_model=Distribution, summary="Histogram of Amount (log scale), by class")
-async def amount(cache: Cache, run_id: RunId = DEFAULT_RUN, bins: Bins = 50, scale: Scale = "auto"):
+@router.get(
+    "/amount",
+    response_model=Distribution,
+    summary="Histogram of Amount (log scale), by class",
+    responses={422: {"model": Problem}},
+)
+async def amount(
+    cache: Cache, run_id: RunId = DEFAULT_RUN, bins: Bins = 50, scale: Scale = "auto"
+) -> Response:
     return await _distribution(cache, queries.FEATURES["amount"], run_id, bins, scale)
 
 
@@ -126,15 +134,18 @@ async def amount(cache: Cache, run_id: RunId = DEFAULT_RUN, bins: Bins = 50, sca
     "/feature/{name}",
     response_model=Distribution,
     summary="Histogram of any feature, by class",
-    responses={404: {"model": Problem, "description": "unknown feature; `valid` lists the names"}},
+    responses={
+        404: {"model": Problem, "description": "unknown feature; `valid` lists the names"},
+        422: {"model": Problem},
+    },
 )
 async def feature(
-    name: str,
+    name: Annotated[str, Path(max_length=40)],
     cache: Cache,
     run_id: RunId = DEFAULT_RUN,
     bins: Bins = 50,
     scale: Scale = "auto",
-):
+) -> Response:
     """`name`: Time, V1..V28, Amount, recon_error or score (case-insensitive)."""
     found = queries.lookup_feature(name)
     if found is None:

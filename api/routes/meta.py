@@ -1,16 +1,16 @@
-"""Heartbeat, readiness and Prometheus metrics."""
+"""Heartbeat, health and Prometheus metrics: open to every caller (see `api.auth` for /metrics)."""
 
 from __future__ import annotations
 
-import asyncio
 from importlib.metadata import PackageNotFoundError, version
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 
-from api.deps import Metrics
+from api.auth import authorize_metrics
+from api.deps import AppSettings, Broker, Engine, Metrics, Models
+from api.health import assess, observe
 from api.schemas import Health, Heartbeat
 
 router = APIRouter(tags=["meta"])
@@ -26,57 +26,38 @@ def package_version() -> str:
 
 
 @router.get("/", response_model=Heartbeat, summary="Heartbeat")
-async def heartbeat(request: Request) -> Heartbeat:
-    ensemble = request.app.state.ensemble
+async def heartbeat(models: Models) -> Heartbeat:
+    served = models.champion
     return Heartbeat(
         name=SERVICE_NAME,
         version=package_version(),
-        model_version=ensemble.version if ensemble is not None else None,
+        model_version=served.version if served is not None else None,
     )
-
-
-async def _database_status(request: Request) -> str:
-    try:
-        async with asyncio.timeout(2.0), request.app.state.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-    except Exception as exc:  # any failure means "not ready"; the message says which
-        return f"unreachable: {type(exc).__name__}: {exc}"[:300]
-    return "ok"
-
-
-async def _broker_status(request: Request) -> str:
-    """The background monitor's last answer (`api.broker`): no Kafka client per call."""
-    return await request.app.state.broker_monitor.status()
 
 
 @router.get(
     "/health",
     response_model=Health,
-    summary="Readiness: database, model bundle, broker",
-    responses={503: {"model": Health, "description": "some part is not ready"}},
+    summary="Health: ok, degraded (with reasons) or unavailable (503)",
+    responses={503: {"model": Health, "description": "the API cannot serve: database down or no model"}},
 )
-async def health(request: Request) -> Response:
-    database, broker = await asyncio.gather(_database_status(request), _broker_status(request))
-    ensemble = request.app.state.ensemble
-    not_ready = [
-        name
-        for name, ok in (
-            ("database", database == "ok"),
-            ("model", ensemble is not None),
-            ("broker", broker == "ok"),
-        )
-        if not ok
-    ]
-    body = Health(
-        status="unavailable" if not_ready else "ok",
-        database=database,
-        model=ensemble.version if ensemble is not None else None,
-        broker=broker,
-        not_ready=not_ready,
+async def health(engine: Engine, models: Models, broker: Broker, settings: AppSettings) -> Response:
+    seen = await observe(engine, models, broker)
+    body = assess(
+        seen,
+        stale_seconds=settings.health_worker_stale_seconds,
+        reload_seconds=settings.model_refresh_seconds,
     )
-    return JSONResponse(body.model_dump(mode="json"), status_code=503 if not_ready else 200)
+    code = 503 if body.status == "unavailable" else 200
+    return JSONResponse(body.model_dump(mode="json"), status_code=code)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    dependencies=[Depends(authorize_metrics)],
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+)
 async def metrics(metrics: Metrics) -> Response:
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,4 +1,4 @@
-"""How the model does on the stored stream, and which model versions exist."""
+"""How the model does on the stored stream: live metrics per version beside the offline evaluation."""
 
 from __future__ import annotations
 
@@ -9,18 +9,12 @@ from fastapi import APIRouter, Query, Response
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api import queries
+from api.cache import FULL_SCAN, cached_response
 from api.curves import f1, metrics_from_bins, ratio
-from api.deps import Cache, LoadedEnsemble, cached_response, run_totals
+from api.deps import Cache, Champion
 from api.params import DEFAULT_RUN, RunId
-from api.schemas import (
-    Confusion,
-    Curve,
-    FeatureImportance,
-    ModelList,
-    ModelPerformance,
-    ModelVersion,
-    VersionPerformance,
-)
+from api.schemas import Confusion, Curve, FeatureImportance, ModelPerformance, VersionPerformance
+from api.totals import read_run_totals
 
 router = APIRouter(prefix="/api", tags=["model"])
 
@@ -38,13 +32,13 @@ def evaluation_summary(manifest: dict[str, Any]) -> dict[str, Any] | None:
 )
 async def performance(
     cache: Cache,
-    ensemble: LoadedEnsemble,
+    ensemble: Champion,
     run_id: RunId = DEFAULT_RUN,
     bins: Annotated[int, Query(ge=10, le=1000, description="score bins for the curves")] = 1000,
     curves: Annotated[bool, Query(description="include the offline evaluation's curves")] = True,
 ) -> Response:
     """Precision/recall/F1 at the stored alert flag, AUPRC, ROC AUC and curves, per model version,
-    on the run's labelled rows; plus the loaded bundle's feature importance and offline evaluation.
+    on the run's labelled rows; plus the served champion's feature importance and offline evaluation.
 
     PostgreSQL counts rows per (version, score bin, alert) in one pass over `scores`, and the
     same for the frauds (partial index) and unlabelled rows (if any); negatives are the rest.
@@ -54,7 +48,7 @@ async def performance(
         everything = (await conn.execute(queries.score_bins(run_id, bins))).all()
         frauds = (await conn.execute(queries.score_bins_of_label(run_id, bins, 1))).all()
         unlabelled = []
-        if (await run_totals(conn, run_id)).unlabelled:
+        if (await read_run_totals(conn, run_id)).unlabelled:
             unlabelled = (await conn.execute(queries.score_bins_of_label(run_id, bins, None))).all()
         thresholds = dict((await conn.execute(queries.model_thresholds())).all())
         thresholds[ensemble.version] = ensemble.threshold
@@ -114,29 +108,4 @@ async def performance(
         )
 
     key = ("performance", run_id, bins, curves, ensemble.version)
-    return await cached_response(cache, key, run_id, compute, slow=True)
-
-
-@router.get("/models", response_model=ModelList, summary="Model versions; which one is active")
-async def models(cache: Cache, ensemble: LoadedEnsemble) -> Response:
-    """Through the result cache like the aggregates (the manifests are large; the list changes rarely)."""
-
-    async def compute(conn: AsyncConnection) -> ModelList:
-        rows = (await conn.execute(queries.model_version_list())).all()
-        versions = [
-            ModelVersion(
-                version=row.version,
-                created_at=row.created_at,
-                bundle_path=row.bundle_path,
-                threshold=row.threshold,
-                active=row.active,
-                loaded=row.version == ensemble.version,
-                evaluation=row.evaluation,
-                training=row.training,
-            )
-            for row in rows
-        ]
-        active = next((v.version for v in versions if v.active), None)
-        return ModelList(active=active, loaded=ensemble.version, versions=versions)
-
-    return await cached_response(cache, ("models", ensemble.version), "", compute, follows_clock=True)
+    return await cached_response(cache, key, run_id, compute, FULL_SCAN)

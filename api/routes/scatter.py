@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Response, status
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api import queries
-from api.deps import Cache, cached_response
+from api.cache import FULL_SCAN, cached_response
+from api.deps import Cache
 from api.params import DEFAULT_RUN, RunId
 from api.routes.distributions import unknown_feature_response
 from api.schemas import Problem, Scatter, ScatterPoint
@@ -32,7 +33,7 @@ async def scatter(
     y: FeatureName = "V17",
     n: Annotated[int, Query(ge=2, le=5000, description="points in total (half frauds)")] = 500,
     run_id: RunId = DEFAULT_RUN,
-):
+) -> Response:
     fx, fy = queries.lookup_feature(x), queries.lookup_feature(y)
     for name, found in ((x, fx), (y, fy)):
         if found is None:
@@ -59,4 +60,4 @@ async def scatter(
             run_id=run_id, x=fx.name, y=fy.name, points=points, frauds=len(frauds), normals=len(normals)
         )
 
-    return await cached_response(cache, ("scatter", fx.name, fy.name, n, run_id), run_id, compute, slow=True)
+    return await cached_response(cache, ("scatter", fx.name, fy.name, n, run_id), run_id, compute, FULL_SCAN)

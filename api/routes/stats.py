@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -10,9 +9,11 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api import queries
-from api.deps import AS_OF_HEADER, Cache, Pool, cached_response
+from api.cache import AS_OF_HEADER, TIMED, cached_response
+from api.deps import Cache, Engine
 from api.params import DEFAULT_RUN, RunId
 from api.schemas import LatencySummary, Stats, TimePoint, TimeSeries
+from api.totals import RunTotals, read_run_totals
 
 router = APIRouter(prefix="/api/stats", tags=["stats"])
 
@@ -20,7 +21,9 @@ Minutes = Annotated[float, Query(gt=0, le=1440, allow_inf_nan=False, description
 
 
 @router.get("", response_model=Stats, summary="Volume, frauds, alerts, throughput and latency")
-async def stats(cache: Cache, pool: Pool, run_id: RunId = DEFAULT_RUN, minutes: Minutes = 1.0) -> Response:
+async def stats(
+    cache: Cache, engine: Engine, run_id: RunId = DEFAULT_RUN, minutes: Minutes = 1.0
+) -> Response:
     """Totals of the run, plus scored rows, alerts, throughput and latency over the last `minutes`.
 
     The totals (volume, labelled, frauds, alerts, first/last scored_at) are read on every
@@ -32,14 +35,14 @@ async def stats(cache: Cache, pool: Pool, run_id: RunId = DEFAULT_RUN, minutes: 
 
     async def compute(conn: AsyncConnection) -> Stats:
         now = (await conn.execute(queries.now())).scalar_one()
-        totals = (await conn.execute(queries.LIVE_TOTALS_TEXT, {"run": run_id})).one()
+        totals = await read_run_totals(conn, run_id)
         window = (await conn.execute(queries.window_totals(run_id, now - timedelta(minutes=minutes)))).one()
         true_alerts = (await conn.execute(queries.true_alerts(run_id))).scalar_one() if totals.alerts else 0
         seconds = (now - window.first).total_seconds() if window.first is not None else 0.0
         throughput = window.scored / max(seconds, 1.0) if window.scored else 0.0
         return Stats(
             run_id=run_id,
-            **_totals_fields(totals._mapping),
+            **_totals_fields(totals),
             true_alerts=true_alerts,
             window_minutes=minutes,
             window_scored=window.scored,
@@ -55,10 +58,9 @@ async def stats(cache: Cache, pool: Pool, run_id: RunId = DEFAULT_RUN, minutes: 
             generated_at=now,
         )
 
-    entry = await cache.get(("stats", run_id, minutes), run_id, compute, follows_clock=True)
-    async with pool.acquire() as conn:
-        totals = await conn.fetchrow(queries.LIVE_TOTALS, run_id)
-    fields = _totals_fields(totals)
+    entry = await cache.get(("stats", run_id, minutes), run_id, compute, TIMED)
+    async with engine.connect() as conn:  # after the cache: a request never holds two connections
+        fields = _totals_fields(await read_run_totals(conn, run_id))
     cached: Stats = entry.value
     body = entry.body
     if any(getattr(cached, name) != value for name, value in fields.items()):
@@ -66,9 +68,9 @@ async def stats(cache: Cache, pool: Pool, run_id: RunId = DEFAULT_RUN, minutes: 
     return Response(body, media_type="application/json", headers={AS_OF_HEADER: entry.as_of.isoformat()})
 
 
-def _totals_fields(totals: Mapping[str, Any]) -> dict[str, Any]:
-    """The Stats fields that come from the run's counters (`queries.LIVE_TOTALS`)."""
-    scored, labelled, frauds, alerts = (totals[name] for name in ("scored", "labelled", "frauds", "alerts"))
+def _totals_fields(totals: RunTotals) -> dict[str, Any]:
+    """The Stats fields that come from the run's counters (`api.totals`)."""
+    scored, labelled, frauds, alerts = totals.scored, totals.labelled, totals.frauds, totals.alerts
     return {
         "volume": scored,
         "labelled": labelled,
@@ -76,8 +78,8 @@ def _totals_fields(totals: Mapping[str, Any]) -> dict[str, Any]:
         "alerts": alerts,
         "alert_rate": alerts / scored if scored else 0.0,
         "fraud_rate": frauds / labelled if labelled else 0.0,
-        "first_scored_at": totals["first"],
-        "last_scored_at": totals["last"],
+        "first_scored_at": totals.first,
+        "last_scored_at": totals.last,
     }
 
 
@@ -120,7 +122,7 @@ async def timeseries(
         return TimeSeries(run_id=run_id, minutes=minutes, bucket_seconds=bucket_seconds, points=points)
 
     key = ("timeseries", run_id, minutes, bucket_seconds)
-    return await cached_response(cache, key, run_id, compute, follows_clock=True)
+    return await cached_response(cache, key, run_id, compute, TIMED)
 
 
 def _floor(moment: datetime, bucket: timedelta) -> datetime:

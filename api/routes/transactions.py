@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Query, Response, status
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api import queries
-from api.cache import ResultCache
-from api.deps import Cache, Engine, cached_response, get_ensemble
+from api.cache import FIRST_PAGE, ResultCache, cached_response
+from api.deps import Cache, Engine, Models, get_champion
 from api.explain import contributions
 from api.params import DEFAULT_RUN, RunId, decode_cursor, encode_cursor
 from api.schemas import Transaction, TransactionPage
@@ -61,7 +61,7 @@ async def _cached_page(
     if cursor is not None:
         return await cached_response(cache, None, where.run_id, compute)
     key = ("page", where, limit, with_features)
-    return await cached_response(cache, key, where.run_id, compute, follows_writes=True)
+    return await cached_response(cache, key, where.run_id, compute, FIRST_PAGE)
 
 
 def _transaction(row, with_features: bool, top_features=None) -> Transaction:
@@ -103,7 +103,7 @@ async def list_transactions(
     limit: Limit = 100,
     cursor: Cursor = None,
     features: WithFeatures = True,
-) -> TransactionPage:
+) -> Response:
     _check_ranges(score_min, score_max, time_from, time_to)
     where = queries.ListFilter(run_id, label, alert, score_min, score_max, time_from, time_to)
     return await _cached_page(cache, where, limit, cursor, features)
@@ -118,7 +118,7 @@ async def list_anomalies(
     limit: Limit = 100,
     cursor: Cursor = None,
     features: WithFeatures = True,
-) -> TransactionPage:
+) -> Response:
     return await _cached_page(cache, queries.ListFilter(run_id, label=1), limit, cursor, features)
 
 
@@ -126,7 +126,7 @@ async def list_anomalies(
 async def list_alerts(
     engine: Engine,
     cache: Cache,
-    request: Request,
+    models: Models,
     run_id: RunId = DEFAULT_RUN,
     limit: Limit = 100,
     cursor: Cursor = None,
@@ -138,7 +138,9 @@ async def list_alerts(
         ),
     ] = False,
     top: Annotated[int, Query(ge=1, le=40, description="how many top features with explain")] = 5,
-) -> TransactionPage:
+) -> Response | TransactionPage:
+    """Newest first. With `explain=true`, each alert's top features by the served champion
+    (TreeSHAP), read fresh (not cached)."""
     if not explain:
         return await _cached_page(cache, queries.ListFilter(run_id, alert=True), limit, cursor, features)
     if limit > EXPLAIN_LIMIT:
@@ -151,8 +153,9 @@ async def list_alerts(
         stored = (await conn.execute(queries.raw_features(run_id, ids))).all() if rows else []
     tops: dict[str, list] = {}
     if rows:
+        ensemble = await get_champion(models)
         raw = np.array([[getattr(r, name) for name in FEATURE_COLUMNS] for r in stored], dtype=np.float64)
-        explained, _ = contributions(get_ensemble(request), raw, top=top)
+        explained, _ = contributions(ensemble, raw, top=top)
         tops = {r.id: row for r, row in zip(stored, explained, strict=True)}
     items = [_transaction(r, features, tops.get(r.id)) for r in rows]
     return TransactionPage(run_id=run_id, items=items, next_cursor=next_cursor, limit=limit)

@@ -13,6 +13,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     Double,
+    ForeignKeyConstraint,
     Identity,
     Index,
     Integer,
@@ -72,6 +73,8 @@ scores = Table(
     Index("ix_scores_run_score", "run_id", "score"),
 )
 
+#: The model registry: `bundle_path` is the version's copy in the content-addressed
+#: store (`core.bundle_store`), `source_path` the folder it was registered from.
 model_versions = Table(
     "model_versions",
     metadata,
@@ -80,8 +83,32 @@ model_versions = Table(
     Column("bundle_path", Text, nullable=False),
     Column("threshold", Double, nullable=False),
     Column("manifest", JSONB, nullable=False),
-    Column("active", Boolean, nullable=False, server_default=text("false")),
+    Column("active", Boolean, nullable=False, server_default=text("false")),  # the champion
+    Column("source_path", Text, nullable=True),
+    Column("registered_by", Text, nullable=False, server_default=text("'unknown'")),
+    Column("shadow", Boolean, nullable=False, server_default=text("false")),
+    CheckConstraint("NOT (active AND shadow)", name="ck_model_versions_champion_or_shadow"),
     Index("ux_model_versions_one_active", "active", unique=True, postgresql_where=text("active")),
+    Index("ux_model_versions_one_shadow", "shadow", unique=True, postgresql_where=text("shadow")),
+)
+
+#: The registry's audit trail (migration 0007): append-only (triggers refuse UPDATE,
+#: DELETE and TRUNCATE); one row per registration, promotion and shadow change.
+model_events = Table(
+    "model_events",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), nullable=False),
+    Column("version", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("at", TIMESTAMP(timezone=True), nullable=False, server_default=func.now()),
+    Column("note", Text, nullable=True),
+    CheckConstraint(
+        "action IN ('registered', 'promoted', 'shadow_on', 'shadow_off')", name="ck_model_events_action"
+    ),
+    ForeignKeyConstraint(["version"], ["model_versions.version"], name="fk_model_events_version"),
+    PrimaryKeyConstraint("id", name="pk_model_events"),
+    Index("ix_model_events_version_at", "version", "at"),
 )
 
 backtest_runs = Table(

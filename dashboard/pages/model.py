@@ -41,8 +41,9 @@ VERSION_COLUMNS = [
     {"name": "created", "id": "created_at"},
     {"name": "threshold", "id": "threshold", "type": "numeric"},
     {"name": "test AUPRC", "id": "auprc", "type": "numeric"},
-    {"name": "active", "id": "active"},
-    {"name": "loaded here", "id": "loaded"},
+    {"name": "role", "id": "role"},
+    {"name": "registered by", "id": "registered_by"},
+    {"name": "served by the API", "id": "loaded"},
 ]
 
 
@@ -73,7 +74,7 @@ def layout(**_query: Any) -> html.Div:
                     columns=VERSION_COLUMNS,
                     data=[],
                     style_data_conditional=[
-                        {"if": {"filter_query": '{active} = "yes"'}, "fontWeight": "600"}
+                        {"if": {"filter_query": '{role} = "champion"'}, "fontWeight": "600"}
                     ],
                 ),
             ),

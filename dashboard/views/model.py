@@ -193,7 +193,8 @@ def version_rows(models: dict[str, Any]) -> list[dict[str, Any]]:
                 "created_at": str(v.get("created_at", ""))[:19].replace("T", " "),
                 "threshold": round(float(v["threshold"]), 4),
                 "auprc": None if test.get("auprc") is None else round(float(test["auprc"]), 4),
-                "active": "yes" if v.get("active") else "",
+                "role": "champion" if v.get("active") else ("shadow" if v.get("shadow") else ""),
+                "registered_by": v.get("registered_by") or "",
                 "loaded": "yes" if v.get("loaded") else "",
             }
         )

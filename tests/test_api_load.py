@@ -1,0 +1,207 @@
+"""Shed load, never fall over: `/api/predict` driven past capacity on loopback.
+
+The API runs as its own process (`python -m api.cli`, a prediction queue of 32) and a
+keep-alive HTTP/1.1 load generator here drives it at rising concurrency, each request a
+new transaction. Every figure is a ratio of rates and latencies measured in this same
+test, never a wall-clock bound: past capacity (concurrency 64) the accepted throughput
+stays within 20% of the peak, the p99 of accepted requests stays within a generous factor
+of the uncongested p99, the excess is refused with 503 + Retry-After (and the refused
+clients wait as told), and nothing is half-stored: every 200 is in the database with its
+score and version, no 503 is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from core.bundle_store import BundleStore
+from core.dataset import SAMPLE_PATH, load_csv
+from core.features import EVENT_FEATURES
+from core.runtime.processes import free_port, port_open, spawn, stop, wait_until
+from core.settings import Settings, settings_env
+from tests.bundles import register
+from tests.streaming_fixtures import fetch
+
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+QUEUE = 32  # FRAUDSTREAM_API_PREDICT_QUEUE of the API under test: up to concurrency 32 all are admitted
+PHASE_SECONDS = 5.0
+PHASE_REQUESTS = 4000
+RUN = "load"
+
+
+@dataclass
+class Phase:
+    concurrency: int
+    seconds: float = 0.0
+    accepted: list[float] = field(default_factory=list)  # latency ms of each 200
+    refused_ms: list[float] = field(default_factory=list)  # latency ms of each 503
+    refused: int = 0
+    other: list[int] = field(default_factory=list)
+    answers: dict[str, str] = field(default_factory=dict)  # id -> model_version, for every 200
+    refused_ids: list[str] = field(default_factory=list)
+    retry_after: set[str] = field(default_factory=set)
+
+    @property
+    def rate(self) -> float:
+        return len(self.accepted) / self.seconds
+
+    def p99(self) -> float:
+        return float(np.percentile(self.accepted, 99))
+
+
+async def _response(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, bytes], bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name:
+            headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get(b"content-length", b"0")))
+    return status, headers, body
+
+
+async def drive(port: int, rows: np.ndarray, concurrency: int, tag: str) -> Phase:
+    """`concurrency` keep-alive clients posting new transactions until the phase ends.
+
+    A client told 503 waits what Retry-After says before its next request, as HTTP asks
+    (with jitter, as well-behaved clients do, so the refused do not all return at once).
+    """
+    phase = Phase(concurrency)
+    jitter = random.Random(concurrency)
+    sent = 0
+    deadline = time.perf_counter() + PHASE_SECONDS
+
+    async def client(k: int) -> None:
+        nonlocal sent
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        i = 0
+        try:
+            while time.perf_counter() < deadline and sent < PHASE_REQUESTS:
+                sent += 1
+                i += 1
+                event_id = f"{tag}-c{concurrency}-{k}-{i}"
+                body = orjson.dumps(
+                    dict(zip(EVENT_FEATURES, rows[(k * 997 + i) % len(rows)].tolist(), strict=True))
+                    | {"id": event_id, "run_id": RUN}
+                )
+                request = (
+                    f"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n"
+                ).encode() + body
+                started = time.perf_counter()
+                writer.write(request)
+                status, headers, payload = await _response(reader)
+                elapsed = (time.perf_counter() - started) * 1000
+                if status == 200:
+                    phase.accepted.append(elapsed)
+                    phase.answers[event_id] = orjson.loads(payload)["model_version"]
+                elif status == 503:
+                    phase.refused += 1
+                    phase.refused_ms.append(elapsed)
+                    phase.refused_ids.append(event_id)
+                    phase.retry_after.add(headers.get(b"retry-after", b"").decode())
+                    pause = float(headers[b"retry-after"]) * (1 + 0.5 * jitter.random())
+                    await asyncio.sleep(max(0.0, min(pause, deadline - time.perf_counter())))
+                else:
+                    phase.other.append(status)
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(k) for k in range(concurrency)))
+    phase.seconds = min(time.perf_counter(), deadline) - started
+    return phase
+
+
+def test_predict_past_capacity_sheds_load_and_stores_all_or_nothing(
+    settings: Settings, model_bundle: Path, tmp_path: Path
+) -> None:
+    version = asyncio.run(
+        register(settings.database_url, model_bundle, BundleStore(tmp_path / "store"), activate=True)
+    )
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSTREAM_")}
+    env.update(
+        settings_env(
+            settings, FRAUDSTREAM_MODEL_PATH=str(model_bundle), FRAUDSTREAM_API_PREDICT_QUEUE=str(QUEUE)
+        )
+    )
+    log = tmp_path / "api.log"
+    process = spawn([sys.executable, "-m", "api.cli", "--port", str(port)], log_path=log, env=env, cwd=ROOT)
+    rows = load_csv(SAMPLE_PATH).raw[:5000]
+    try:
+        wait_until(
+            lambda: port_open("127.0.0.1", port), timeout=120, what="the API", process=process, log_path=log
+        )
+        warm = asyncio.run(drive(port, rows, 4, "warm"))
+        phases = {c: asyncio.run(drive(port, rows, c, "a")) for c in (1, 8, 32, 64)}
+        # A second round of the two that are compared, so one noisy moment on a shared machine
+        # does not decide: each keeps its better run.
+        again = {c: asyncio.run(drive(port, rows, c, "b")) for c in (32, 64)}
+    finally:
+        stop(process, timeout=20)
+
+    for c, phase in again.items():
+        if phase.rate > phases[c].rate:
+            phases[c], again[c] = phase, phases[c]
+    every = [warm, *phases.values(), *again.values()]
+    assert all(not phase.other for phase in every), [phase.other[:5] for phase in every]
+    peak = max(phases[c].rate for c in (1, 8, 32))
+    past = phases[64]
+    print(
+        "\n"
+        + "\n".join(
+            f"concurrency {c:>2}: {p.rate:7.0f} accepted/s, p99 {p.p99():6.1f} ms, {p.refused} refused"
+            + (f" (p99 {np.percentile(p.refused_ms, 99):.1f} ms)" if p.refused else "")
+            for c, p in phases.items()
+        )
+    )
+    assert past.rate >= 0.8 * peak, (past.rate, peak)
+    assert past.refused > 0 and past.retry_after == {"1"}
+    assert all(phases[c].refused == 0 for c in (1, 8, 32))  # within the queue's bound nothing is refused
+    # Latency of what is accepted stays bounded (32 in progress, not 64: without the bound it
+    # doubles again from concurrency 32, ~4-5x the uncongested p99 here), and the excess is
+    # refused without waiting in the queue: faster than what is accepted beside it.
+    assert past.p99() <= 4 * phases[8].p99(), (past.p99(), phases[8].p99())
+    refused_p99 = float(np.percentile(past.refused_ms, 99))
+    assert refused_p99 <= past.p99(), (refused_p99, past.p99())
+
+    answered = {i: v for phase in every for i, v in phase.answers.items()}
+    refused = {i for phase in every for i in phase.refused_ids}
+    stored = {
+        r["id"]: r["model_version"]
+        for r in asyncio.run(
+            fetch(
+                settings.database_url,
+                "SELECT t.id, s.model_version FROM transactions t JOIN scores s USING (run_id, id) "
+                "WHERE t.run_id = $1 AND s.score BETWEEN 0 AND 1",
+                RUN,
+            )
+        )
+    }
+    counts = asyncio.run(
+        fetch(
+            settings.database_url,
+            "SELECT (SELECT count(*) FROM transactions WHERE run_id = $1) AS t, "
+            "(SELECT count(*) FROM scores WHERE run_id = $1) AS s",
+            RUN,
+        )
+    )[0]
+    assert set(answered.values()) == {version}
+    assert {i: stored[i] for i in answered if i in stored} == answered  # every 200 stored, with its version
+    assert not refused & stored.keys()  # no 503 stored
+    assert counts["t"] == counts["s"] == len(stored) == len(answered)  # whole rows only, nothing else
