@@ -22,7 +22,9 @@ class NamedToken(BaseModel):
     """One named API token (`FRAUDSTREAM_API_TOKENS`): who holds it and what it may do."""
 
     token: str = Field(min_length=16)
-    access: Literal["read", "write"] = "read"
+    #: read: GETs and explain; review: that, and verdicts on alerts (the analysts' role);
+    #: write: everything (predict, publish, the registry, reviews on someone's behalf).
+    access: Literal["read", "review", "write"] = "read"
 
 
 class Settings(BaseSettings):
