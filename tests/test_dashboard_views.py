@@ -14,7 +14,7 @@ import pytest
 from dashboard.cache import TickCache
 from dashboard.client import ApiClient, ApiUnreachable
 from dashboard.settings import DashboardSettings
-from dashboard.views import explore, live, model, try_it
+from dashboard.views import explore, live, model, review, try_it
 from dashboard.waterfall import logit, waterfall_figure
 
 
@@ -389,3 +389,44 @@ def test_reads_carry_the_read_token_and_predictions_the_write_token() -> None:
         ("/api/predict", "Bearer W"),
         ("/health", None),
     ]
+
+
+def _item(tx: str) -> dict:
+    return {"id": tx}
+
+
+def test_the_review_page_keeps_the_shown_alert_and_comes_back_to_skipped_ones_last() -> None:
+    items = [_item("a"), _item("b"), _item("c")]
+    shown = {"id": "b", "review_id": "r1"}
+    assert review.next_alert(items, shown, []) is shown  # still waiting: kept (same review id)
+    assert review.next_alert(items, {"id": "gone"}, []) == _item("a")  # decided elsewhere: the next
+    assert review.next_alert(items, None, ["a"]) == _item("b")
+    assert review.next_alert([], None, ["a"]) is None
+    # only skipped ones left: the one skipped longest ago
+    skipped = review.skip(review.skip(review.skip([], "c"), "a"), "b")
+    assert skipped == ["c", "a", "b"] and review.next_alert(items, None, skipped) == _item("c")
+    assert review.skip(skipped, "c") == ["a", "b", "c"]  # skipped again: now the last
+    assert review.skip([str(i) for i in range(10)], "x", keep=3) == ["8", "9", "x"]
+
+
+def test_the_review_counts_name_the_reviewer_and_the_live_precision() -> None:
+    summary = {
+        "backlog": 1234,
+        "overall": {"reviewed": 3, "confirmed_fraud": 2, "precision": 2 / 3},
+        "reviewers": [{"who": "alice", "decisions": 5, "fraud": 4, "not_fraud": 1, "last_24h": 2}],
+    }
+    mine = review.counts_text(summary, "alice")
+    assert (mine["backlog"], mine["reviewed"], mine["precision"], mine["mine"]) == (
+        "1,234",
+        "3",
+        "66.7%",
+        "5",
+    )
+    assert mine["mine_sub"] == "4 fraud · 1 not fraud · 2 in 24 h"
+    assert review.counts_text(summary, "bob")["mine"] == "0"
+    assert review.counts_text(summary, None)["mine_sub"] == "enter your name to review"
+    assert live.review_precision(summary) == ("66.7%", "2 fraud of 3 reviewed · backlog 1,234")
+    assert live.review_precision({"overall": {"reviewed": 0, "precision": None}})[0] == "–"
+    item = {"time": 5.0, "amount": 9.5, "features": {f"V{i}": float(i) for i in range(1, 29)}}
+    body = review.explain_body(item)
+    assert list(body) == ["time", *(f"V{i}" for i in range(1, 29)), "amount"] and body["V7"] == 7.0
