@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 
@@ -115,14 +116,28 @@ def dashboard(settings, scored, tmp_path) -> Iterator[str]:
         api.stop()
 
 
+def _read(read, attempts: int = 20):
+    """Read from the page, again when Dash re-rendered the element between finding and reading it."""
+    for _ in range(attempts - 1):
+        try:
+            return read()
+        except StaleElementReferenceException:
+            continue
+    return read()
+
+
 def shown(driver) -> str | None:
     """The transaction id of the alert on the page (None while nothing is shown)."""
-    found = driver.find_elements(By.ID, "review-alert")
-    return found[0].get_attribute("data-id") if found else None
+
+    def read() -> str | None:
+        found = driver.find_elements(By.ID, "review-alert")
+        return found[0].get_attribute("data-id") if found else None
+
+    return _read(read)
 
 
 def text(driver, element_id: str) -> str:
-    return driver.find_element(By.ID, element_id).text
+    return _read(lambda: driver.find_element(By.ID, element_id).text)
 
 
 def test_an_analyst_reviews_alerts_by_click_and_by_key(
