@@ -40,7 +40,20 @@ from api.errors import DATABASE_ERRORS, database_error, is_transient
 from api.metrics import ApiMetrics, CacheCollector, MetricsMiddleware, ServingCollector
 from api.predictor import Predictor
 from api.publisher import Publisher
-from api.routes import backtests, distributions, meta, model, predict, registry, scatter, stats, transactions
+from api.routes import (
+    backtests,
+    distributions,
+    feedback,
+    meta,
+    model,
+    predict,
+    registry,
+    review,
+    savings,
+    scatter,
+    stats,
+    transactions,
+)
 from api.routes.meta import SERVICE_NAME, package_version
 from api.serving import ServedModels
 from api.totals import run_watermark
@@ -60,6 +73,13 @@ a known token, 403 for a read-only token on a write. `/`, `/health` and these do
 
 **Models.** Predictions and explanations name the version that computed them. Promote a
 version or choose the shadow under `/api/models`; scorers and APIs follow within seconds.
+
+**Reviews.** `/api/review/queue` lists the live alerts waiting for a verdict;
+`POST /api/alerts/{transaction_id}/review` records one (a write token, or a named token
+with `review` access; a write token may name the analyst it acts for in
+`X-Fraudstream-Reviewer`, which also names the reviewer when no token is configured).
+`/api/feedback/summary` counts the reviews, the backlog, the alerts' precision and the
+frauds found later by chargeback; `/api/model/savings` is the net savings by threshold.
 
 `run_id` selects the live stream (`''`, the default) or a backtest run. Lists are newest
 first with keyset pagination (`next_cursor`).
@@ -85,6 +105,9 @@ API_ROUTERS = (
     registry.router,
     predict.router,
     backtests.router,
+    review.router,
+    feedback.router,
+    savings.router,
 )
 
 
@@ -227,7 +250,7 @@ def create_app(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PUT"],
-            allow_headers=["Authorization", "Content-Type"],
+            allow_headers=["Authorization", "Content-Type", review.REVIEWER_HEADER],
         )
     log.debug("%s app built", SERVICE_NAME)
     return app

@@ -406,3 +406,156 @@ class BacktestRun(_Model):
 
 class BacktestList(_Model):
     runs: list[BacktestRun]
+
+
+# --------------------------------------------------------------------------- review, feedback, savings
+
+
+class ReviewItem(_Model):
+    """One alert of the live stream waiting for an analyst's verdict."""
+
+    id: str
+    time: float = Field(description="data time, seconds from the start of the data")
+    amount: float
+    score: float
+    threshold: float | None = Field(description="the alert threshold of the version that scored it")
+    model_version: str
+    recon_error: float
+    scored_at: datetime
+    features: dict[str, float] = Field(description="V1..V28 (with time and amount: the raw inputs)")
+    top_features: list[Contribution] | None = Field(
+        default=None, description="the features that pushed the score up most (TreeSHAP), with explain=true"
+    )
+    explained_by: str | None = Field(default=None, description="the model version that explained it")
+
+
+class ReviewQueue(_Model):
+    """`GET /api/review/queue`: unreviewed alerts of the live stream, keyset-paginated."""
+
+    order: Literal["score", "oldest", "newest"]
+    items: list[ReviewItem]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null at the end")
+    limit: int
+
+
+class ReviewIn(BaseModel):
+    """`POST /api/alerts/{transaction_id}/review`: the verdict, a note, and an optional idempotency key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    verdict: Literal["fraud", "not_fraud"]
+    note: str | None = Field(default=None, max_length=2000, description="why (kept with the verdict)")
+    review_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[^\x00]*$",
+        description="the verdict's id; send the same one when retrying, so a retry never records it twice",
+    )
+
+
+class PreviousVerdict(_Model):
+    """The analyst verdict a review replaces (the history keeps both)."""
+
+    review_id: str
+    verdict: Literal["fraud", "not_fraud"]
+    who: str
+    decided_at: datetime
+
+
+class ReviewOut(_Model):
+    """What was recorded: the verdict, by whom, and what it replaced."""
+
+    review_id: str
+    transaction_id: str
+    verdict: Literal["fraud", "not_fraud"]
+    label: int = Field(description="1 fraud, 0 not fraud")
+    who: str = Field(description="the reviewer")
+    submitted_by: str | None = Field(
+        description="the credential that submitted it, when not the reviewer's own"
+    )
+    note: str | None
+    decided_at: datetime
+    recorded: bool = Field(
+        description="false when this review_id was already recorded (a retry): nothing changed"
+    )
+    previous: PreviousVerdict | None = Field(description="the analyst verdict this one replaces, if any")
+
+
+class FeedbackCounts(_Model):
+    reviewed: int = Field(description="alerts with an analyst verdict (the latest per alert)")
+    confirmed_fraud: int
+    not_fraud: int
+    precision: float | None = Field(
+        description="confirmed fraud / reviewed: the alerts' precision from reviews"
+    )
+    missed: int = Field(description="frauds found later by chargeback among rows that did not alert")
+    chargeback_frauds: int = Field(description="all frauds reported by chargeback")
+
+
+class HourFeedback(FeedbackCounts):
+    hour: datetime = Field(description="start of the hour (UTC) in which the verdicts were given")
+
+
+class ReviewerCounts(_Model):
+    who: str
+    decisions: int = Field(description="verdicts given (corrections included)")
+    fraud: int
+    not_fraud: int
+    last_24h: int
+    last_decided_at: datetime
+
+
+class FeedbackSummary(_Model):
+    """`GET /api/feedback/summary`: the review work and what it says about the alerts (live stream)."""
+
+    alerts: int = Field(description="alerts of the live stream")
+    backlog: int = Field(description="alerts waiting for a verdict")
+    overall: FeedbackCounts
+    hours: float
+    per_hour: list[HourFeedback] = Field(description="the last `hours` hours, oldest first, empty hours as 0")
+    reviewers: list[ReviewerCounts] = Field(description="most decisions first")
+    generated_at: datetime
+
+
+class SavingsAt(_Model):
+    threshold: float
+    alerts: int
+    alerts_per_day: float | None
+    frauds_caught: int
+    amount_caught: float
+    amount_missed: float
+    review_cost: float
+    net_savings: float
+    precision: float | None
+
+
+class SavingsCurveOut(_Model):
+    """`GET /api/model/savings`: net savings by threshold on a run's rows whose label is known.
+
+    `net_savings = amount_caught - alerts x cost_per_alert`, at each threshold (the lower
+    edge of each non-empty score bin, highest first).
+    """
+
+    run_id: str
+    cost_per_alert: float
+    capacity_per_day: int | None
+    bins: int
+    rows: int = Field(description="scored rows with a known label")
+    frauds: int
+    fraud_amount: float
+    days: float | None = Field(description="the data time those rows cover")
+    thresholds: list[float]
+    alerts: list[int]
+    alerts_per_day: list[float] | None
+    frauds_caught: list[int]
+    amount_caught: list[float]
+    amount_missed: list[float]
+    review_cost: list[float]
+    net_savings: list[float]
+    best: SavingsAt | None = Field(
+        description="the largest net savings within capacity (null: alert nothing)"
+    )
+    current: SavingsAt | None = Field(description="at the run's threshold (live: the champion's)")
+    current_threshold: float | None
+    live_threshold: float | None = Field(description="the champion's threshold")

@@ -18,6 +18,7 @@ SERVICE_COMMANDS: dict[str, tuple[str, str]] = {
     "dashboard": ("dashboard.cli", "run the live dashboard (Dash)"),
     "backtest": ("producer.backtest_cli", "replay a window of history as a backtest run"),
     "model": ("fraudstream.model_cli", "the model registry: list, promote, shadow, history"),
+    "threshold": ("training.threshold_cli", "sweep alert thresholds by net savings (cost per alert)"),
 }
 
 

@@ -1,4 +1,5 @@
-"""The scorer: a Faust app that scores every transaction and stores it in PostgreSQL.
+"""The scorer: a Faust app that scores every transaction and stores it in PostgreSQL,
+and stores every verdict of the `labels` topic (a second agent, `scorer.labels`).
 
     faust -A scorer.app worker -l info        # or: fraudstream scorer
 
@@ -50,6 +51,7 @@ from scorer.batches import InOrderWrites, full_batches
 from scorer.faults import Fault
 from scorer.health import OK, WorkerHealth
 from scorer.heartbeat import WorkerMonitor
+from scorer.labels import LabelWorker, LabelWorkerConfig
 from scorer.metrics import ScorerMetrics
 from scorer.transport import ScorerApp
 from scorer.worker import ScorerWorker, WorkerConfig
@@ -124,6 +126,14 @@ alerts_topic = app.topic(settings.topic_alerts, key_type=bytes, value_type=bytes
 dead_letters_topic = app.topic(
     settings.topic_dead_letters, key_type=bytes, value_type=bytes, value_serializer="raw", partitions=1
 )
+labels_topic = app.topic(
+    settings.topic_labels,
+    key_type=bytes,
+    value_type=bytes,
+    key_serializer="raw",
+    value_serializer="raw",
+    partitions=settings.topic_partitions,
+)
 
 
 def consumer_lag() -> dict[int, int] | None:
@@ -192,6 +202,38 @@ async def score_transactions(stream: faust.StreamT) -> None:
         log.critical("the scorer met an error it cannot handle; exiting so that it restarts", exc_info=True)
         logging.shutdown()
         os._exit(EXIT_ON_UNEXPECTED_ERROR)
+
+
+def label_worker_config() -> LabelWorkerConfig:
+    return LabelWorkerConfig(
+        dsn=database_dsn,
+        bootstrap_servers=endpoints.bootstrap_servers,
+        alerts_topic=alerts_topic.get_topic_name(),
+        dead_letters_topic=dead_letters_topic.get_topic_name(),
+        metrics=metrics,
+        health=health,
+        fault=Fault.parse(settings.scorer_fault),
+    )
+
+
+@app.agent(labels_topic, concurrency=1)
+async def store_verdicts(stream: faust.StreamT) -> None:
+    """Take a batch of verdicts, store it, then acknowledge it (`scorer.labels`)."""
+    try:
+        async with LabelWorker.running(label_worker_config()) as worker:
+            size, within = settings.scorer_batch_size, settings.scorer_batch_timeout
+            async for events in full_batches(stream, size, within, on_taken=_ignore):
+                await worker.write_then_ack(events, stream.ack)
+    except Exception:
+        log.critical(
+            "the labels agent met an error it cannot handle; exiting so that it restarts", exc_info=True
+        )
+        logging.shutdown()
+        os._exit(EXIT_ON_UNEXPECTED_ERROR)
+
+
+def _ignore(_count: int) -> None:
+    """The labels agent's taken events are not the transactions' pending work (`WorkerHealth`)."""
 
 
 @app.page("/metrics")

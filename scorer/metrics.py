@@ -66,6 +66,22 @@ class ScorerMetrics:
         self.model_reloads = Counter(
             "fraudstream_model_reloads", "Switches to a newly activated model version", registry=r
         )
+        self.labels_consumed = Counter(
+            "fraudstream_labels_consumed", "Messages read from the labels topic", registry=r
+        )
+        self.labels_stored = Counter(
+            "fraudstream_labels_stored", "Verdicts newly stored (label_events, feedback)", registry=r
+        )
+        self.labels_redelivered = Counter(
+            "fraudstream_labels_redelivered",
+            "Verdicts that were already stored, identical (a redelivery, a replay, the API's own write)",
+            registry=r,
+        )
+        self.label_conflicts = Counter(
+            "fraudstream_label_conflicts",
+            "Verdicts whose label_id was already stored with other content (dead-lettered as conflict)",
+            registry=r,
+        )
         self.batch_seconds = Histogram(
             "fraudstream_batch_seconds", "Time to handle one batch", buckets=_BATCH_BUCKETS, registry=r
         )

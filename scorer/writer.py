@@ -137,6 +137,11 @@ class BatchWriter:
         self.metrics.batch_size.observe(len(prepared.messages))
         self.metrics.batch_seconds.observe(prepared.seconds + time.perf_counter() - started)
 
+    async def send_dead_letters(self, letters: list[DeadLetter], origin: Callable[[int], Origin]) -> None:
+        """Publish refusals of another agent (the labels agent) through the same dead-letter path:
+        retried, parked in PostgreSQL when the broker will not take them, counted by kind."""
+        await self._publish_alerts_and_letters([], letters, origin, set())
+
     # -- 1. store ---------------------------------------------------------------------
 
     async def _store(self, group: ScoredGroup) -> _GroupWrite:

@@ -32,6 +32,7 @@ from dashboard.views.model import (
     metrics_figure,
     version_rows,
 )
+from dashboard.views.savings import NO_COST, savings_caption, savings_figure
 
 dash.register_page(__name__, path="/model", name="Model", title="fraudstream · model", order=2)
 
@@ -67,6 +68,7 @@ def layout(**_query: Any) -> html.Div:
                 ],
                 className="grid grid-2",
             ),
+            savings_section(),
             panel(
                 "Model versions",
                 data_table(
@@ -83,7 +85,31 @@ def layout(**_query: Any) -> html.Div:
     )
 
 
+def savings_section() -> html.Section:
+    """Net savings by threshold on the live stream's labelled rows, the live threshold marked."""
+    return panel(
+        "Net savings by threshold (live, labelled rows)",
+        html.Div(id="model-savings-caption", className="muted small"),
+        graph("model-savings", height=340),
+    )
+
+
 # ---------------------------------------------------------------------------- callbacks
+
+
+@dash.callback(
+    Output("model-savings", "figure"),
+    Output("model-savings-caption", "children"),
+    Input("model-tick", "n_intervals"),
+)
+def update_savings(_n: int | None) -> tuple[Any, str]:
+    try:
+        curve = api().savings(bins=200)
+    except (ApiUnreachable, ApiError) as exc:
+        if isinstance(exc, ApiError) and exc.status == 409:
+            return empty_figure(NO_COST, height=340), ""
+        return empty_figure(problem_text(exc), height=340), ""
+    return savings_figure(curve), savings_caption(curve)
 
 
 @dash.callback(
