@@ -40,7 +40,18 @@ from api.errors import DATABASE_ERRORS, database_error, is_transient
 from api.metrics import ApiMetrics, CacheCollector, MetricsMiddleware, ServingCollector
 from api.predictor import Predictor
 from api.publisher import Publisher
-from api.routes import backtests, distributions, meta, model, predict, registry, scatter, stats, transactions
+from api.routes import (
+    backtests,
+    compare,
+    distributions,
+    meta,
+    model,
+    predict,
+    registry,
+    scatter,
+    stats,
+    transactions,
+)
 from api.routes.meta import SERVICE_NAME, package_version
 from api.serving import ServedModels
 from api.totals import run_watermark
@@ -82,6 +93,7 @@ API_ROUTERS = (
     distributions.router,
     scatter.router,
     model.router,
+    compare.router,  # before registry's /api/models/{version} routes
     registry.router,
     predict.router,
     backtests.router,

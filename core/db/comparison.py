@@ -1,0 +1,93 @@
+"""Reads for the champion/challenger comparison: the rows two versions both scored, with their known label.
+
+A live row has one champion score (`scores`) and at most one shadow score (`shadow_scores`),
+so a pair of versions (a, b) scored a row together when one is its champion and the other
+its shadow, either way round (before a promotion, and after it when the old champion is
+made the shadow). Each way round is one indexed read: `ix_shadow_scores_version_time` gives
+the window's shadow rows of one version newest first, and the primary keys of `scores` and
+`transactions` the rest, so the work is bounded by the window and the row cap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+import numpy as np
+
+from core.comparison import ComparedRows
+
+
+def known_label_sql() -> tuple[str, str]:
+    """Where a row's known label comes from: (a JOIN clause on `t`, the label's expression).
+
+    The one definition the comparison uses. Today the inline label the event carried
+    (`transactions.label`). To use issue 13's `known_labels` (reviews and chargebacks first),
+    return `("LEFT JOIN known_labels k ON k.run_id = t.run_id AND k.id = t.id", "k.label")`.
+    """
+    return "", "t.label"
+
+
+def _pair_query() -> str:
+    join, label = known_label_sql()
+    return f"""
+SELECT t.id, t.time, t.amount, {label} AS label,
+       s.score AS champion_score, s.alert AS champion_alert,
+       x.score AS shadow_score, x.would_alert AS shadow_alert
+FROM shadow_scores x
+JOIN scores s ON s.run_id = x.run_id AND s.id = x.id
+JOIN transactions t ON t.run_id = x.run_id AND t.id = x.id
+{join}
+WHERE x.run_id = '' AND x.model_version = $2 AND x.time >= $3 AND x.time <= $4
+  AND s.model_version = $1 AND {label} IS NOT NULL
+ORDER BY x.time DESC
+LIMIT $5
+"""
+
+
+_NEWEST = "SELECT max(time) FROM shadow_scores WHERE run_id = '' AND model_version = $1"
+
+
+@dataclass(frozen=True)
+class PairRead:
+    rows: ComparedRows
+    truncated: bool  # the window held more than `max_rows` labelled rows: the newest were kept
+
+
+async def newest_shadow_time(conn: asyncpg.Connection, versions: tuple[str, str]) -> float | None:
+    """The data time of the newest live row either version scored as the shadow (None: none)."""
+    times = [await conn.fetchval(_NEWEST, version) for version in versions]
+    known = [t for t in times if t is not None]
+    return max(known) if known else None
+
+
+async def read_pair(
+    conn: asyncpg.Connection, a: str, b: str, time_from: float, time_to: float, max_rows: int
+) -> PairRead:
+    """The labelled live rows with data time in [time_from, time_to] scored by both a and b,
+    newest first, at most `max_rows` of them."""
+    query = _pair_query()
+    found = []
+    for champion, shadow in ((a, b), (b, a)):
+        records = await conn.fetch(query, champion, shadow, time_from, time_to, max_rows + 1)
+        found += [(r, champion == a) for r in records]
+    found.sort(key=lambda item: -item[0]["time"])
+    truncated = len(found) > max_rows
+    found = found[:max_rows]
+
+    def column(name_if_a: str, name_if_b: str, dtype) -> np.ndarray:
+        return np.array(
+            [r[name_if_a] if a_is_champion else r[name_if_b] for r, a_is_champion in found], dtype=dtype
+        )
+
+    rows = ComparedRows(
+        ids=[r["id"] for r, _ in found],
+        time=np.array([r["time"] for r, _ in found], dtype=np.float64),
+        amount=np.array([r["amount"] for r, _ in found], dtype=np.float64),
+        label=np.array([r["label"] for r, _ in found], dtype=np.int64),
+        score_a=column("champion_score", "shadow_score", np.float64),
+        score_b=column("shadow_score", "champion_score", np.float64),
+        alert_a=column("champion_alert", "shadow_alert", bool),
+        alert_b=column("shadow_alert", "champion_alert", bool),
+    )
+    return PairRead(rows, truncated)
