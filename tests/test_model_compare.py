@@ -10,25 +10,20 @@ of data time, so the comparison must leave those rows out and judge them on the 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 import httpx
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from core.bundle_store import BundleStore
 from core.comparison import ComparedRows, InSample
-from core.dataset import SAMPLE_PATH, load_csv
-from core.db.registry import register_model, set_shadow
-from core.db.store import ScoredRows, ShadowScores, store_new
 from core.ensemble import Ensemble
 from core.metrics import PairedResamples, interval
-from tests.api_fixtures import api_settings, serve, stable_ids
+from tests.api_fixtures import api_settings, serve
+from tests.shadow_fixtures import fill_with_shadow
 
 
 @dataclass(frozen=True)
@@ -46,52 +41,14 @@ class Stored:
     shadow_alert: np.ndarray
 
 
-async def _fill(
-    url: str, champion: Ensemble, shadow: Ensemble, champion_dir: Path, shadow_dir: Path, store: Path
-):
-    data = load_csv(SAMPLE_PATH)
-    ids = stable_ids(data.raw)
-    conn = await asyncpg.connect(url)
-    try:
-        bundles = BundleStore(store)
-        await register_model(conn, champion, champion_dir, activate=True, actor="tests", store=bundles)
-        await register_model(conn, shadow, shadow_dir, activate=False, actor="tests", store=bundles)
-        await set_shadow(conn, shadow.version, "tests")
-        out = {"cs": [], "ca": [], "ss": [], "sa": []}
-        for start in range(0, len(ids), 4000):
-            part = data.raw[start : start + 4000]
-            mine, theirs = champion.score(part), shadow.score(part)
-            n = len(part)
-            rows = ScoredRows(
-                ids=ids[start : start + 4000],
-                features=part,
-                labels=data.labels[start : start + 4000].tolist(),
-                run_ids=[None] * n,
-                produced_at=[time.time()] * n,
-                model_version=champion.version,
-                score=mine.score,
-                recon_error=mine.recon_error,
-                alert=mine.alert,
-            )
-            would = theirs.score >= shadow.threshold
-            scored = ShadowScores(shadow.version, theirs.score, theirs.recon_error, would, np.ones(n, bool))
-            assert await store_new(conn, rows, {}, scored) == []
-            out["cs"].append(mine.score)
-            out["ca"].append(mine.alert)
-            out["ss"].append(theirs.score)
-            out["sa"].append(would)
-        await conn.execute("ANALYZE")
-        return data, ids, {key: np.concatenate(value) for key, value in out.items()}
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="module")
 def stored(infra, model_bundle: Path, challenger_bundle: Path, tmp_path_factory) -> Iterator[Stored]:
     name, url = infra.create_database("compare")
     champion, shadow = Ensemble.load(model_bundle), Ensemble.load(challenger_bundle)
     tmp = tmp_path_factory.mktemp("compare")
-    data, ids, got = asyncio.run(_fill(url, champion, shadow, model_bundle, challenger_bundle, tmp / "store"))
+    data, ids, got = asyncio.run(
+        fill_with_shadow(url, champion, shadow, model_bundle, challenger_bundle, tmp / "store")
+    )
     settings = api_settings(infra, url, model_bundle, tmp)
     try:
         with serve(settings) as base_url:
