@@ -98,7 +98,8 @@ async def compare_versions(
     b: VersionQuery = None,
     hours: Annotated[float, Query(gt=0, le=MAX_HOURS, description="window of data time, hours")] = 24.0,
     until: Annotated[
-        float | None, Query(description="the window's end (data time, s); default: the newest shadow row")
+        float | None,
+        Query(ge=0, le=1e12, description="the window's end (data time, s); default: the newest shadow row"),
     ] = None,
     max_rows: Annotated[
         int, Query(ge=100, le=1_000_000, description="row cap (the newest are kept)")
