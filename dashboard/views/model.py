@@ -280,7 +280,8 @@ def comparison_summary(comparison: dict[str, Any]) -> list[str]:
         f"{fmt_int(comparison['only_a_alerts'])} only the champion raises ({fmt_int(comparison['only_a_frauds'])} "
         f"frauds), {fmt_int(comparison['only_b_alerts'])} only the shadow would ({fmt_int(comparison['only_b_frauds'])} frauds)."
     )
-    return lines + list(comparison.get("notes") or [])
+    # the in-sample count is in the first line already
+    return lines + [note for note in comparison.get("notes") or [] if "in-sample" not in note]
 
 
 def disagreement_rows(comparison: dict[str, Any]) -> list[dict[str, Any]]:
