@@ -452,11 +452,13 @@ class ModelComparison(_Model):
     )
     time_to: float | None
     hours: float
-    rows_in_window: int = Field(description="labelled rows scored by both in the window (after the cap)")
+    rows_in_window: int = Field(description="labelled rows scored by both in the window")
     left_out_in_sample: int = Field(description="of those, rows inside either version's in-sample stretch")
     rows: int = Field(description="rows compared: the window's rows outside both in-sample stretches")
     frauds: int
-    truncated: bool = Field(description="the window held more rows than max_rows: the newest were kept")
+    truncated: bool = Field(
+        description="a version had more than max_rows shadow rows in the window: it was cut to the newest (time_from)"
+    )
     auprc_difference: float | None = Field(description="b's AUPRC minus a's")
     auprc_difference_interval: list[float] | None = Field(
         description="95% interval of the difference from a paired bootstrap (the same rows for both)"

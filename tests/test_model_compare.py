@@ -14,12 +14,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import httpx
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
 from core.comparison import ComparedRows, InSample
+from core.db.comparison import pair_query
 from core.ensemble import Ensemble
 from core.metrics import PairedResamples, interval
 from tests.api_fixtures import api_settings, serve
@@ -29,6 +31,7 @@ from tests.shadow_fixtures import fill_with_shadow
 @dataclass(frozen=True)
 class Stored:
     base_url: str
+    database_url: str
     ids: np.ndarray
     time: np.ndarray
     amount: np.ndarray
@@ -54,6 +57,7 @@ def stored(infra, model_bundle: Path, challenger_bundle: Path, tmp_path_factory)
         with serve(settings) as base_url:
             yield Stored(
                 base_url,
+                url,
                 np.array(ids),
                 data.time,
                 data.raw[:, -1],
@@ -157,16 +161,14 @@ def test_compare_equals_the_numbers_worked_out_from_the_stored_rows(stored: Stor
 def test_compare_caps_the_rows_and_says_so_and_refuses_what_it_cannot_compare(stored: Stored) -> None:
     body = get(stored, hours=48, max_rows=5000, resamples=100).json()
     assert body["truncated"] and any("5000" in note for note in body["notes"])
-    newest = np.argsort(-stored.time, kind="stable")[:5000]
-    chosen = np.zeros(stored.time.size, bool)
-    chosen[newest] = True
-    assert body["rows_in_window"] == 5000
+    cut = np.sort(stored.time)[::-1][5000]  # the newest row beyond the cap: the window starts after it
+    chosen = stored.time > cut
+    assert body["time_from"] == pytest.approx(cut) and body["time_from"] > cut
+    assert body["rows_in_window"] == int(chosen.sum()) <= 5000
     stretches = [InSample.of(e.manifest) for e in (stored.champion, stored.shadow)]
+    n = int(chosen.sum())
     kept, left_out = ComparedRows(
-        list(stored.ids[chosen]),
-        stored.time[chosen],
-        *[np.zeros(5000)] * 4,
-        *[np.zeros(5000, bool)] * 2,
+        list(stored.ids[chosen]), stored.time[chosen], *[np.zeros(n)] * 4, *[np.zeros(n, bool)] * 2
     ).outside(*stretches)
     assert (body["rows"], body["left_out_in_sample"]) == (len(kept), left_out)
 
@@ -178,3 +180,26 @@ def test_compare_caps_the_rows_and_says_so_and_refuses_what_it_cannot_compare(st
     assert get(stored, a="abcdef0123").status_code == 404
     assert get(stored, a=stored.champion.version, b=stored.champion.version).status_code == 422
     assert get(stored, hours=1000).status_code == 422
+
+
+def test_compare_reads_through_indexes_only(stored: Stored) -> None:
+    """The window's shadow rows come from `ix_shadow_scores_version_time`, the rest by primary key
+    (a plain join is planned as sequential scans of `scores` and `transactions` and hash joins)."""
+
+    async def plan() -> str:
+        conn = await asyncpg.connect(stored.database_url)
+        try:
+            rows = await conn.fetch(
+                "EXPLAIN " + pair_query(),
+                stored.champion.version,
+                stored.shadow.version,
+                165_000.0,  # a window: a small part of the table, as a day is of a stream's
+                172_800.0,
+            )
+            return "\n".join(r[0] for r in rows)
+        finally:
+            await conn.close()
+
+    text = asyncio.run(plan())
+    assert "ix_shadow_scores_version_time" in text, text
+    assert "Seq Scan" not in text, text

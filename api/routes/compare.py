@@ -102,7 +102,12 @@ async def compare_versions(
         Query(ge=0, le=1e12, description="the window's end (data time, s); default: the newest shadow row"),
     ] = None,
     max_rows: Annotated[
-        int, Query(ge=100, le=1_000_000, description="row cap (the newest are kept)")
+        int,
+        Query(
+            ge=100,
+            le=1_000_000,
+            description="cap on each version's shadow rows read (the window is cut to the newest)",
+        ),
     ] = 300_000,
     resamples: Annotated[int, Query(ge=100, le=10_000, description="bootstrap resamples")] = 1000,
     seed: Annotated[int, Query(ge=0, le=2**32 - 1)] = 0,
@@ -138,9 +143,10 @@ async def compare_versions(
         start = end - hours * 3600.0
         read = await read_pair(conn, a_version, b_version, start, end, max_rows)
         if read.truncated:
+            start = read.time_from
             notes.append(
-                f"the window holds more than {max_rows} labelled rows scored by both: the newest "
-                f"{max_rows} were compared (ask for fewer hours, or a larger max_rows)"
+                f"the window holds more than {max_rows} shadow-scored rows of a version: it was cut to "
+                f"start at data time {start:.0f} s (ask for fewer hours, or a larger max_rows)"
             )
     if read is not None:
         kept, left_out = read.rows.outside(registry[a_version]["in_sample"], registry[b_version]["in_sample"])

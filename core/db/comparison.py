@@ -28,21 +28,35 @@ def known_label_sql() -> tuple[str, str]:
     return "", "t.label"
 
 
-def _pair_query() -> str:
+def pair_query() -> str:
+    """The read of one way round: $1 the champion's version, $2 the shadow's, $3..$4 the data-time window.
+
+    The window's shadow rows come from `ix_shadow_scores_version_time`; each one's champion
+    score and transaction by primary key (the `LATERAL ... LIMIT 1` keeps those lookups as
+    index probes: a plain join over a wide window is planned as sequential scans and hash joins).
+    """
     join, label = known_label_sql()
     return f"""
-SELECT t.id, t.time, t.amount, {label} AS label,
+SELECT x.id, x.time, t.amount, {label} AS label,
        s.score AS champion_score, s.alert AS champion_alert,
        x.score AS shadow_score, x.would_alert AS shadow_alert
 FROM shadow_scores x
-JOIN scores s ON s.run_id = x.run_id AND s.id = x.id
-JOIN transactions t ON t.run_id = x.run_id AND t.id = x.id
+CROSS JOIN LATERAL (
+    SELECT score, alert, model_version FROM scores WHERE run_id = x.run_id AND id = x.id LIMIT 1
+) s
+CROSS JOIN LATERAL (
+    SELECT run_id, id, amount, label FROM transactions WHERE run_id = x.run_id AND id = x.id LIMIT 1
+) t
 {join}
 WHERE x.run_id = '' AND x.model_version = $2 AND x.time >= $3 AND x.time <= $4
   AND s.model_version = $1 AND {label} IS NOT NULL
-ORDER BY x.time DESC
-LIMIT $5
 """
+
+
+#: The data time of the (cap + 1)-th newest shadow row of a version in the window, if there is one.
+_CUT = """SELECT time FROM shadow_scores
+WHERE run_id = '' AND model_version = $1 AND time >= $2 AND time <= $3
+ORDER BY time DESC OFFSET $4 LIMIT 1"""
 
 
 _NEWEST = "SELECT max(time) FROM shadow_scores WHERE run_id = '' AND model_version = $1"
@@ -51,7 +65,8 @@ _NEWEST = "SELECT max(time) FROM shadow_scores WHERE run_id = '' AND model_versi
 @dataclass(frozen=True)
 class PairRead:
     rows: ComparedRows
-    truncated: bool  # the window held more than `max_rows` labelled rows: the newest were kept
+    truncated: bool  # a version had more than `max_rows` shadow rows in the window: it was cut
+    time_from: float  # where the window starts (later than asked when truncated)
 
 
 async def newest_shadow_time(conn: asyncpg.Connection, versions: tuple[str, str]) -> float | None:
@@ -64,18 +79,23 @@ async def newest_shadow_time(conn: asyncpg.Connection, versions: tuple[str, str]
 async def read_pair(
     conn: asyncpg.Connection, a: str, b: str, time_from: float, time_to: float, max_rows: int
 ) -> PairRead:
-    """The labelled live rows with data time in [time_from, time_to] scored by both a and b,
-    newest first, at most `max_rows` of them."""
-    query = _pair_query()
+    """The labelled live rows with data time in [time_from, time_to] scored by both a and b.
+
+    At most `max_rows` shadow rows of each version are read: when the window holds more, it
+    starts just after the newest row beyond the cap (`truncated`, `time_from` says where).
+    """
+    cuts = [await conn.fetchval(_CUT, version, time_from, time_to, max_rows) for version in (a, b)]
+    cut = max((c for c in cuts if c is not None), default=None)
+    if cut is not None:
+        time_from = float(np.nextafter(cut, np.inf))
+    query = pair_query()
     found = []
     for champion, shadow in ((a, b), (b, a)):
-        records = await conn.fetch(query, champion, shadow, time_from, time_to, max_rows + 1)
+        records = await conn.fetch(query, champion, shadow, time_from, time_to)
         found += [(r, champion == a) for r in records]
     found.sort(key=lambda item: -item[0]["time"])
-    truncated = len(found) > max_rows
-    found = found[:max_rows]
 
-    def column(name_if_a: str, name_if_b: str, dtype) -> np.ndarray:
+    def column(name_if_a: str, name_if_b: str, dtype: type) -> np.ndarray:
         return np.array(
             [r[name_if_a] if a_is_champion else r[name_if_b] for r, a_is_champion in found], dtype=dtype
         )
@@ -90,4 +110,4 @@ async def read_pair(
         alert_a=column("champion_alert", "shadow_alert", bool),
         alert_b=column("shadow_alert", "champion_alert", bool),
     )
-    return PairRead(rows, truncated)
+    return PairRead(rows, cut is not None, time_from)
