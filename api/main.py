@@ -42,6 +42,7 @@ from api.predictor import Predictor
 from api.publisher import Publisher
 from api.routes import (
     backtests,
+    compare,
     distributions,
     feedback,
     meta,
@@ -102,6 +103,7 @@ API_ROUTERS = (
     distributions.router,
     scatter.router,
     model.router,
+    compare.router,  # before registry's /api/models/{version} routes
     registry.router,
     predict.router,
     backtests.router,

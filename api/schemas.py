@@ -559,3 +559,71 @@ class SavingsCurveOut(_Model):
     current: SavingsAt | None = Field(description="at the run's threshold (live: the champion's)")
     current_threshold: float | None
     live_threshold: float | None = Field(description="the champion's threshold")
+
+
+# --------------------------------------------------------------------------- compare
+
+
+class ComparedVersion(_Model):
+    """One version's numbers on the compared rows."""
+
+    version: str
+    role: Literal["champion", "shadow"] | None = Field(description="its role in the registry now")
+    threshold: float
+    in_sample: list[float] | None = Field(
+        description="[from, to]: the data-time stretch it was trained and validated on (rows in it are left out)"
+    )
+    auprc: float | None
+    auprc_interval: list[float] | None = Field(description="95% bootstrap interval")
+    alerts: int = Field(description="compared rows on which it alerted (its own threshold)")
+    caught: int = Field(description="frauds among its alerts")
+    precision: float | None
+    precision_interval: list[float] | None
+    recall: float | None
+    recall_interval: list[float] | None
+
+
+class DisagreementOut(_Model):
+    id: str
+    time: float
+    amount: float
+    label: int
+    score_a: float
+    score_b: float
+    alert_a: bool
+    alert_b: bool
+
+
+class ModelComparison(_Model):
+    """Version a (by default the champion) against b (the shadow) on the same labelled live rows."""
+
+    a: ComparedVersion
+    b: ComparedVersion
+    label_source: str = Field(description="where the known label comes from")
+    time_from: float | None = Field(
+        description="the window's start (data time, s); null when nothing to read"
+    )
+    time_to: float | None
+    hours: float
+    rows_in_window: int = Field(description="labelled rows scored by both in the window")
+    left_out_in_sample: int = Field(description="of those, rows inside either version's in-sample stretch")
+    rows: int = Field(description="rows compared: the window's rows outside both in-sample stretches")
+    frauds: int
+    truncated: bool = Field(
+        description="a version had more than max_rows shadow rows in the window: it was cut to the newest (time_from)"
+    )
+    auprc_difference: float | None = Field(description="b's AUPRC minus a's")
+    auprc_difference_interval: list[float] | None = Field(
+        description="95% interval of the difference from a paired bootstrap (the same rows for both)"
+    )
+    b_better_share: float | None = Field(description="share of resamples in which b's AUPRC beats a's")
+    resamples: int
+    seed: int
+    only_a_alerts: int = Field(description="rows a alerts on and b does not")
+    only_a_frauds: int
+    only_b_alerts: int
+    only_b_frauds: int
+    top_disagreements: list[DisagreementOut] = Field(
+        description="rows they disagree on, largest score difference first"
+    )
+    notes: list[str] = Field(description="what the reader should know: caps hit, rows left out, no frauds")

@@ -11,11 +11,15 @@ processes, and (without `--model`) trains a small bundle on the shipped sample. 
 2. latency: empties the tables and replays at a steady `--rate` (2,000/s) for `--seconds`,
    then reads the per-row end-to-end latency (producer timestamp → row written) from
    PostgreSQL: p50/p95/p99;
-3. for scale, a bare aiokafka consumer reads the same topic from the start.
+3. for scale, a bare aiokafka consumer reads the same topic from the start;
+4. the shadow's cost: registers the model as the champion and a second bundle (the same
+   recipe, another seed; or `--shadow-model`) as the shadow, empties the tables and replays
+   the whole file again as fast as possible, then once more with the shadow cleared:
+   throughput with a shadow ÷ without, both warm. `--no-shadow` skips it.
 
 Prints the machine line (`bench.machine`) and the load average sampled through the run, then
 the headline ratios, measured in this run, that carry from one machine to another:
-end-to-end ÷ the bare consumer, and the Faust scorer ÷ a plain aiokafka loop doing the same
+end-to-end ÷ the bare consumer, with a shadow ÷ without, and the Faust scorer ÷ a plain aiokafka loop doing the same
 work (that row waits for the loop; see `FAUST_VS_PLAIN_LOOP`), then the absolute figures.
 Figures vary with what else runs on the machine: run it on a quiet one.
 """
@@ -28,6 +32,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -37,7 +42,10 @@ from bench.cpu import CpuMeter, per_100k
 from bench.machine import LoadSampler, measure_machine
 from bench.stack import REPO_ROOT, sample_bundle
 from bench.tables import markdown_table, ratio
+from core.bundle_store import BundleStore
 from core.dataset import SAMPLE_PATH
+from core.db.registry import register_model, set_shadow
+from core.ensemble import Ensemble
 from core.prometheus import read_metric
 from core.runtime.processes import spawn, stop, wait_until
 from core.runtime.stack import Infra
@@ -92,9 +100,26 @@ async def _latencies(database_url: str) -> tuple[int, list[float]]:
 async def _truncate(database_url: str) -> None:
     conn = await asyncpg.connect(database_url)
     try:
-        await conn.execute("TRUNCATE scores, transactions")
+        await conn.execute("TRUNCATE scores, transactions, shadow_scores")
     finally:
         await conn.close()
+
+
+async def _register_pair(database_url: str, champion: Path, shadow: Path, store: BundleStore) -> str:
+    """Register `champion` (active) and `shadow` (the shadow); return the shadow's version."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        first, second = Ensemble.load(champion), Ensemble.load(shadow)
+        await register_model(conn, first, champion, activate=True, actor="bench", store=store)
+        await register_model(conn, second, shadow, activate=False, actor="bench", store=store)
+        await set_shadow(conn, second.version, "bench")
+        return second.version
+    finally:
+        await conn.close()
+
+
+def _sum_metric(ports: list[int], name: str) -> float:
+    return sum(max(0.0, _metric(port, name)) for port in ports)
 
 
 async def _bare_consumer(bootstrap_servers: str, topic: str, expected: int) -> float:
@@ -207,6 +232,9 @@ def run(args: argparse.Namespace) -> int:
                     endpoints.bootstrap_servers, settings.topic_transactions, report.sent + steady.sent
                 )
             )
+            shadowed = None
+            if not args.no_shadow:
+                shadowed = _shadow_run(args, root, endpoints, settings, model, ports, workers)
         finally:
             for process in workers:
                 stop(process, timeout=30)
@@ -224,6 +252,14 @@ def run(args: argparse.Namespace) -> int:
                     "end-to-end throughput ÷ bare aiokafka consumer",
                     f"**{ratio(throughput, bare)}** ({throughput:,.0f} ÷ {bare:,.0f})",
                     ">= 0.20",
+                ),
+                (
+                    "end-to-end throughput with a shadow ÷ without (the same replay, both warm)",
+                    f"**{ratio(shadowed.throughput, shadowed.without)}** "
+                    f"({shadowed.throughput:,.0f} ÷ {shadowed.without:,.0f})"
+                    if shadowed is not None
+                    else "not measured (--no-shadow)",
+                    "close to 1 (one vectorised call per batch)",
                 ),
                 (
                     "Faust scorer ÷ plain aiokafka loop, same work, pre-filled topic",
@@ -255,6 +291,15 @@ def run(args: argparse.Namespace) -> int:
             f"{steady_start.load:.2f} / {steady_end.load:.2f}",
         ),
     ]
+    if shadowed is not None:
+        rows += [
+            (
+                "end-to-end throughput with a shadow / without, replayed after run 1",
+                f"{shadowed.throughput:,.0f} / {shadowed.without:,.0f} tx/s",
+            ),
+            ("shadow rows stored / rows replayed", f"{shadowed.shadow_rows:,} / {shadowed.sent:,}"),
+            ("the shadow's model call, share of batch time", f"{shadowed.share:.1%}"),
+        ]
     fast = per_100k(cpu_start, cpu_end, report.sent)
     slow = per_100k(steady_start, steady_end, steady.sent)
     rows += [(f"CPU s per 100k events, throughput run: {name}", f"{fast[name]:.2f}") for name in fast]
@@ -262,6 +307,83 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(markdown_table(["measure", "value"], rows))
     return 0
+
+
+@dataclass(frozen=True)
+class ShadowRun:
+    sent: int
+    throughput: float  # first produce -> last commit, rows/s, with the shadow
+    without: float  # the same, the shadow cleared again (warm, like the shadow run)
+    shadow_rows: int
+    share: float  # the shadow's model call's share of the workers' batch time in this run
+
+
+def _shadow_run(
+    args, root: Path, endpoints, settings: Settings, model: Path, ports: list[int], workers
+) -> ShadowRun:
+    """The throughput replay again with a shadow beside the champion in every worker, then once
+    more with the shadow cleared: both runs warm, one after the other, so their ratio is the
+    shadow's cost and not the first run's warm-up."""
+    shadow = Path(args.shadow_model) if args.shadow_model else sample_bundle(root / "shadow", seed=7)
+    version = asyncio.run(
+        _register_pair(endpoints.database_url, model, shadow, BundleStore(settings.resolved_model_store))
+    )
+    wait_until(
+        lambda: all(_metric(port, "fraudstream_shadow_model") >= 1 for port in ports),
+        timeout=120,
+        what=f"the workers scoring shadow {version}",
+        process=workers[0],
+        log_path=root / "worker-0.log",
+    )
+    print(f"shadow {version} set; replaying {args.data} again", flush=True)
+    shadow_before = _sum_metric(ports, "fraudstream_shadow_batch_seconds_sum")
+    batch_before = _sum_metric(ports, "fraudstream_batch_seconds_sum")
+    sent, with_shadow = _replay_throughput(args, endpoints, settings)
+    shadow_seconds = _sum_metric(ports, "fraudstream_shadow_batch_seconds_sum") - shadow_before
+    batch_seconds = _sum_metric(ports, "fraudstream_batch_seconds_sum") - batch_before
+    rows = asyncio.run(_count(endpoints.database_url, "SELECT count(*) FROM shadow_scores"))
+
+    asyncio.run(_clear_shadow(endpoints.database_url))
+    wait_until(
+        lambda: all(_metric(port, "fraudstream_shadow_model") <= 0 for port in ports),
+        timeout=120,
+        what="the workers leaving the shadow",
+    )
+    print(f"shadow cleared; replaying {args.data} once more", flush=True)
+    _, without = _replay_throughput(args, endpoints, settings)
+    return ShadowRun(
+        sent,
+        with_shadow,
+        without,
+        rows,
+        shadow_seconds / batch_seconds if batch_seconds > 0 else float("nan"),
+    )
+
+
+def _replay_throughput(args, endpoints, settings: Settings) -> tuple[int, float]:
+    """Empty the tables, replay the file as fast as possible: (rows, first produce -> last commit rows/s)."""
+    asyncio.run(_truncate(endpoints.database_url))
+    report = asyncio.run(
+        replay(args.data, bootstrap_servers=endpoints.bootstrap_servers, topic=settings.topic_transactions)
+    )
+    last_commit = asyncio.run(_wait_stored(endpoints.database_url, report.sent, timeout=600))
+    return report.sent, report.sent / (last_commit - report.first_sent_at)
+
+
+async def _clear_shadow(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await set_shadow(conn, None, "bench")
+    finally:
+        await conn.close()
+
+
+async def _count(database_url: str, sql: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return int(await conn.fetchval(sql))
+    finally:
+        await conn.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=4, help="partitions of the transactions topic")
     parser.add_argument("--rate", type=float, default=2000.0, help="steady rate for the latency phase")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the latency phase")
+    parser.add_argument("--shadow-model", type=Path, help="the shadow's bundle (default: train one, seed 7)")
+    parser.add_argument("--no-shadow", action="store_true", help="skip the shadow-cost replay")
     args = parser.parse_args(argv)
     if not args.data.is_file():
         parser.error(f"no such data file: {args.data}")

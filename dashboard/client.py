@@ -156,6 +156,10 @@ class ApiClient:
     def models(self) -> Any:
         return self._get("/api/models", ttl=self._slow_ttl)
 
+    def compare(self, **params: Any) -> Any:
+        """Champion against shadow (`/api/models/compare`); 409 when there is no shadow."""
+        return self._get("/api/models/compare", params, ttl=self._slow_ttl)
+
     # -- try it ----------------------------------------------------------------------------
     def predict(self, transaction: Mapping[str, Any]) -> Any:
         return self._post("/api/predict", dict(transaction), writes=True)

@@ -256,6 +256,8 @@ async def worker_health(web: faust.web.Web, request: faust.web.Request) -> faust
         "assigned_partitions": sorted(health.partitions),
         "last_store_at": health.last_store_at,
         "model_version": health.model_version,
+        "shadow_version": health.shadow_version,
+        "shadow_problem": health.shadow_problem,
     }
     return web.bytes(orjson.dumps(body), content_type="application/json", status=200 if state == OK else 503)
 

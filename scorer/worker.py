@@ -1,7 +1,7 @@
 """One scorer worker's parts, put together: what the agent's loop calls.
 
     async with ScorerWorker.running(config) as worker:
-        prepared = await worker.prepare(events)             # decode, resolve models, score (CPU)
+        prepared = await worker.prepare(events)             # decode, resolve models, score (+ shadow)
         await worker.write_then_ack(prepared, events, ack)  # store, publish, then acknowledge
 
 Each part has one job: `Resources` (connections), `ModelResolution` (which model scores
@@ -143,7 +143,8 @@ class ScorerWorker:
             await run_to_the_end(_close(background, resources, heartbeat, config.monitor))
 
     async def prepare(self, events: Sequence[faust.EventT]) -> PreparedBatch:
-        """Decode, validate, resolve models, score and explain a batch: nothing written yet.
+        """Decode, validate, resolve models, score and explain a batch, and score its live rows
+        with the shadow too when the registry names one: nothing written yet.
 
         The agent prepares batch n+1 while batch n is being written, so the worker's CPU
         and PostgreSQL's work overlap instead of taking turns.
@@ -161,6 +162,7 @@ class ScorerWorker:
             self.metrics.scored.inc(len(part))
             groups.append(group)
             refused += letters
+        groups = self.models.shadow.attach(groups)
         return PreparedBatch(messages, groups, refused, time.perf_counter() - started)
 
     async def write_then_ack(

@@ -468,3 +468,71 @@ def test_the_savings_curve_marks_live_best_and_capacity() -> None:
     assert "no threshold saves" in savings.savings_caption(_curve(best=None))
     empty = savings.savings_figure(_curve(thresholds=[]))
     assert not empty.data and "No scored rows" in empty.layout.annotations[0].text
+
+
+def _comparison(rows: int, frauds: int) -> dict:
+    version = {
+        "version": "a" * 16,
+        "role": "champion",
+        "auprc": 0.8,
+        "auprc_interval": [0.7, 0.9],
+        "precision": 0.9,
+        "precision_interval": [0.85, 0.95],
+        "recall": 0.75,
+        "recall_interval": [0.6, 0.85],
+    }
+    return {
+        "a": version,
+        "b": {**version, "version": "b" * 16, "role": "shadow", "auprc": 0.7},
+        "rows": rows,
+        "frauds": frauds,
+        "left_out_in_sample": 12,
+        "auprc_difference": -0.1,
+        "auprc_difference_interval": [-0.2, 0.01],
+        "b_better_share": 0.04,
+        "resamples": 1000,
+        "only_a_alerts": 3,
+        "only_a_frauds": 2,
+        "only_b_alerts": 1,
+        "only_b_frauds": 0,
+        "top_disagreements": [
+            {
+                "id": "x" * 40,
+                "time": 10.4,
+                "amount": 12.345,
+                "label": 1,
+                "score_a": 0.9,
+                "score_b": 0.1,
+                "alert_a": True,
+                "alert_b": False,
+            }
+        ],
+        "notes": ["12 rows inside a version's in-sample stretch were left out", "the cap was hit"],
+    }
+
+
+def test_comparison_panel_shows_both_versions_with_their_intervals_and_the_paired_difference() -> None:
+    body = _comparison(5000, 40)
+    fig = model.comparison_figure(body)
+    assert [t.name for t in fig.data] == ["champion aaaaaaaaaaaa", "shadow bbbbbbbbbbbb"]
+    champion = fig.data[0]
+    assert list(champion.y) == [0.8, 0.9, 0.75]
+    assert list(champion.error_y.array) == pytest.approx([0.1, 0.05, 0.1])
+    assert list(champion.error_y.arrayminus) == pytest.approx([0.1, 0.05, 0.15])
+    lines = model.comparison_summary(body)
+    assert "5,000 labelled rows" in lines[0] and "12 left out" in lines[0]
+    assert "-0.100" in lines[1] and "[-0.200, +0.010]" in lines[1] and "4%" in lines[1]
+    assert "4 alerts" in lines[2]
+    assert lines[3:] == ["the cap was hit"]  # the in-sample note is in the first line already
+    assert model.disagreement_rows(body) == [
+        {
+            "id": "x" * 16,
+            "time": 10,
+            "amount": 12.35,
+            "label": "yes",
+            "score_a": 0.9,
+            "score_b": 0.1,
+            "alerted_by": "champion",
+        }
+    ]
+    assert not model.comparison_figure(_comparison(5000, 0)).data  # no fraud: a message, no bars

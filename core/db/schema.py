@@ -73,6 +73,24 @@ scores = Table(
     Index("ix_scores_run_score", "run_id", "score"),
 )
 
+#: The shadow (challenger) version's score of each live row (migration 0011): written in the
+#: statement that stores the row, only for newly stored rows, never alerting and never read
+#: by the live analytics. `time` is the row's data time, for windowed reads by version.
+shadow_scores = Table(
+    "shadow_scores",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("id", Text, nullable=False),
+    Column("model_version", Text, nullable=False),
+    Column("time", Double, nullable=False),
+    Column("score", Double, nullable=False),
+    Column("recon_error", Double, nullable=False),
+    Column("would_alert", Boolean, nullable=False),
+    Column("scored_at", TIMESTAMP(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("run_id", "id", name="pk_shadow_scores"),
+    Index("ix_shadow_scores_version_time", "run_id", "model_version", "time"),
+)
+
 #: The model registry: `bundle_path` is the version's copy in the content-addressed
 #: store (`core.bundle_store`), `source_path` the folder it was registered from.
 model_versions = Table(
