@@ -1,0 +1,100 @@
+"""Drift per hour of data, counted in PostgreSQL into a version's reference bins.
+
+A window of four hours is stored through the scorer's write path (`store_scored`) with the
+real model's scores: rows drawn from the bundle's own training stretch (the reference's
+distribution), V14 and Amount shifted by three standard deviations in the last two hours.
+Drift must be flagged for exactly those features in exactly those hours, and not at all
+in the unshifted hours with the same number of rows; the counts must be numpy's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import asyncpg
+import numpy as np
+import pytest
+
+from core.dataset import SAMPLE_PATH, load_csv
+from core.db.drift import MAX_WINDOW_HOURS, drift_counts
+from core.db.store import ScoredRows, store_scored
+from core.drift import MIN_ROWS_FOR_PSI, PSI_MODERATE, bin_counts, hour_drift
+from core.ensemble import Ensemble
+from core.features import RAW_FEATURES
+
+HOURS, PER_HOUR, SHIFTED = 4, 700, {"V14", "Amount"}
+
+
+def test_shifted_hours_are_flagged_for_the_shifted_features_only(
+    model_bundle: Path, database_url: str
+) -> None:
+    ensemble = Ensemble.load(model_bundle)
+    reference = ensemble.manifest["reference"]
+    data = load_csv(SAMPLE_PATH)
+    train_until = ensemble.manifest["training"]["data"]["splits"]["train"]["time_max"]
+    pool = data.raw[data.time <= train_until]
+    rng = np.random.default_rng(7)
+    raw = pool[rng.choice(len(pool), size=HOURS * PER_HOUR + 100, replace=False)].copy()
+    hours = np.repeat(np.arange(HOURS + 1), [PER_HOUR] * HOURS + [100])  # and a thin fifth hour
+    raw[:, 0] = hours * 3600.0 + rng.uniform(0, 3600, size=len(raw))
+    for name in SHIFTED:
+        column = RAW_FEATURES.index(name)
+        raw[hours >= 2, column] += 3.0 * pool[:, column].std()
+    scored = ensemble.score(raw)
+    rows = ScoredRows(
+        ids=[f"d-{i}" for i in range(len(raw))],
+        features=raw,
+        labels=[None] * len(raw),
+        run_ids=[None] * len(raw),
+        produced_at=[None] * len(raw),
+        model_version=ensemble.version,
+        score=scored.score,
+        recon_error=scored.recon_error,
+        alert=scored.score >= ensemble.threshold,
+    )
+
+    async def run():
+        conn = await asyncpg.connect(database_url)
+        try:
+            await store_scored(conn, rows)
+            counted = await drift_counts(
+                conn, version=ensemble.version, reference=reference, time_from=0, time_to=(HOURS + 1) * 3600.0
+            )
+            other = await drift_counts(
+                conn, version="not-" + ensemble.version, reference=reference, time_from=0, time_to=3600.0
+            )
+            with pytest.raises(ValueError, match="at most 96 hours"):
+                await drift_counts(
+                    conn,
+                    version=ensemble.version,
+                    reference=reference,
+                    time_from=0,
+                    time_to=(MAX_WINDOW_HOURS + 1) * 3600.0,
+                )
+            return counted, other
+        finally:
+            await conn.close()
+
+    counted, other = asyncio.run(run())
+    assert other == []  # another version's drift never counts these rows
+    assert [h.hour for h in counted] == list(range(HOURS + 1))
+    for hour in counted:
+        mine = hours == hour.hour
+        assert hour.rows == mine.sum() and hour.alerts == int(rows.alert[mine].sum())
+        for name in ("V14", "V3", "Amount"):  # PostgreSQL's width_bucket bins like core.drift
+            column = raw[mine, RAW_FEATURES.index(name)]
+            assert hour.counts[name] == bin_counts(reference["features"][name]["edges"], column).tolist()
+        assert hour.counts["score"] == bin_counts(reference["score"]["edges"], scored.score[mine]).tolist()
+
+    report = {h.hour: hour_drift(reference, h.counts, h.rows, h.alerts) for h in counted}
+    features = set(reference["features"])
+    for hour in (0, 1):
+        assert all(report[hour]["psi"][name] < PSI_MODERATE for name in features), report[hour]["psi"]
+    for hour in (2, 3):
+        flagged = {name for name in features if report[hour]["level"][name] != "stable"}
+        assert flagged == SHIFTED and all(report[hour]["level"][n] == "major" for n in SHIFTED)
+    thin = report[HOURS]
+    assert thin["rows"] == 100 < MIN_ROWS_FOR_PSI and not thin["enough_rows"]
+    assert set(thin["psi"].values()) == {None} and thin["alert_rate"] is not None
+    assert report[0]["expected_alert_rate"] == reference["alert_rate"]["expected"]
