@@ -43,6 +43,7 @@ from api.publisher import Publisher
 from api.routes import (
     backtests,
     distributions,
+    drift,
     feedback,
     meta,
     model,
@@ -108,6 +109,7 @@ API_ROUTERS = (
     review.router,
     feedback.router,
     savings.router,
+    drift.router,
 )
 
 

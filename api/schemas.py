@@ -559,3 +559,41 @@ class SavingsCurveOut(_Model):
     current: SavingsAt | None = Field(description="at the run's threshold (live: the champion's)")
     current_threshold: float | None
     live_threshold: float | None = Field(description="the champion's threshold")
+
+
+# --------------------------------------------------------------------------- drift
+
+
+class DriftHour(_Model):
+    """One hour of data against the version's reference."""
+
+    hour: int = Field(description="hour of data time (Time // 3600)")
+    time_from: float
+    rows: int
+    enough_rows: bool = Field(description="false: too few rows for PSI to mean anything (see min_rows)")
+    psi: dict[str, float | None] = Field(
+        description="per input, recon_error and score; null when too few rows"
+    )
+    level: dict[str, str | None] = Field(description="stable (< 0.1), moderate (0.1-0.25), major (>= 0.25)")
+    alert_rate: float | None
+    expected_alert_rate: float | None
+
+
+class DriftMover(_Model):
+    """A quantity that moved most: its largest PSI in the window, and when."""
+
+    quantity: str
+    psi: float
+    level: str
+    hour: int
+
+
+class DriftOut(_Model):
+    version: str
+    hours: list[DriftHour] = Field(description="hours of data with scored rows, oldest first")
+    worst: list[DriftMover] = Field(description="the quantities with the largest PSI in the window")
+    time_from: float
+    time_to: float
+    moderate: float = Field(description="PSI threshold of a moderate shift")
+    major: float = Field(description="PSI threshold of a major shift")
+    min_rows: int = Field(description="rows an hour needs for its PSI to be given")

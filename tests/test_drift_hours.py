@@ -13,21 +13,25 @@ import asyncio
 from pathlib import Path
 
 import asyncpg
+import httpx
 import numpy as np
 import pytest
 
+from core.bundle_store import BundleStore
 from core.dataset import SAMPLE_PATH, load_csv
 from core.db.drift import MAX_WINDOW_HOURS, drift_counts
+from core.db.registry import register_model
 from core.db.store import ScoredRows, store_scored
 from core.drift import MIN_ROWS_FOR_PSI, PSI_MODERATE, bin_counts, hour_drift
 from core.ensemble import Ensemble
 from core.features import RAW_FEATURES
+from tests.api_fixtures import api_settings, serve
 
 HOURS, PER_HOUR, SHIFTED = 4, 700, {"V14", "Amount"}
 
 
 def test_shifted_hours_are_flagged_for_the_shifted_features_only(
-    model_bundle: Path, database_url: str
+    infra, model_bundle: Path, database_url: str, tmp_path: Path
 ) -> None:
     ensemble = Ensemble.load(model_bundle)
     reference = ensemble.manifest["reference"]
@@ -58,6 +62,9 @@ def test_shifted_hours_are_flagged_for_the_shifted_features_only(
         conn = await asyncpg.connect(database_url)
         try:
             await store_scored(conn, rows)
+            await register_model(
+                conn, ensemble, model_bundle, activate=True, store=BundleStore(tmp_path / "s")
+            )
             counted = await drift_counts(
                 conn, version=ensemble.version, reference=reference, time_from=0, time_to=(HOURS + 1) * 3600.0
             )
@@ -98,3 +105,22 @@ def test_shifted_hours_are_flagged_for_the_shifted_features_only(
     assert thin["rows"] == 100 < MIN_ROWS_FOR_PSI and not thin["enough_rows"]
     assert set(thin["psi"].values()) == {None} and thin["alert_rate"] is not None
     assert report[0]["expected_alert_rate"] == reference["alert_rate"]["expected"]
+
+    # The same over HTTP: GET /api/drift for the champion, the window ending with the latest row.
+    with (
+        serve(api_settings(infra, database_url, model_bundle, tmp_path)) as base_url,
+        httpx.Client(base_url=base_url, timeout=60) as client,
+    ):
+        answer = client.get("/api/drift", params={"hours": HOURS + 1}).json()
+        assert answer["version"] == ensemble.version and (answer["moderate"], answer["major"]) == (0.1, 0.25)
+        assert [h["hour"] for h in answer["hours"]] == list(range(HOURS + 1))
+        for hour in answer["hours"]:
+            expected = report[hour["hour"]]
+            assert hour["rows"] == expected["rows"] and hour["level"] == expected["level"]
+            assert hour["psi"] == pytest.approx(expected["psi"])
+        assert {m["quantity"] for m in answer["worst"][:2]} == SHIFTED
+        assert all(m["level"] == "major" and m["hour"] in (2, 3) for m in answer["worst"][:2])
+        narrow = client.get("/api/drift", params={"hours": 2, "until": 3600.0}).json()
+        assert [h["hour"] for h in narrow["hours"]] == [0, 1]
+        assert client.get("/api/drift", params={"version": "abcdef0123"}).status_code == 404
+        assert client.get("/api/drift", params={"hours": MAX_WINDOW_HOURS + 1}).status_code == 422
