@@ -16,6 +16,7 @@ import asyncpg
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from core.bundle_store import BundleStore
 from core.dataset import SAMPLE_PATH, load_csv
@@ -25,6 +26,7 @@ from core.db.store import ScoredRows, store_scored
 from core.drift import MIN_ROWS_FOR_PSI, PSI_MODERATE, bin_counts, hour_drift
 from core.ensemble import Ensemble
 from core.features import RAW_FEATURES
+from core.runtime.processes import wait_until
 from tests.api_fixtures import api_settings, serve
 
 HOURS, PER_HOUR, SHIFTED = 4, 700, {"V14", "Amount"}
@@ -124,3 +126,24 @@ def test_shifted_hours_are_flagged_for_the_shifted_features_only(
         assert [h["hour"] for h in narrow["hours"]] == [0, 1]
         assert client.get("/api/drift", params={"version": "abcdef0123"}).status_code == 404
         assert client.get("/api/drift", params={"hours": MAX_WINDOW_HOURS + 1}).status_code == 422
+
+    # Prometheus: the last complete hour of data (hour 3: shifted) on the API's /metrics.
+    settings = api_settings(infra, database_url, model_bundle, tmp_path, drift_refresh_seconds=0.2)
+    with serve(settings) as base_url, httpx.Client(base_url=base_url, timeout=60) as client:
+
+        def samples() -> dict[str, float]:
+            return {
+                sample.name + str(sorted(sample.labels.items())): sample.value
+                for family in text_string_to_metric_families(client.get("/metrics").text)
+                for sample in family.samples
+                if sample.name.startswith("fraudstream_drift")
+            }
+
+        v14 = "fraudstream_drift_psi[('quantity', 'V14')]"
+        wait_until(lambda: v14 in samples(), timeout=60, what="the drift gauges")
+        seen = samples()
+        assert seen["fraudstream_drift_hour[]"] == HOURS - 1
+        for name in ("V14", "Amount", "V3", "score"):
+            psi = seen[f"fraudstream_drift_psi[('quantity', '{name}')]"]
+            assert psi == pytest.approx(report[HOURS - 1]["psi"][name])
+        assert seen["fraudstream_drift_major_hours_total[]"] == 1  # counted once, however often refreshed
