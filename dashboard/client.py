@@ -156,6 +156,9 @@ class ApiClient:
     def models(self) -> Any:
         return self._get("/api/models", ttl=self._slow_ttl)
 
+    def drift(self, **params: Any) -> Any:
+        return self._get("/api/drift", params, ttl=self._slow_ttl)
+
     # -- try it ----------------------------------------------------------------------------
     def predict(self, transaction: Mapping[str, Any]) -> Any:
         return self._post("/api/predict", dict(transaction), writes=True)
