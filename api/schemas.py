@@ -588,8 +588,21 @@ class DriftMover(_Model):
     hour: int
 
 
+class DriftRecent(_Model):
+    """The rows scored in the last minutes (wall clock), against the version's reference."""
+
+    minutes: float
+    rows: int
+    enough_rows: bool
+    psi: dict[str, float | None]
+    level: dict[str, str | None]
+    alert_rate: float | None
+    expected_alert_rate: float | None
+
+
 class DriftOut(_Model):
     version: str
+    recent: DriftRecent | None = Field(default=None, description="the last `minutes` live, when asked")
     hours: list[DriftHour] = Field(description="hours of data with scored rows, oldest first")
     worst: list[DriftMover] = Field(description="the quantities with the largest PSI in the window")
     time_from: float

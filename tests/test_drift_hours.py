@@ -122,6 +122,11 @@ def test_shifted_hours_are_flagged_for_the_shifted_features_only(
             assert hour["psi"] == pytest.approx(expected["psi"])
         assert {m["quantity"] for m in answer["worst"][:2]} == SHIFTED
         assert all(m["level"] == "major" and m["hour"] in (2, 3) for m in answer["worst"][:2])
+        # The last minutes, live: every row was scored just now, so all of them, in one bucket.
+        live = client.get("/api/drift", params={"hours": 1, "minutes": 60}).json()["recent"]
+        assert live["rows"] == len(raw) and live["alert_rate"] == pytest.approx(rows.alert.mean())
+        assert live["level"]["V14"] in ("moderate", "major") and live["level"]["V3"] == "stable"
+        assert client.get("/api/drift", params={"minutes": 181}).status_code == 422
         narrow = client.get("/api/drift", params={"hours": 2, "until": 3600.0}).json()
         assert [h["hour"] for h in narrow["hours"]] == [0, 1]
         assert client.get("/api/drift", params={"version": "abcdef0123"}).status_code == 404

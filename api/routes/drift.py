@@ -1,10 +1,12 @@
 """Drift per hour of data: the live rows a version scored, against the reference its bundle keeps.
 
-`GET /api/drift?hours=24&until=&version=` answers, for each hour of data in the window
+`GET /api/drift?hours=24&until=&version=&minutes=` answers, for each hour of data in the window
 (ending with the hour of `until`, by default the latest stored row), the population
 stability index of every input (V1..V28, Amount), of the reconstruction error and of the
 score against the version's reference histograms (`manifest["reference"]`, `core.drift`),
-the alert rate beside the rate the reference expects, and the worst movers of the window.
+the alert rate beside the rate the reference expects, and the worst movers of the window;
+with `minutes`, the same for every row scored in the last N minutes (wall clock, read
+through the scores' `(run_id, scored_at)` index), so a shift shows before its hour ends.
 PSI is not given for an hour with fewer than `core.drift.MIN_ROWS_FOR_PSI` rows: below
 that, chance alone nears the 0.1 threshold.
 
@@ -21,8 +23,8 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, status
 
 from api.deps import Models, PoolConnection
-from api.schemas import DriftHour, DriftMover, DriftOut, Problem
-from core.db.drift import MAX_WINDOW_HOURS, SECONDS_PER_HOUR, drift_counts
+from api.schemas import DriftHour, DriftMover, DriftOut, DriftRecent, Problem
+from core.db.drift import MAX_RECENT_MINUTES, MAX_WINDOW_HOURS, SECONDS_PER_HOUR, drift_counts, recent_counts
 from core.db.registry import UnknownVersion, resolve_version
 from core.db.schema import LIVE_RUN
 from core.drift import MIN_ROWS_FOR_PSI, PSI_MAJOR, PSI_MODERATE, hour_drift
@@ -52,6 +54,12 @@ async def drift(
     version: Annotated[
         str | None,
         Query(min_length=6, max_length=64, pattern=r"^[0-9a-fA-F]+$", description="default: champion"),
+    ] = None,
+    minutes: Annotated[
+        float | None,
+        Query(
+            gt=0, le=MAX_RECENT_MINUTES, description="also the rows scored in the last N minutes (wall clock)"
+        ),
     ] = None,
 ) -> DriftOut:
     if version is None:
@@ -85,8 +93,13 @@ async def drift(
         )
         for h in counted
     ]
+    recent = None
+    if minutes is not None:
+        live = await recent_counts(conn, version=version, reference=reference, minutes=minutes)
+        recent = DriftRecent(minutes=minutes, **hour_drift(reference, live.counts, live.rows, live.alerts))
     return DriftOut(
         version=version,
+        recent=recent,
         hours=answer,
         worst=_worst(answer),
         time_from=max(time_from, 0.0),
