@@ -65,6 +65,8 @@ class DriftWatch:
                 await self.refresh()
             except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
                 log.warning("drift gauges not refreshed: %s", error)
+            except Exception:  # a malformed reference, say: logged, never the end of the watcher
+                log.exception("drift gauges not refreshed")
             await asyncio.sleep(self._every)
 
     async def refresh(self) -> None:
