@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from api.auth import TokenTable, authorize
 from api.broker import BrokerMonitor
 from api.cache import ResultCache
+from api.drift_watch import DriftWatch
 from api.errors import DATABASE_ERRORS, database_error, is_transient
 from api.metrics import ApiMetrics, CacheCollector, MetricsMiddleware, ServingCollector
 from api.predictor import Predictor
@@ -44,6 +45,7 @@ from api.routes import (
     backtests,
     compare,
     distributions,
+    drift,
     feedback,
     meta,
     model,
@@ -110,6 +112,7 @@ API_ROUTERS = (
     review.router,
     feedback.router,
     savings.router,
+    drift.router,
 )
 
 
@@ -155,14 +158,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine, app.state.pool, app.state.models = engine, pool, models
     app.state.predictor, app.state.broker_monitor = predictor, broker_monitor
     app.state.publisher = Publisher(endpoints.bootstrap_servers)
+    drift_watch = DriftWatch(app.state.metrics, pool, lambda: models.champion, settings.drift_refresh_seconds)
     broker_monitor.start()
     await models.start()
     predictor.start()
+    drift_watch.start()
     if app.state.freeze_heap:
         freeze_startup_heap()
     try:
         yield
     finally:
+        await drift_watch.close()
         await predictor.close()
         await models.close()
         await cache.close()

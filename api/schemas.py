@@ -627,3 +627,54 @@ class ModelComparison(_Model):
         description="rows they disagree on, largest score difference first"
     )
     notes: list[str] = Field(description="what the reader should know: caps hit, rows left out, no frauds")
+
+
+# --------------------------------------------------------------------------- drift
+
+
+class DriftHour(_Model):
+    """One hour of data against the version's reference."""
+
+    hour: int = Field(description="hour of data time (Time // 3600)")
+    time_from: float
+    rows: int
+    enough_rows: bool = Field(description="false: too few rows for PSI to mean anything (see min_rows)")
+    psi: dict[str, float | None] = Field(
+        description="per input, recon_error and score; null when too few rows"
+    )
+    level: dict[str, str | None] = Field(description="stable (< 0.1), moderate (0.1-0.25), major (>= 0.25)")
+    alert_rate: float | None
+    expected_alert_rate: float | None
+
+
+class DriftMover(_Model):
+    """A quantity that moved most: its largest PSI in the window, and when."""
+
+    quantity: str
+    psi: float
+    level: str
+    hour: int
+
+
+class DriftRecent(_Model):
+    """The rows scored in the last minutes (wall clock), against the version's reference."""
+
+    minutes: float
+    rows: int
+    enough_rows: bool
+    psi: dict[str, float | None]
+    level: dict[str, str | None]
+    alert_rate: float | None
+    expected_alert_rate: float | None
+
+
+class DriftOut(_Model):
+    version: str
+    recent: DriftRecent | None = Field(default=None, description="the last `minutes` live, when asked")
+    hours: list[DriftHour] = Field(description="hours of data with scored rows, oldest first")
+    worst: list[DriftMover] = Field(description="the quantities with the largest PSI in the window")
+    time_from: float
+    time_to: float
+    moderate: float = Field(description="PSI threshold of a moderate shift")
+    major: float = Field(description="PSI threshold of a major shift")
+    min_rows: int = Field(description="rows an hour needs for its PSI to be given")

@@ -110,6 +110,8 @@ class Settings(BaseSettings):
     model_store: Path | None = Field(default=None, description="registered bundles, one folder per version")
     #: How often the scorer and the API ask the registry which version is the champion.
     model_refresh_seconds: float = Field(default=5.0, gt=0, le=300)
+    #: How often the API recounts the champion's last complete hour of data for the drift gauges.
+    drift_refresh_seconds: float = Field(default=60.0, gt=0, le=3600)
     #: Reads only: `/api/*` GETs (and explain) with this token; writes get 403.
     api_read_token: str | None = Field(default=None, description="bearer token for reads only")
     #: Named tokens, so requests carry who made them: {"alice": {"token": "...", "access": "write"}}.

@@ -160,6 +160,9 @@ class ApiClient:
         """Champion against shadow (`/api/models/compare`); 409 when there is no shadow."""
         return self._get("/api/models/compare", params, ttl=self._slow_ttl)
 
+    def drift(self, **params: Any) -> Any:
+        return self._get("/api/drift", params, ttl=self._slow_ttl)
+
     # -- try it ----------------------------------------------------------------------------
     def predict(self, transaction: Mapping[str, Any]) -> Any:
         return self._post("/api/predict", dict(transaction), writes=True)

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 #: Sub-commands that belong to a service: `fraudstream NAME ...` runs `MODULE.main(...)`.
 SERVICE_COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("training.cli", "train a model bundle on the Kaggle CSV"),
+    "train": ("training.cli", "train a model bundle on the Kaggle CSV or the stored stream (--from-db)"),
     "replay": ("producer.cli", "replay a CSV onto the transactions topic"),
     "scorer": ("scorer.cli", "run a scorer worker (Faust)"),
     "api": ("api.cli", "run the analytics API (FastAPI)"),
