@@ -14,9 +14,10 @@ sink being away (transient) holds the offsets, and then the worker says it is st
 against the known Faust traps:
 
 - offsets: `noack_take` hands us the events (one per chunk of records, `scorer.transport`)
-  unacknowledged and we ack them after the batch is durable, so neither a crash, a SIGKILL, a rebalance nor a cancelled task (a write in
-  flight is cancelled unacknowledged) can commit an offset past an unstored event (plain
-  `take` acks the buffer when the generator is closed, even if the batch was never stored);
+  unacknowledged and we ack them after the batch is durable, so neither a crash, a
+  SIGKILL, a rebalance nor a cancelled task (a write in flight is cancelled
+  unacknowledged) can commit an offset past an unstored event (plain `take` acks the
+  buffer when the generator is closed, even if the batch was never stored);
 - agent concurrency is 1, and one write at a time, so acknowledgements are in order;
 - `within` bounds how long a partial batch waits, so a quiet topic never stalls;
 - the PostgreSQL write is idempotent and alerts wait in an outbox until the broker has
