@@ -32,15 +32,10 @@ import numpy as np
 
 from api.errors import is_transient
 from core.db.schema import LIVE_RUN
-from core.db.store import ScoredRows, store_scored
+from core.db.store import ScoredRows, store_new
 from core.ensemble import Ensemble
 
 log = logging.getLogger(__name__)
-
-_NEW_ROWS = """
-SELECT i.run_id, i.id FROM unnest($1::text[], $2::text[]) AS i(run_id, id)
-JOIN transactions t ON t.run_id = i.run_id AND t.id = i.id AND t.ingested_at = now()
-"""
 
 
 class Overloaded(Exception):
@@ -186,16 +181,10 @@ class Predictor:
             alert=scored.alert,
         )
         async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
-            if len(firsts) == 1:  # the count says it all; no transaction round trips
-                new_keys = set(unique) if await store_scored(conn, rows) else set()
-            else:
-                async with conn.transaction():
-                    new = await store_scored(conn, rows)
-                    if new == len(firsts):
-                        new_keys = set(unique)
-                    else:  # some ids were stored before: this transaction's rows carry its now()
-                        found = await conn.fetch(_NEW_ROWS, list(rows.run_ids), list(rows.ids))
-                        new_keys = {(record["run_id"], record["id"]) for record in found}
+            # One statement, so one transaction and one round trip whatever the batch size;
+            # it says which rows were stored before (those keep their first score).
+            before = set(await store_new(conn, rows, {}))
+        new_keys = {key for i, key in enumerate(unique) if i not in before}
         if new_keys and self.on_stored is not None:
             for run_id in {run_id for run_id, _ in new_keys}:
                 self.on_stored(run_id)
