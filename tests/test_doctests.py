@@ -9,7 +9,7 @@ import pytest
 
 
 @pytest.mark.parametrize(
-    "module", ["core.drift", "core.metrics", "core.scaler", "bench.machine", "bench.tables"]
+    "module", ["core.bins", "core.drift", "core.metrics", "core.scaler", "bench.machine", "bench.tables"]
 )
 def test_docstring_examples_run(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
