@@ -88,7 +88,7 @@ async def _expected(
         RUN,
     )
     out: dict[str, Counter] = {
-        name: Counter() for name in ("minutes", "hours", "latency", "histograms", "drift")
+        name: Counter() for name in ("minutes", "hours", "latency", "histograms", "score_hours", "drift")
     }
     hours = np.floor(np.array([r["time"] for r in rows]) / 3600).astype(int)
     for r, hour in zip(rows, hours, strict=True):
@@ -105,9 +105,14 @@ async def _expected(
         values = np.array([r[quantity] for r in rows])
         index = bins.index(values)
         for r, hour, b in zip(rows, hours, index, strict=True):
-            key = (quantity, r["model_version"], int(hour), r["class"], int(b))
+            key = (quantity, r["model_version"], r["class"], int(b))
             out["histograms"][(*key, "n")] += 1
             out["histograms"][(*key, "alerts")] += int(r["alert"])
+            if quantity == "score":
+                out["score_hours"][(r["model_version"], int(hour), r["class"], int(b), "n")] += 1
+                out["score_hours"][(r["model_version"], int(hour), r["class"], int(b), "alerts")] += int(
+                    r["alert"]
+                )
         for version, edges in references.items():
             if quantity not in edges:
                 continue
@@ -120,7 +125,7 @@ async def _expected(
 
 async def _actual(conn: asyncpg.Connection) -> dict[str, Counter]:
     out: dict[str, Counter] = {
-        name: Counter() for name in ("minutes", "hours", "latency", "histograms", "drift")
+        name: Counter() for name in ("minutes", "hours", "latency", "histograms", "score_hours", "drift")
     }
     for r in await conn.fetch("SELECT * FROM rollup_minutes WHERE run_id = $1", RUN):
         for column in ("scored", "alerts"):
@@ -131,9 +136,12 @@ async def _actual(conn: asyncpg.Connection) -> dict[str, Counter]:
     for r in await conn.fetch("SELECT * FROM rollup_latency WHERE run_id = $1", RUN):
         out["latency"][(r["minute"], r["bin"])] += r["n"]
     for r in await conn.fetch("SELECT * FROM rollup_histograms WHERE run_id = $1", RUN):
-        key = (r["quantity"], r["model_version"], r["hour"], r["class"], r["bin"])
+        key = (r["quantity"], r["model_version"], r["class"], r["bin"])
         out["histograms"][(*key, "n")] += r["n"]
         out["histograms"][(*key, "alerts")] += r["alerts"]
+    for r in await conn.fetch("SELECT * FROM rollup_score_hours WHERE run_id = $1", RUN):
+        for column in ("n", "alerts"):
+            out["score_hours"][(r["model_version"], r["hour"], r["class"], r["bin"], column)] += r[column]
     for r in await conn.fetch("SELECT * FROM rollup_drift WHERE run_id = $1", RUN):
         out["drift"][(r["model_version"], r["hour"], r["quantity"], r["bin"])] += r["n"]
     return {name: +counter for name, counter in out.items()}

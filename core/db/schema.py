@@ -264,23 +264,34 @@ rollup_latency = Table(
     PrimaryKeyConstraint("run_id", "minute", "bin", name="pk_rollup_latency"),
 )
 
-#: Rows, alerts and the values' sum per (run, quantity, model version, data hour, class,
-#: analytics bin): V1..V28, amount, recon_error and score.
+#: Rows, alerts and the values' sum per (run, quantity, model version, class, analytics bin):
+#: V1..V28, amount, recon_error and score.
 rollup_histograms = Table(
     "rollup_histograms",
     metadata,
     Column("run_id", Text, nullable=False),
     Column("quantity", Text, nullable=False),
     Column("model_version", Text, nullable=False),
-    Column("hour", Integer, nullable=False),
     Column("class", SmallInteger, nullable=False),
     Column("bin", SmallInteger, nullable=False),
     Column("n", BigInteger, nullable=False),
     Column("alerts", BigInteger, nullable=False),
     Column("total", Double, nullable=False),
-    PrimaryKeyConstraint(
-        "run_id", "quantity", "model_version", "hour", "class", "bin", name="pk_rollup_histograms"
-    ),
+    PrimaryKeyConstraint("run_id", "quantity", "model_version", "class", "bin", name="pk_rollup_histograms"),
+)
+
+#: Rows and alerts per (run, model version, data hour, class, score bin): in-sample hours.
+rollup_score_hours = Table(
+    "rollup_score_hours",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("model_version", Text, nullable=False),
+    Column("hour", Integer, nullable=False),
+    Column("class", SmallInteger, nullable=False),
+    Column("bin", SmallInteger, nullable=False),
+    Column("n", BigInteger, nullable=False),
+    Column("alerts", BigInteger, nullable=False),
+    PrimaryKeyConstraint("run_id", "model_version", "hour", "class", "bin", name="pk_rollup_score_hours"),
 )
 
 #: Rows per (run, model version, data hour, quantity, bin of that version's reference edges).

@@ -16,8 +16,11 @@ writes both in one statement; the trigger runs after it) and adds, per statement
   data-time histograms, and the rows a version saw inside its in-sample stretch;
 - `rollup_latency`: rows per (run, minute, latency bin), bins `core.bins.LATENCY_BINS`;
 - `rollup_histograms`: rows, alerts and the sum of the value per (run, quantity, model
-  version, data hour, class, bin) for V1..V28, amount, recon_error and score, in the fixed
-  analytics bins of `core.bins` (copied into `analytics_bins`);
+  version, class, bin) for V1..V28, amount, recon_error and score, in the fixed analytics
+  bins of `core.bins` (copied into `analytics_bins`): distributions and model curves read
+  a few thousand rows whatever the history;
+- `rollup_score_hours`: rows and alerts per (run, model version, data hour, class, score
+  bin): the hours inside a version's in-sample stretch are subtracted from its curves;
 - `rollup_drift`: rows per (run, model version, data hour, quantity, bin) in the version's
   own reference bins (`model_reference_bins`, filled from `manifest["reference"]` when a
   version is inserted into `model_versions`, and backfilled here): drift per hour is one
@@ -50,7 +53,14 @@ assert BINS_VERSION == 1, "new analytics bins need a migration of their own"
 _INPUTS = [f"v{i}" for i in range(1, 29)] + ["amount"]
 _QUANTITIES = [*_INPUTS, "recon_error", "score"]
 _T_COLUMNS = ", ".join(f"t.{name}" for name in ["time", *_INPUTS])
-_ROLLUPS = ("rollup_minutes", "rollup_hours", "rollup_latency", "rollup_histograms", "rollup_drift")
+_ROLLUPS = (
+    "rollup_minutes",
+    "rollup_hours",
+    "rollup_latency",
+    "rollup_histograms",
+    "rollup_score_hours",
+    "rollup_drift",
+)
 _MINUTE = "date_bin('1 minute', scored_at, timestamptz '2000-01-01 00:00:00+00')"
 _HOUR = "floor(time / 3600)::int4"
 
@@ -87,13 +97,22 @@ def _apply(source: str, *, labelled_only: bool) -> str:
     FROM r CROSS JOIN LATERAL unnest('{{{names}}}'::text[], ARRAY[{values}]) AS q(quantity, value)
 )""",
         """histograms AS (
-    INSERT INTO rollup_histograms AS h (run_id, quantity, model_version, hour, class, bin, n, alerts, total)
-    SELECT v.run_id, v.quantity, v.model_version, v.hour, v.class, width_bucket(v.value, b.edges)::int2,
+    INSERT INTO rollup_histograms AS h (run_id, quantity, model_version, class, bin, n, alerts, total)
+    SELECT v.run_id, v.quantity, v.model_version, v.class, width_bucket(v.value, b.edges)::int2,
            sum(v.sign), coalesce(sum(v.sign) FILTER (WHERE v.alert), 0), sum(v.sign * v.value)
     FROM v JOIN analytics_bins b ON b.quantity = v.quantity
-    GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6
-    ON CONFLICT (run_id, quantity, model_version, hour, class, bin)
+    GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
+    ON CONFLICT (run_id, quantity, model_version, class, bin)
     DO UPDATE SET n = h.n + EXCLUDED.n, alerts = h.alerts + EXCLUDED.alerts, total = h.total + EXCLUDED.total
+)""",
+        f"""score_hours AS (
+    INSERT INTO rollup_score_hours AS h (run_id, model_version, hour, class, bin, n, alerts)
+    SELECT r.run_id, r.model_version, {_HOUR.replace("time", "r.time")}, r.class,
+           width_bucket(r.score, b.edges)::int2, sum(r.sign), coalesce(sum(r.sign) FILTER (WHERE r.alert), 0)
+    FROM r JOIN analytics_bins b ON b.quantity = 'score'
+    GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
+    ON CONFLICT (run_id, model_version, hour, class, bin)
+    DO UPDATE SET n = h.n + EXCLUDED.n, alerts = h.alerts + EXCLUDED.alerts
 )""",
     ]
     if labelled_only:
@@ -218,14 +237,26 @@ def upgrade() -> None:
         sa.Column("run_id", sa.Text(), nullable=False),
         sa.Column("quantity", sa.Text(), nullable=False),
         sa.Column("model_version", sa.Text(), nullable=False),
-        sa.Column("hour", sa.Integer(), nullable=False),
         sa.Column("class", sa.SmallInteger(), nullable=False),
         sa.Column("bin", sa.SmallInteger(), nullable=False),
         sa.Column("n", sa.BigInteger(), nullable=False),
         sa.Column("alerts", sa.BigInteger(), nullable=False),
         sa.Column("total", sa.Double(), nullable=False),
         sa.PrimaryKeyConstraint(
-            "run_id", "quantity", "model_version", "hour", "class", "bin", name="pk_rollup_histograms"
+            "run_id", "quantity", "model_version", "class", "bin", name="pk_rollup_histograms"
+        ),
+    )
+    op.create_table(
+        "rollup_score_hours",
+        sa.Column("run_id", sa.Text(), nullable=False),
+        sa.Column("model_version", sa.Text(), nullable=False),
+        sa.Column("hour", sa.Integer(), nullable=False),
+        sa.Column("class", sa.SmallInteger(), nullable=False),
+        sa.Column("bin", sa.SmallInteger(), nullable=False),
+        sa.Column("n", sa.BigInteger(), nullable=False),
+        sa.Column("alerts", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint(
+            "run_id", "model_version", "hour", "class", "bin", name="pk_rollup_score_hours"
         ),
     )
     op.create_table(
