@@ -253,15 +253,23 @@ class VersionPerformance(_Model):
 
     model_version: str
     threshold: float | None = Field(description="the version's alert threshold (null if unknown)")
-    rows: int = Field(description="stored rows scored by this version")
+    rows: int = Field(description="rows scored by this version (in-sample ones included)")
+    in_sample_rows: int = Field(
+        default=0,
+        description="rows left out of the metrics: their data hour overlaps the version's in-sample stretch",
+    )
+    in_sample: dict[str, Any] | None = Field(
+        default=None,
+        description="the version's in-sample stretch of data time (manifest training.data.in_sample)",
+    )
     labelled: int
     frauds: int
     confusion: Confusion = Field(description="at the stored alert flag (score >= threshold)")
     precision: float | None
     recall: float | None
     f1: float | None
-    auprc: float | None = Field(description="average precision, over 1000 score bins")
-    roc_auc: float | None = Field(description="trapezoidal ROC AUC over 1000 score bins")
+    auprc: float | None = Field(description="average precision, over the score bins (out-of-sample rows)")
+    roc_auc: float | None = Field(description="trapezoidal ROC AUC over the score bins (out-of-sample rows)")
     roc: Curve
     pr: Curve
 

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from api.curves import metrics_from_bins
+from core.bins import SCORE_BINS
 from core.events import decode_batch
 from core.features import EVENT_FEATURES, PCA_COLUMNS
 from tests.api_fixtures import StoredSample, api_db_fixture, api_settings, serve  # noqa: F401
@@ -232,24 +233,39 @@ def test_scatter_is_a_balanced_sample(http: httpx.Client, api_db: StoredSample) 
 # --------------------------------------------------------------------------- model
 
 
-def test_model_performance_matches_sklearn(http: httpx.Client, api_db: StoredSample) -> None:
+def test_model_performance_matches_sklearn_out_of_sample(http: httpx.Client, api_db: StoredSample) -> None:
+    """Live metrics leave out every data hour that overlaps the version's in-sample stretch."""
     perf = http.get("/api/model/performance").json()
     assert perf["active_version"] == api_db.ensemble.version
     (version,) = [v for v in perf["versions"] if v["model_version"] == api_db.ensemble.version]
-    y, alert = api_db.labels, api_db.alert
+    in_sample = api_db.ensemble.manifest["training"]["data"]["in_sample"]
+    assert version["in_sample"] == in_sample
+    hour = np.floor(api_db.raw[:, 0] / 3600)
+    inside = (hour >= math.floor(in_sample["time_from"] / 3600)) & (
+        hour <= math.floor(in_sample["time_to"] / 3600)
+    )
+    assert 0 < inside.sum() < len(inside)  # the fixture's bundle was trained on part of these rows
+    assert version["rows"] == len(inside) and version["in_sample_rows"] == int(inside.sum())
+    y, alert, score = api_db.labels[~inside], api_db.alert[~inside], api_db.score[~inside]
     tp = int((alert & (y == 1)).sum())
     fp = int((alert & (y == 0)).sum())
     fn = int((~alert & (y == 1)).sum())
     assert version["confusion"] == {"tp": tp, "fp": fp, "tn": len(y) - tp - fp - fn, "fn": fn}
     assert version["precision"] == pytest.approx(tp / (tp + fp))
     assert version["recall"] == pytest.approx(tp / (tp + fn))
-    assert version["auprc"] == pytest.approx(average_precision_score(y, api_db.score), abs=0.01)
-    assert version["roc_auc"] == pytest.approx(roc_auc_score(y, api_db.score), abs=0.005)
+    assert version["auprc"] == pytest.approx(average_precision_score(y, score), abs=0.01)
+    assert version["roc_auc"] == pytest.approx(roc_auc_score(y, score), abs=0.005)
     assert version["threshold"] == api_db.ensemble.threshold
     assert version["roc"]["x"][-1] == 1.0 and version["roc"]["y"][-1] == 1.0
     names = [f["feature"] for f in perf["feature_importance"]]
     assert set(names) <= set(api_db.ensemble.feature_names) and names
     assert perf["offline_evaluation"]["test"] == api_db.ensemble.manifest["evaluation"]["test"]
+    # merged bins: the same counts, thresholds at the merged bins' lower edges
+    coarse = http.get("/api/model/performance", params={"bins": 30}).json()
+    (merged,) = [v for v in coarse["versions"] if v["model_version"] == api_db.ensemble.version]
+    assert merged["confusion"] == version["confusion"] and coarse["score_bins"] == 30
+    firsts = np.searchsorted(np.arange(1080) * 30 // 1080, np.arange(30))
+    assert set(merged["roc"]["thresholds"]) <= {0.0, *(SCORE_BINS.edges[b - 1] for b in firsts[1:])}
 
 
 def test_binned_metrics_agree_with_sklearn() -> None:

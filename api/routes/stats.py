@@ -30,14 +30,17 @@ async def stats(
     request from the trigger-kept counters (a few index probes), so a stored row counts at
     once, whoever stored it. The window part (throughput, latency percentiles, true alerts)
     comes through the result cache (a range scan of the (run_id, scored_at) index, at most
-    the cache's bound old); header `X-As-Of` says when its data were read.
+    the cache's bound old); `true_alerts` (alerts whose known label is fraud) from the rollups
+    (migration 0009); header `X-As-Of` says when its data were read.
     """
 
     async def compute(conn: AsyncConnection) -> Stats:
         now = (await conn.execute(queries.now())).scalar_one()
         totals = await read_run_totals(conn, run_id)
         window = (await conn.execute(queries.window_totals(run_id, now - timedelta(minutes=minutes)))).one()
-        true_alerts = (await conn.execute(queries.true_alerts(run_id))).scalar_one() if totals.alerts else 0
+        true_alerts = (
+            (await conn.execute(queries.true_alerts_rollup(run_id))).scalar_one() if totals.alerts else 0
+        )
         seconds = (now - window.first).total_seconds() if window.first is not None else 0.0
         throughput = window.scored / max(seconds, 1.0) if window.scored else 0.0
         return Stats(
