@@ -394,6 +394,7 @@ def histogram_rollup(run_id: str, quantity: str) -> Select:
             func.sum(rh.n).label("n"),
             func.sum(rh.alerts).label("alerts"),
             func.sum(rh.total).label("total"),
+            func.sum(rh.alert_total).label("alert_total"),
         )
         .where(rh.run_id == run_id, rh.quantity == quantity)
         .group_by(rh["class"], rh.bin)

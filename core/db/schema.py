@@ -264,7 +264,7 @@ rollup_latency = Table(
     PrimaryKeyConstraint("run_id", "minute", "bin", name="pk_rollup_latency"),
 )
 
-#: Rows, alerts and the values' sum per (run, quantity, model version, class, analytics bin):
+#: Rows, alerts and the values' sums (all rows, alert rows) per (run, quantity, model version, class, analytics bin):
 #: V1..V28, amount, recon_error and score.
 rollup_histograms = Table(
     "rollup_histograms",
@@ -277,6 +277,7 @@ rollup_histograms = Table(
     Column("n", BigInteger, nullable=False),
     Column("alerts", BigInteger, nullable=False),
     Column("total", Double, nullable=False),
+    Column("alert_total", Double, nullable=False),
     PrimaryKeyConstraint("run_id", "quantity", "model_version", "class", "bin", name="pk_rollup_histograms"),
 )
 

@@ -15,7 +15,7 @@ writes both in one statement; the trigger runs after it) and adds, per statement
 - `rollup_hours`: the same per hour of *data* time (`floor(time / 3600)`): hour-of-day and
   data-time histograms, and the rows a version saw inside its in-sample stretch;
 - `rollup_latency`: rows per (run, minute, latency bin), bins `core.bins.LATENCY_BINS`;
-- `rollup_histograms`: rows, alerts and the sum of the value per (run, quantity, model
+- `rollup_histograms`: rows, alerts and the sums of the value (all rows, alert rows) per (run, quantity, model
   version, class, bin) for V1..V28, amount, recon_error and score, in the fixed analytics
   bins of `core.bins` (copied into `analytics_bins`): distributions and model curves read
   a few thousand rows whatever the history;
@@ -97,13 +97,15 @@ def _apply(source: str, *, labelled_only: bool) -> str:
     FROM r CROSS JOIN LATERAL unnest('{{{names}}}'::text[], ARRAY[{values}]) AS q(quantity, value)
 )""",
         """histograms AS (
-    INSERT INTO rollup_histograms AS h (run_id, quantity, model_version, class, bin, n, alerts, total)
+    INSERT INTO rollup_histograms AS h (run_id, quantity, model_version, class, bin, n, alerts, total, alert_total)
     SELECT v.run_id, v.quantity, v.model_version, v.class, width_bucket(v.value, b.edges)::int2,
-           sum(v.sign), coalesce(sum(v.sign) FILTER (WHERE v.alert), 0), sum(v.sign * v.value)
+           sum(v.sign), coalesce(sum(v.sign) FILTER (WHERE v.alert), 0), sum(v.sign * v.value),
+           coalesce(sum(v.sign * v.value) FILTER (WHERE v.alert), 0)
     FROM v JOIN analytics_bins b ON b.quantity = v.quantity
     GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
     ON CONFLICT (run_id, quantity, model_version, class, bin)
-    DO UPDATE SET n = h.n + EXCLUDED.n, alerts = h.alerts + EXCLUDED.alerts, total = h.total + EXCLUDED.total
+    DO UPDATE SET n = h.n + EXCLUDED.n, alerts = h.alerts + EXCLUDED.alerts, total = h.total + EXCLUDED.total,
+                  alert_total = h.alert_total + EXCLUDED.alert_total
 )""",
         f"""score_hours AS (
     INSERT INTO rollup_score_hours AS h (run_id, model_version, hour, class, bin, n, alerts)
@@ -242,6 +244,7 @@ def upgrade() -> None:
         sa.Column("n", sa.BigInteger(), nullable=False),
         sa.Column("alerts", sa.BigInteger(), nullable=False),
         sa.Column("total", sa.Double(), nullable=False),
+        sa.Column("alert_total", sa.Double(), nullable=False),
         sa.PrimaryKeyConstraint(
             "run_id", "quantity", "model_version", "class", "bin", name="pk_rollup_histograms"
         ),
