@@ -65,6 +65,33 @@ _MINUTE = "date_bin('1 minute', scored_at, timestamptz '2000-01-01 00:00:00+00')
 _HOUR = "floor(time / 3600)::int4"
 
 
+_UNION = "\n    UNION ALL "
+
+
+def _edges(quantity: str) -> str:
+    """The analytics bin edges of `quantity` as an SQL constant: the same doubles as `core.bins`
+    (shortest round-trip text), inlined so no row pays for reading (detoasting) a long array."""
+    bins = LATENCY_BINS if quantity == "latency_ms" else QUANTITY_BINS[quantity]
+    return "'{" + ",".join(repr(float(e)) for e in bins.edges) + "}'::float8[]"
+
+
+def _histogram(quantity: str) -> str:
+    """One quantity's counts per (run, version, class, analytics bin) of the statement's rows."""
+    return f"""(SELECT r.run_id, '{quantity}' AS quantity, r.model_version, r.class,
+           width_bucket(r.{quantity}, {_edges(quantity)})::int2 AS bin,
+           sum(r.sign), coalesce(sum(r.sign) FILTER (WHERE r.alert), 0), sum(r.sign * r.{quantity}),
+           coalesce(sum(r.sign * r.{quantity}) FILTER (WHERE r.alert), 0)
+    FROM r GROUP BY 1, 2, 3, 4, 5)"""
+
+
+def _drift(quantity: str) -> str:
+    """One quantity's counts per (run, version, data hour, reference bin of that version)."""
+    return f"""(SELECT r.run_id, r.model_version, {_HOUR.replace("time", "r.time")} AS hour, '{quantity}' AS quantity,
+           width_bucket(r.{quantity}, mb.edges)::int2 AS bin, sum(r.sign)
+    FROM r JOIN model_reference_bins mb ON mb.version = r.model_version AND mb.quantity = '{quantity}'
+    GROUP BY 1, 2, 3, 4, 5)"""
+
+
 def _apply(source: str, *, labelled_only: bool) -> str:
     """One statement adding `sign` times the rows of `source` to the rollups.
 
@@ -73,8 +100,6 @@ def _apply(source: str, *, labelled_only: bool) -> str:
     (a relabel moves nothing else). Every upsert is grouped (one row per key) and ordered, so
     concurrent writers lock rollup rows in one order and never deadlock.
     """
-    values = ", ".join(f"r.{name}" for name in _QUANTITIES)
-    names = ", ".join(_QUANTITIES)
     parts = [
         f"r AS MATERIALIZED ({source})",
         f"""minutes AS (
@@ -91,18 +116,10 @@ def _apply(source: str, *, labelled_only: bool) -> str:
     ON CONFLICT (run_id, hour, model_version, class)
     DO UPDATE SET scored = h.scored + EXCLUDED.scored, alerts = h.alerts + EXCLUDED.alerts
 )""",
-        f"""v AS MATERIALIZED (
-    SELECT r.run_id, r.model_version, {_HOUR.replace("time", "r.time")} AS hour, r.class, r.alert, r.sign,
-           q.quantity, q.value
-    FROM r CROSS JOIN LATERAL unnest('{{{names}}}'::text[], ARRAY[{values}]) AS q(quantity, value)
-)""",
-        """histograms AS (
+        f"""histograms AS (
     INSERT INTO rollup_histograms AS h (run_id, quantity, model_version, class, bin, n, alerts, total, alert_total)
-    SELECT v.run_id, v.quantity, v.model_version, v.class, width_bucket(v.value, b.edges)::int2,
-           sum(v.sign), coalesce(sum(v.sign) FILTER (WHERE v.alert), 0), sum(v.sign * v.value),
-           coalesce(sum(v.sign * v.value) FILTER (WHERE v.alert), 0)
-    FROM v JOIN analytics_bins b ON b.quantity = v.quantity
-    GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
+    SELECT * FROM ({_UNION.join(_histogram(name) for name in _QUANTITIES)}) AS x
+    ORDER BY 1, 2, 3, 4, 5
     ON CONFLICT (run_id, quantity, model_version, class, bin)
     DO UPDATE SET n = h.n + EXCLUDED.n, alerts = h.alerts + EXCLUDED.alerts, total = h.total + EXCLUDED.total,
                   alert_total = h.alert_total + EXCLUDED.alert_total
@@ -110,8 +127,9 @@ def _apply(source: str, *, labelled_only: bool) -> str:
         f"""score_hours AS (
     INSERT INTO rollup_score_hours AS h (run_id, model_version, hour, class, bin, n, alerts)
     SELECT r.run_id, r.model_version, {_HOUR.replace("time", "r.time")}, r.class,
-           width_bucket(r.score, b.edges)::int2, sum(r.sign), coalesce(sum(r.sign) FILTER (WHERE r.alert), 0)
-    FROM r JOIN analytics_bins b ON b.quantity = 'score'
+           width_bucket(r.score, {_edges("score")})::int2, sum(r.sign),
+           coalesce(sum(r.sign) FILTER (WHERE r.alert), 0)
+    FROM r
     GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
     ON CONFLICT (run_id, model_version, hour, class, bin)
     DO UPDATE SET n = h.n + EXCLUDED.n, alerts = h.alerts + EXCLUDED.alerts
@@ -121,18 +139,17 @@ def _apply(source: str, *, labelled_only: bool) -> str:
         return "WITH " + ",\n".join(parts) + "\nSELECT count(*) FROM r"
     parts.append(f"""latency AS (
     INSERT INTO rollup_latency AS l (run_id, minute, bin, n)
-    SELECT r.run_id, {_MINUTE.replace("scored_at", "r.scored_at")}, width_bucket(r.latency_ms, b.edges)::int2,
-           sum(r.sign)
-    FROM r JOIN analytics_bins b ON b.quantity = 'latency_ms'
+    SELECT r.run_id, {_MINUTE.replace("scored_at", "r.scored_at")},
+           width_bucket(r.latency_ms, {_edges("latency_ms")})::int2, sum(r.sign)
+    FROM r
     WHERE r.latency_ms IS NOT NULL
     GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
     ON CONFLICT (run_id, minute, bin) DO UPDATE SET n = l.n + EXCLUDED.n
 )""")
-    drift = """
+    drift = f"""
 INSERT INTO rollup_drift AS d (run_id, model_version, hour, quantity, bin, n)
-SELECT v.run_id, v.model_version, v.hour, v.quantity, width_bucket(v.value, mb.edges)::int2, sum(v.sign)
-FROM v JOIN model_reference_bins mb ON mb.version = v.model_version AND mb.quantity = v.quantity
-GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
+SELECT * FROM ({_UNION.join(_drift(name) for name in _QUANTITIES)}) AS x
+ORDER BY 1, 2, 3, 4, 5
 ON CONFLICT (run_id, model_version, hour, quantity, bin) DO UPDATE SET n = d.n + EXCLUDED.n"""
     return "WITH " + ",\n".join(parts) + drift
 
