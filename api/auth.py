@@ -10,10 +10,12 @@ write. `/`, `/health` and the docs stay open; `/metrics` by `FRAUDSTREAM_API_MET
 The check is a dependency of the one router every `/api/*` route hangs from
 (`api.main`), so a new route cannot forget it. What a route needs follows from its HTTP
 method (GET reads, anything else writes) unless it declares otherwise with
-`openapi_extra=READS` (a POST that computes without storing, like explain): a new
-route is a write until it says it is not. Requests carry an `Identity` (`admin` for
-the write token, `reader` for the read token, or a named token's name) that routes get
-with `Depends(current_identity)`: who promoted a model, who reviewed an alert.
+`openapi_extra=READS` (a POST that computes without storing, like explain) or
+`openapi_extra=REVIEWS` (a verdict on an alert: a named token with `review` access may
+give one, as may any write token): a new route is a write until it says it is not.
+Requests carry an `Identity` (`admin` for the write token, `reader` for the read token,
+or a named token's name) that routes get with `Depends(current_identity)`: who promoted
+a model, who reviewed an alert.
 
 Tokens are compared as SHA-256 digests with `hmac.compare_digest`, all of them every
 time, so neither a token's content nor its length leaks through timing; the check
@@ -33,10 +35,18 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from api.deps import AppSettings
 from core.settings import Settings
 
-Access = Literal["read", "write"]
+Access = Literal["read", "review", "write"]
 #: `openapi_extra` of a non-GET route that only reads (nothing stored or changed).
 READS = {"x-access": "read"}
+#: `openapi_extra` of a route an analyst's `review` token may call (a verdict on an alert).
+REVIEWS = {"x-access": "review"}
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: What each access level may do.
+_GRANTS: dict[str, frozenset[str]] = {
+    "read": frozenset({"read"}),
+    "review": frozenset({"read", "review"}),
+    "write": frozenset({"read", "review", "write"}),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +59,9 @@ class Identity:
     @property
     def may_write(self) -> bool:
         return self.access == "write"
+
+    def may(self, access: Access) -> bool:
+        return access in _GRANTS[self.access]
 
 
 #: Everyone, when no token is configured.
@@ -100,6 +113,9 @@ async def get_tokens(request: Request) -> TokenTable:
     return request.app.state.tokens
 
 
+Tokens = Annotated[TokenTable, Depends(get_tokens)]
+
+
 def _unauthorized(message: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, message, headers={"WWW-Authenticate": "Bearer"})
 
@@ -126,16 +142,19 @@ def required_access(request: Request) -> Access:
     """What the matched route needs: its declared `x-access`, else read for GET, write otherwise."""
     route = request.scope.get("route")
     declared = (getattr(route, "openapi_extra", None) or {}).get("x-access")
-    if declared in ("read", "write"):
+    if declared in _GRANTS:
         return declared
     return "read" if request.method in _READ_METHODS else "write"
 
 
 async def authorize(request: Request, identity: CurrentIdentity) -> None:
-    """The `/api` router's dependency: 401 without a known token, 403 for a reader's write."""
-    if required_access(request) == "write" and not identity.may_write:
+    """The `/api` router's dependency: 401 without a known token, 403 for what its access does not allow."""
+    needed = required_access(request)
+    if not identity.may(needed):
+        wanted = "a write token" if needed == "write" else "a review or write token"
         raise HTTPException(
-            status.HTTP_403_FORBIDDEN, f"{identity.name} has read access only; this needs a write token"
+            status.HTTP_403_FORBIDDEN,
+            f"{identity.name} has {identity.access} access only; this needs {wanted}",
         )
 
 

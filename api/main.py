@@ -36,11 +36,27 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from api.auth import TokenTable, authorize
 from api.broker import BrokerMonitor
 from api.cache import ResultCache
+from api.drift_watch import DriftWatch
 from api.errors import DATABASE_ERRORS, database_error, is_transient
 from api.metrics import ApiMetrics, CacheCollector, MetricsMiddleware, ServingCollector
 from api.predictor import Predictor
 from api.publisher import Publisher
-from api.routes import backtests, distributions, meta, model, predict, registry, scatter, stats, transactions
+from api.routes import (
+    backtests,
+    compare,
+    distributions,
+    drift,
+    feedback,
+    meta,
+    model,
+    predict,
+    registry,
+    review,
+    savings,
+    scatter,
+    stats,
+    transactions,
+)
 from api.routes.meta import SERVICE_NAME, package_version
 from api.serving import ServedModels
 from api.totals import run_watermark
@@ -60,6 +76,13 @@ a known token, 403 for a read-only token on a write. `/`, `/health` and these do
 
 **Models.** Predictions and explanations name the version that computed them. Promote a
 version or choose the shadow under `/api/models`; scorers and APIs follow within seconds.
+
+**Reviews.** `/api/review/queue` lists the live alerts waiting for a verdict;
+`POST /api/alerts/{transaction_id}/review` records one (a write token, or a named token
+with `review` access; a write token may name the analyst it acts for in
+`X-Fraudstream-Reviewer`, which also names the reviewer when no token is configured).
+`/api/feedback/summary` counts the reviews, the backlog, the alerts' precision and the
+frauds found later by chargeback; `/api/model/savings` is the net savings by threshold.
 
 `run_id` selects the live stream (`''`, the default) or a backtest run. Lists are newest
 first with keyset pagination (`next_cursor`).
@@ -82,9 +105,14 @@ API_ROUTERS = (
     distributions.router,
     scatter.router,
     model.router,
+    compare.router,  # before registry's /api/models/{version} routes
     registry.router,
     predict.router,
     backtests.router,
+    review.router,
+    feedback.router,
+    savings.router,
+    drift.router,
 )
 
 
@@ -130,14 +158,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine, app.state.pool, app.state.models = engine, pool, models
     app.state.predictor, app.state.broker_monitor = predictor, broker_monitor
     app.state.publisher = Publisher(endpoints.bootstrap_servers)
+    drift_watch = DriftWatch(app.state.metrics, pool, lambda: models.champion, settings.drift_refresh_seconds)
     broker_monitor.start()
     await models.start()
     predictor.start()
+    drift_watch.start()
     if app.state.freeze_heap:
         freeze_startup_heap()
     try:
         yield
     finally:
+        await drift_watch.close()
         await predictor.close()
         await models.close()
         await cache.close()
@@ -227,7 +258,7 @@ def create_app(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PUT"],
-            allow_headers=["Authorization", "Content-Type"],
+            allow_headers=["Authorization", "Content-Type", review.REVIEWER_HEADER],
         )
     log.debug("%s app built", SERVICE_NAME)
     return app

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -60,6 +60,23 @@ class ApiMetrics:
         self.database_unavailable = Counter(
             "fraudstream_api_database_unavailable_total",
             "Requests answered 503 because the database could not serve them",
+            registry=self.registry,
+        )
+        # Kept by `api.drift_watch.DriftWatch`.
+        self.drift_psi = Gauge(
+            "fraudstream_drift_psi",
+            "PSI of the champion's last complete hour of data against its reference, by quantity",
+            ["quantity"],
+            registry=self.registry,
+        )
+        self.drift_hour = Gauge(
+            "fraudstream_drift_hour",
+            "The hour of data (Time // 3600) the drift gauges describe",
+            registry=self.registry,
+        )
+        self.drift_major_hours = Counter(
+            "fraudstream_drift_major_hours",
+            "Complete hours of data with a major shift (PSI >= 0.25) in any quantity",
             registry=self.registry,
         )
 

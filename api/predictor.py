@@ -4,7 +4,8 @@ Each request hands its transaction to the `Predictor` and awaits its result. One
 background task takes whatever requests are waiting (up to `max_batch`), scores them
 with one vectorised `Ensemble.score` call and stores them with one `store_scored`
 statement (the scorer's own write path). Alone, a request is scored at once; under
-load, concurrent requests share the model call and the database round trip.
+load, concurrent requests share the model call and the database round trip. The model
+call runs in a worker thread (it releases the GIL), so the event loop is free meanwhile.
 
 Admission is bounded (`max_pending`: predictions admitted and not yet answered, whether
 waiting or in the batch being scored): past it a request is refused at once with
@@ -170,7 +171,9 @@ class Predictor:
         firsts = list(unique.values())
         position = {key: i for i, key in enumerate(unique)}
         raw = np.array([request.values for request in firsts], dtype=np.float64)
-        scored = ensemble.score(raw)
+        # In a worker thread: XGBoost and torch release the GIL, so the loop keeps accepting,
+        # answering and refusing (503) requests while a batch is scored.
+        scored = await asyncio.to_thread(ensemble.score, raw)
         rows = ScoredRows(
             ids=[r.id for r in firsts],
             features=raw,

@@ -414,3 +414,275 @@ class BacktestRun(_Model):
 
 class BacktestList(_Model):
     runs: list[BacktestRun]
+
+
+# --------------------------------------------------------------------------- review, feedback, savings
+
+
+class ReviewItem(_Model):
+    """One alert of the live stream waiting for an analyst's verdict."""
+
+    id: str
+    time: float = Field(description="data time, seconds from the start of the data")
+    amount: float
+    score: float
+    threshold: float | None = Field(description="the alert threshold of the version that scored it")
+    model_version: str
+    recon_error: float
+    scored_at: datetime
+    features: dict[str, float] = Field(description="V1..V28 (with time and amount: the raw inputs)")
+    top_features: list[Contribution] | None = Field(
+        default=None, description="the features that pushed the score up most (TreeSHAP), with explain=true"
+    )
+    explained_by: str | None = Field(default=None, description="the model version that explained it")
+
+
+class ReviewQueue(_Model):
+    """`GET /api/review/queue`: unreviewed alerts of the live stream, keyset-paginated."""
+
+    order: Literal["score", "oldest", "newest"]
+    items: list[ReviewItem]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null at the end")
+    limit: int
+
+
+class ReviewIn(BaseModel):
+    """`POST /api/alerts/{transaction_id}/review`: the verdict, a note, and an optional idempotency key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    verdict: Literal["fraud", "not_fraud"]
+    note: str | None = Field(default=None, max_length=2000, description="why (kept with the verdict)")
+    review_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[^\x00]*$",
+        description="the verdict's id; send the same one when retrying, so a retry never records it twice",
+    )
+
+
+class PreviousVerdict(_Model):
+    """The analyst verdict a review replaces (the history keeps both)."""
+
+    review_id: str
+    verdict: Literal["fraud", "not_fraud"]
+    who: str
+    decided_at: datetime
+
+
+class ReviewOut(_Model):
+    """What was recorded: the verdict, by whom, and what it replaced."""
+
+    review_id: str
+    transaction_id: str
+    verdict: Literal["fraud", "not_fraud"]
+    label: int = Field(description="1 fraud, 0 not fraud")
+    who: str = Field(description="the reviewer")
+    submitted_by: str | None = Field(
+        description="the credential that submitted it, when not the reviewer's own"
+    )
+    note: str | None
+    decided_at: datetime
+    recorded: bool = Field(
+        description="false when this review_id was already recorded (a retry): nothing changed"
+    )
+    previous: PreviousVerdict | None = Field(description="the analyst verdict this one replaces, if any")
+
+
+class FeedbackCounts(_Model):
+    reviewed: int = Field(description="alerts with an analyst verdict (the latest per alert)")
+    confirmed_fraud: int
+    not_fraud: int
+    precision: float | None = Field(
+        description="confirmed fraud / reviewed: the alerts' precision from reviews"
+    )
+    missed: int = Field(description="frauds found later by chargeback among rows that did not alert")
+    chargeback_frauds: int = Field(description="all frauds reported by chargeback")
+
+
+class HourFeedback(FeedbackCounts):
+    hour: datetime = Field(description="start of the hour (UTC) in which the verdicts were given")
+
+
+class ReviewerCounts(_Model):
+    who: str
+    decisions: int = Field(description="verdicts given (corrections included)")
+    fraud: int
+    not_fraud: int
+    last_24h: int
+    last_decided_at: datetime
+
+
+class FeedbackSummary(_Model):
+    """`GET /api/feedback/summary`: the review work and what it says about the alerts (live stream)."""
+
+    alerts: int = Field(description="alerts of the live stream")
+    backlog: int = Field(description="alerts waiting for a verdict")
+    overall: FeedbackCounts
+    hours: float
+    per_hour: list[HourFeedback] = Field(description="the last `hours` hours, oldest first, empty hours as 0")
+    reviewers: list[ReviewerCounts] = Field(description="most decisions first")
+    generated_at: datetime
+
+
+class SavingsAt(_Model):
+    threshold: float
+    alerts: int
+    alerts_per_day: float | None
+    frauds_caught: int
+    amount_caught: float
+    amount_missed: float
+    review_cost: float
+    net_savings: float
+    precision: float | None
+
+
+class SavingsCurveOut(_Model):
+    """`GET /api/model/savings`: net savings by threshold on a run's rows whose label is known.
+
+    `net_savings = amount_caught - alerts x cost_per_alert`, at each threshold (the lower
+    edge of each non-empty score bin, highest first).
+    """
+
+    run_id: str
+    cost_per_alert: float
+    capacity_per_day: int | None
+    bins: int
+    rows: int = Field(description="scored rows with a known label")
+    frauds: int
+    fraud_amount: float
+    days: float | None = Field(description="the data time those rows cover")
+    thresholds: list[float]
+    alerts: list[int]
+    alerts_per_day: list[float] | None
+    frauds_caught: list[int]
+    amount_caught: list[float]
+    amount_missed: list[float]
+    review_cost: list[float]
+    net_savings: list[float]
+    best: SavingsAt | None = Field(
+        description="the largest net savings within capacity (null: alert nothing)"
+    )
+    current: SavingsAt | None = Field(description="at the run's threshold (live: the champion's)")
+    current_threshold: float | None
+    live_threshold: float | None = Field(description="the champion's threshold")
+
+
+# --------------------------------------------------------------------------- compare
+
+
+class ComparedVersion(_Model):
+    """One version's numbers on the compared rows."""
+
+    version: str
+    role: Literal["champion", "shadow"] | None = Field(description="its role in the registry now")
+    threshold: float
+    in_sample: list[float] | None = Field(
+        description="[from, to]: the data-time stretch it was trained and validated on (rows in it are left out)"
+    )
+    auprc: float | None
+    auprc_interval: list[float] | None = Field(description="95% bootstrap interval")
+    alerts: int = Field(description="compared rows on which it alerted (its own threshold)")
+    caught: int = Field(description="frauds among its alerts")
+    precision: float | None
+    precision_interval: list[float] | None
+    recall: float | None
+    recall_interval: list[float] | None
+
+
+class DisagreementOut(_Model):
+    id: str
+    time: float
+    amount: float
+    label: int
+    score_a: float
+    score_b: float
+    alert_a: bool
+    alert_b: bool
+
+
+class ModelComparison(_Model):
+    """Version a (by default the champion) against b (the shadow) on the same labelled live rows."""
+
+    a: ComparedVersion
+    b: ComparedVersion
+    label_source: str = Field(description="where the known label comes from")
+    time_from: float | None = Field(
+        description="the window's start (data time, s); null when nothing to read"
+    )
+    time_to: float | None
+    hours: float
+    rows_in_window: int = Field(description="labelled rows scored by both in the window")
+    left_out_in_sample: int = Field(description="of those, rows inside either version's in-sample stretch")
+    rows: int = Field(description="rows compared: the window's rows outside both in-sample stretches")
+    frauds: int
+    truncated: bool = Field(
+        description="a version had more than max_rows shadow rows in the window: it was cut to the newest (time_from)"
+    )
+    auprc_difference: float | None = Field(description="b's AUPRC minus a's")
+    auprc_difference_interval: list[float] | None = Field(
+        description="95% interval of the difference from a paired bootstrap (the same rows for both)"
+    )
+    b_better_share: float | None = Field(description="share of resamples in which b's AUPRC beats a's")
+    resamples: int
+    seed: int
+    only_a_alerts: int = Field(description="rows a alerts on and b does not")
+    only_a_frauds: int
+    only_b_alerts: int
+    only_b_frauds: int
+    top_disagreements: list[DisagreementOut] = Field(
+        description="rows they disagree on, largest score difference first"
+    )
+    notes: list[str] = Field(description="what the reader should know: caps hit, rows left out, no frauds")
+
+
+# --------------------------------------------------------------------------- drift
+
+
+class DriftHour(_Model):
+    """One hour of data against the version's reference."""
+
+    hour: int = Field(description="hour of data time (Time // 3600)")
+    time_from: float
+    rows: int
+    enough_rows: bool = Field(description="false: too few rows for PSI to mean anything (see min_rows)")
+    psi: dict[str, float | None] = Field(
+        description="per input, recon_error and score; null when too few rows"
+    )
+    level: dict[str, str | None] = Field(description="stable (< 0.1), moderate (0.1-0.25), major (>= 0.25)")
+    alert_rate: float | None
+    expected_alert_rate: float | None
+
+
+class DriftMover(_Model):
+    """A quantity that moved most: its largest PSI in the window, and when."""
+
+    quantity: str
+    psi: float
+    level: str
+    hour: int
+
+
+class DriftRecent(_Model):
+    """The rows scored in the last minutes (wall clock), against the version's reference."""
+
+    minutes: float
+    rows: int
+    enough_rows: bool
+    psi: dict[str, float | None]
+    level: dict[str, str | None]
+    alert_rate: float | None
+    expected_alert_rate: float | None
+
+
+class DriftOut(_Model):
+    version: str
+    recent: DriftRecent | None = Field(default=None, description="the last `minutes` live, when asked")
+    hours: list[DriftHour] = Field(description="hours of data with scored rows, oldest first")
+    worst: list[DriftMover] = Field(description="the quantities with the largest PSI in the window")
+    time_from: float
+    time_to: float
+    moderate: float = Field(description="PSI threshold of a moderate shift")
+    major: float = Field(description="PSI threshold of a major shift")
+    min_rows: int = Field(description="rows an hour needs for its PSI to be given")

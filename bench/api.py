@@ -251,7 +251,13 @@ def _serve_uncached(port: int) -> int:
     from api.main import create_app
 
     uvicorn.run(
-        create_app(cache_seconds=0), host="127.0.0.1", port=port, log_level="warning", access_log=False
+        create_app(cache_seconds=0),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
     )
     return 0
 

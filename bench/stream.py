@@ -11,13 +11,27 @@ processes, and (without `--model`) trains a small bundle on the shipped sample. 
 2. latency: empties the tables and replays at a steady `--rate` (2,000/s) for `--seconds`,
    then reads the per-row end-to-end latency (producer timestamp → row written) from
    PostgreSQL: p50/p95/p99;
-3. for scale, a bare aiokafka consumer reads the same topic from the start.
+3. for scale, a bare aiokafka consumer reads the same topic from the start;
+4. Faust's own cost: the whole file is published to a second topic first (pre-filled,
+   same partitions), then two processes of a plain aiokafka loop doing the scorer's work
+   (`bench.plain_loop`: the same `ScorerWorker` decode → model → store, offsets committed
+   after each write) consume it as one group, and then two Faust scorer workers
+   (`python -m scorer.cli`, a fresh group) consume the same topic. Each is timed first →
+   last stored row (`scored_at`). A lock on `transactions` holds every write back until
+   both processes of a pair have joined the group, so neither pays for the other's
+   startup or a rebalance mid-run. `--phases prefilled` runs only this part, `--rounds`
+   repeats the pair (alternating), and `--profile DIR` records each Faust worker with
+   py-spy during its run (`py-spy record --native`, a flame graph per worker).
+5. the shadow's cost (in the stream phase): registers the model as the champion and a second
+   bundle (the same recipe, another seed; or `--shadow-model`) as the shadow, empties the
+   tables and replays the whole file again as fast as possible, then once more with the shadow
+   cleared: throughput with a shadow ÷ without, both warm. `--no-shadow` skips it.
 
 Prints the machine line (`bench.machine`) and the load average sampled through the run, then
 the headline ratios, measured in this run, that carry from one machine to another:
-end-to-end ÷ the bare consumer, and the Faust scorer ÷ a plain aiokafka loop doing the same
-work (that row waits for the loop; see `FAUST_VS_PLAIN_LOOP`), then the absolute figures.
-Figures vary with what else runs on the machine: run it on a quiet one.
+end-to-end ÷ the bare consumer, with a shadow ÷ without, and the Faust scorer ÷ the plain loop, then the absolute
+figures, with CPU seconds per 100k events per process. Figures vary with what else runs on
+the machine: run it on a quiet one.
 """
 
 from __future__ import annotations
@@ -25,29 +39,34 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer
+import numpy as np
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.cpu import CpuMeter, per_100k
 from bench.machine import LoadSampler, measure_machine
 from bench.stack import REPO_ROOT, sample_bundle
 from bench.tables import markdown_table, ratio
+from core.bundle_store import BundleStore
 from core.dataset import SAMPLE_PATH
+from core.db.registry import register_model, set_shadow
+from core.ensemble import Ensemble
+from core.kafka import scorer_group_id
 from core.prometheus import read_metric
 from core.runtime.processes import spawn, stop, wait_until
 from core.runtime.stack import Infra
 from core.settings import Settings, settings_env
 from producer.replay import replay
 
-#: The Faust scorer ÷ a plain aiokafka loop doing the same work (decode, score, store,
-#: commit) on the same pre-filled topic, in the same run (issue 16; target >= 0.85). The
-#: loop comes with the reshaped scorer: until then the row says so instead of a number.
-FAUST_VS_PLAIN_LOOP: float | None = None
+#: The second topic of the Faust ÷ plain-loop phase, filled before either consumer starts.
+PREFILLED_TOPIC = "transactions-prefilled"
 
 
 def _metric(port: int, name: str) -> float:
@@ -92,7 +111,7 @@ async def _latencies(database_url: str) -> tuple[int, list[float]]:
 async def _truncate(database_url: str) -> None:
     conn = await asyncpg.connect(database_url)
     try:
-        await conn.execute("TRUNCATE scores, transactions")
+        await conn.execute("TRUNCATE scores, transactions, shadow_scores")
     finally:
         await conn.close()
 
@@ -119,15 +138,213 @@ async def _bare_consumer(bootstrap_servers: str, topic: str, expected: int) -> f
         await consumer.stop()
 
 
+@dataclass(frozen=True)
+class ConsumerRun:
+    """One pair of consumer processes on the pre-filled topic: first → last stored row, and their CPU."""
+
+    name: str
+    rows: int
+    seconds: float
+    cpu: dict[str, float]  # CPU s per 100k events, per process group
+    load: float  # 1-minute load average at the end
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+async def _stored_span(database_url: str) -> tuple[int, float]:
+    """(rows in scores, seconds from the first to the last scored_at)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT count(*) AS n, extract(epoch FROM max(scored_at) - min(scored_at)) AS span FROM scores"
+        )
+        return int(row["n"]), float(row["span"] or 0.0)
+    finally:
+        await conn.close()
+
+
+class WriteGate:
+    """Holds every write to `transactions` back (a SHARE lock in an open transaction) until `open()`."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self.conn: asyncpg.Connection | None = None
+        self.transaction = None
+
+    async def close_gate(self) -> None:
+        self.conn = await asyncpg.connect(self.database_url)
+        self.transaction = self.conn.transaction()
+        await self.transaction.start()
+        await self.conn.execute("LOCK TABLE transactions IN SHARE MODE")
+
+    async def open(self) -> None:
+        await self.transaction.commit()
+        await self.conn.close()
+
+
+async def _rewind_group(bootstrap_servers: str, group: str, partitions: int) -> None:
+    """Commit offset 0 on every partition of the pre-filled topic for `group`: it reads it all again."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(PREFILLED_TOPIC, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.commit(dict.fromkeys(tps, 0))
+    finally:
+        await consumer.stop()
+
+
+def _assigned_from_log(log_path: Path) -> int:
+    """The plain loop's last `assigned N` line (-1 before the first)."""
+    try:
+        lines = [line for line in log_path.read_text().splitlines() if line.startswith("assigned ")]
+    except OSError:
+        return -1
+    return int(lines[-1].split()[1]) if lines else -1
+
+
+def _run_pair(
+    name: str,
+    argvs: list[list[str]],
+    assigned: list,  # one callable per process: its partitions now (-1: not joined)
+    *,
+    env: dict[str, str],
+    logs: list[Path],
+    infra: Infra,
+    database_url: str,
+    partitions: int,
+    expected: int,
+    profile: Path | None,
+) -> ConsumerRun:
+    """Start the processes behind a closed write gate, open it once all joined, time the rows stored."""
+    asyncio.run(_truncate(database_url))
+    gate = WriteGate(database_url)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(gate.close_gate())
+    processes = []
+    profilers = []
+    try:
+        for argv, log_path in zip(argvs, logs, strict=True):
+            processes.append(spawn(argv, log_path=log_path, env=env, cwd=REPO_ROOT))
+        wait_until(
+            lambda: all(a() >= 1 for a in assigned) and sum(a() for a in assigned) == partitions,
+            timeout=180,
+            what=f"{name}: {len(argvs)} processes joining the group",
+            process=processes[0],
+            log_path=logs[0],
+        )
+        time.sleep(2.0)  # a rebalance that is still settling would show in the assignments now
+        wait_until(
+            lambda: all(a() >= 1 for a in assigned) and sum(a() for a in assigned) == partitions,
+            timeout=60,
+            what=f"{name}: the group settled",
+        )
+        groups = {f"{name} process {i}": (p.pid, True) for i, p in enumerate(processes)}
+        groups["postgres (server + backends)"] = (infra.postgres.process.pid, True)
+        groups["broker"] = (infra.broker.process.pid, True)
+        meter = CpuMeter(groups)
+        if profile is not None:
+            profile.mkdir(parents=True, exist_ok=True)
+            for i, process in enumerate(processes):
+                out = profile / f"{name.replace(' ', '-')}-{i}.svg"
+                profilers.append(
+                    spawn(
+                        [
+                            "py-spy",
+                            "record",
+                            "--native",
+                            "--rate",
+                            "200",
+                            "--pid",
+                            str(process.pid),
+                            "-o",
+                            str(out),
+                        ],
+                        log_path=profile / f"{name.replace(' ', '-')}-{i}.py-spy.log",
+                        env=env,
+                        cwd=REPO_ROOT,
+                    )
+                )
+        before = meter.sample()
+        loop.run_until_complete(gate.open())
+        asyncio.run(_wait_stored(database_url, expected, timeout=900))
+        after = meter.sample()
+        for profiler in profilers:  # py-spy writes its flame graph on SIGINT
+            stop(profiler, timeout=60, sig=signal.SIGINT)
+        rows, seconds = asyncio.run(_stored_span(database_url))
+    finally:
+        for profiler in profilers:
+            stop(profiler, timeout=5)
+        for process in processes:
+            stop(process, timeout=30)
+        loop.close()
+    return ConsumerRun(name, rows, seconds, per_100k(before, after, rows), after.load)
+
+
+def _prefilled(
+    args: argparse.Namespace, root: Path, settings: Settings, infra: Infra, env: dict[str, str]
+) -> list[ConsumerRun]:
+    """Fill the second topic, then the plain loop and the Faust scorer on it, `--rounds` times, alternating."""
+    endpoints = infra.endpoints
+    print(f"pre-filling {PREFILLED_TOPIC} with {args.data}", flush=True)
+    filled = asyncio.run(
+        replay(args.data, bootstrap_servers=endpoints.bootstrap_servers, topic=PREFILLED_TOPIC, progress=True)
+    )
+    pair_env = {**env, "FRAUDSTREAM_TOPIC_TRANSACTIONS": PREFILLED_TOPIC}
+    runs: list[ConsumerRun] = []
+    for round_ in range(args.rounds):
+        plain_logs = [root / f"plain-loop-{round_}-{i}.log" for i in range(args.workers)]
+        plain = _run_pair(
+            "plain loop",
+            [
+                [sys.executable, "-m", "bench.plain_loop", "--group", f"bench-plain-loop-{round_}"]
+                for _ in range(args.workers)
+            ],
+            [lambda path=path: _assigned_from_log(path) for path in plain_logs],
+            env=pair_env,
+            logs=plain_logs,
+            infra=infra,
+            database_url=endpoints.database_url,
+            partitions=args.partitions,
+            expected=filled.sent,
+            profile=None,
+        )
+        print(f"plain loop: {plain.rows:,} rows in {plain.seconds:.2f} s = {plain.rate:,.0f}/s", flush=True)
+        # The scorer's group follows its topic (`core.kafka.scorer_group_id`): start it over.
+        asyncio.run(
+            _rewind_group(endpoints.bootstrap_servers, scorer_group_id(PREFILLED_TOPIC), args.partitions)
+        )
+        ports = [settings.scorer_web_port + 200 + 10 * round_ + i for i in range(args.workers)]
+        faust_env = {**pair_env, "FRAUDSTREAM_STATE_DIR": str(root / f"faust-state-{round_}")}
+        faust = _run_pair(
+            "faust scorer",
+            [[sys.executable, "-m", "scorer.cli", "--web-port", str(port)] for port in ports],
+            [lambda port=port: int(_metric(port, "fraudstream_assigned_partitions")) for port in ports],
+            env=faust_env,
+            logs=[root / f"faust-{round_}-{i}.log" for i in range(args.workers)],
+            infra=infra,
+            database_url=endpoints.database_url,
+            partitions=args.partitions,
+            expected=filled.sent,
+            profile=args.profile,
+        )
+        print(f"faust scorer: {faust.rows:,} rows in {faust.seconds:.2f} s = {faust.rate:,.0f}/s", flush=True)
+        runs += [plain, faust]
+    return runs
+
+
 def run(args: argparse.Namespace) -> int:
     machine = measure_machine()
     print(machine.describe(), flush=True)
+    rows: list[tuple[str, str]] = []
+    ratios: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory(prefix="fraudstream-bench-") as tmp, LoadSampler() as load:
         root = Path(tmp)
         settings = Settings(state_dir=root / "state", topic_partitions=args.partitions, _env_file=None)
         infra = Infra(settings)
         endpoints = infra.start()
-        workers = []
         try:
             model = Path(args.model) if args.model else sample_bundle(root / "model")
             env = settings_env(
@@ -137,104 +354,244 @@ def run(args: argparse.Namespace) -> int:
                 FRAUDSTREAM_MODEL_PATH=str(model),
                 FRAUDSTREAM_LOG_LEVEL="WARNING",
             )
-            ports = [settings.scorer_web_port + 100 + i for i in range(args.workers)]
-            for i, port in enumerate(ports):
-                workers.append(
-                    spawn(
-                        [sys.executable, "-m", "scorer.cli", "--web-port", str(port)],
-                        log_path=root / f"worker-{i}.log",
-                        env=env,
-                        cwd=REPO_ROOT,
+            if "stream" in args.phases:
+                stream_ratios, stream_rows = _streaming(args, root, settings, infra, env)
+                ratios += stream_ratios
+                rows += stream_rows
+            if "prefilled" in args.phases:
+                runs = _prefilled(args, root, settings, infra, env)
+                plain = [r for r in runs if r.name == "plain loop"]
+                faust = [r for r in runs if r.name == "faust scorer"]
+                each = ", ".join(f"{f.rate / p.rate:.2f}" for p, f in zip(plain, faust, strict=True))
+                plain_rate = float(np.median([r.rate for r in plain]))
+                faust_rate = float(np.median([r.rate for r in faust]))
+                ratios.append(
+                    (
+                        "Faust scorer ÷ plain aiokafka loop, same work, pre-filled topic",
+                        f"**{ratio(faust_rate, plain_rate)}** ({faust_rate:,.0f} ÷ {plain_rate:,.0f} rows/s"
+                        + (f"; each round {each}" if len(plain) > 1 else "")
+                        + ")",
+                        ">= 0.85",
                     )
                 )
-            wait_until(
-                lambda: (
-                    sum(max(0.0, _metric(p, "fraudstream_assigned_partitions")) for p in ports)
-                    >= args.partitions
-                    and all(_metric(p, "fraudstream_assigned_partitions") >= 0 for p in ports)
-                ),
-                timeout=120,
-                what=f"{args.workers} scorer worker(s) joining the group",
-                process=workers[0],
-                log_path=root / "worker-0.log",
-            )
-            print(f"{args.workers} worker(s) ready; replaying {args.data}", flush=True)
-            groups = {f"scorer worker {i}": (process.pid, True) for i, process in enumerate(workers)}
-            groups["postgres (server + backends)"] = (infra.postgres.process.pid, True)
-            groups["broker"] = (infra.broker.process.pid, True)
-            groups["producer (this process)"] = (os.getpid(), False)
-            meter = CpuMeter(groups)
-
-            started = []  # the CPU sample taken at the first produce, after the file is read
-            report = asyncio.run(
-                replay(
-                    args.data,
-                    bootstrap_servers=endpoints.bootstrap_servers,
-                    topic=settings.topic_transactions,
-                    progress=True,
-                    on_first_send=lambda: started.append(meter.sample()),
-                )
-            )
-            last_commit = asyncio.run(_wait_stored(endpoints.database_url, report.sent, timeout=600))
-            cpu_end = meter.sample()
-            batches = sum(_metric(port, "fraudstream_batch_size_count") for port in ports)
-            (cpu_start,) = started
-            throughput = report.sent / (last_commit - report.first_sent_at)
-            print(
-                f"stored {report.sent:,} rows; now latency at {args.rate:g}/s for {args.seconds:g} s",
-                flush=True,
-            )
-
-            asyncio.run(_truncate(endpoints.database_url))
-            started.clear()
-            steady = asyncio.run(
-                replay(
-                    args.data,
-                    bootstrap_servers=endpoints.bootstrap_servers,
-                    topic=settings.topic_transactions,
-                    rate=args.rate,
-                    limit=int(args.rate * args.seconds),
-                    progress=True,
-                    on_first_send=lambda: started.append(meter.sample()),
-                )
-            )
-            (steady_start,) = started
-            asyncio.run(_wait_stored(endpoints.database_url, steady.sent, timeout=120))
-            steady_end = meter.sample()
-            measured, (p50, p95, p99) = asyncio.run(_latencies(endpoints.database_url))
-            bare = asyncio.run(
-                _bare_consumer(
-                    endpoints.bootstrap_servers, settings.topic_transactions, report.sent + steady.sent
-                )
-            )
+                for r in runs:
+                    rows.append(
+                        (
+                            f"pre-filled topic, {r.name} ×{args.workers}: first → last stored row",
+                            f"{r.rows:,} rows in {r.seconds:.2f} s = {r.rate:,.0f} rows/s (load {r.load:.2f})",
+                        )
+                    )
+                for r in runs:
+                    rows += [
+                        (f"CPU s per 100k events, pre-filled, {name}", f"{value:.2f}")
+                        for name, value in r.cpu.items()
+                    ]
         finally:
-            for process in workers:
-                stop(process, timeout=30)
             infra.stop()
 
     print()
     print(machine.describe())
     print(load.describe())
     print()
-    print(
-        markdown_table(
-            ["ratio (same run)", "value", "target"],
-            [
-                (
-                    "end-to-end throughput ÷ bare aiokafka consumer",
-                    f"**{ratio(throughput, bare)}** ({throughput:,.0f} ÷ {bare:,.0f})",
-                    ">= 0.20",
-                ),
-                (
-                    "Faust scorer ÷ plain aiokafka loop, same work, pre-filled topic",
-                    f"**{FAUST_VS_PLAIN_LOOP:.2f}**"
-                    if FAUST_VS_PLAIN_LOOP is not None
-                    else "not measured yet (the plain loop comes with the reshaped scorer)",
-                    ">= 0.85",
-                ),
-            ],
-        )
+    print(markdown_table(["ratio (same run)", "value", "target"], ratios))
+    print()
+    print(markdown_table(["measure", "value"], rows))
+    return 0
+
+
+async def _register_pair(database_url: str, champion: Path, shadow: Path, store: BundleStore) -> str:
+    """Register `champion` (active) and `shadow` (the shadow); return the shadow's version."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        first, second = Ensemble.load(champion), Ensemble.load(shadow)
+        await register_model(conn, first, champion, activate=True, actor="bench", store=store)
+        await register_model(conn, second, shadow, activate=False, actor="bench", store=store)
+        await set_shadow(conn, second.version, "bench")
+        return second.version
+    finally:
+        await conn.close()
+
+
+def _sum_metric(ports: list[int], name: str) -> float:
+    return sum(max(0.0, _metric(port, name)) for port in ports)
+
+
+@dataclass(frozen=True)
+class ShadowRun:
+    sent: int
+    throughput: float  # first produce -> last commit, rows/s, with the shadow
+    without: float  # the same, the shadow cleared again (warm, like the shadow run)
+    shadow_rows: int
+    share: float  # the shadow's model call's share of the workers' batch time in this run
+
+
+def _shadow_run(
+    args, root: Path, endpoints, settings: Settings, model: Path, ports: list[int], workers
+) -> ShadowRun:
+    """The throughput replay again with a shadow beside the champion in every worker, then once
+    more with the shadow cleared: both runs warm, one after the other, so their ratio is the
+    shadow's cost and not the first run's warm-up."""
+    shadow = Path(args.shadow_model) if args.shadow_model else sample_bundle(root / "shadow", seed=7)
+    version = asyncio.run(
+        _register_pair(endpoints.database_url, model, shadow, BundleStore(settings.resolved_model_store))
     )
+    wait_until(
+        lambda: all(_metric(port, "fraudstream_shadow_model") >= 1 for port in ports),
+        timeout=120,
+        what=f"the workers scoring shadow {version}",
+        process=workers[0],
+        log_path=root / "worker-0.log",
+    )
+    print(f"shadow {version} set; replaying {args.data} again", flush=True)
+    shadow_before = _sum_metric(ports, "fraudstream_shadow_batch_seconds_sum")
+    batch_before = _sum_metric(ports, "fraudstream_batch_seconds_sum")
+    sent, with_shadow = _replay_throughput(args, endpoints, settings)
+    shadow_seconds = _sum_metric(ports, "fraudstream_shadow_batch_seconds_sum") - shadow_before
+    batch_seconds = _sum_metric(ports, "fraudstream_batch_seconds_sum") - batch_before
+    rows = asyncio.run(_count(endpoints.database_url, "SELECT count(*) FROM shadow_scores"))
+
+    asyncio.run(_clear_shadow(endpoints.database_url))
+    wait_until(
+        lambda: all(_metric(port, "fraudstream_shadow_model") <= 0 for port in ports),
+        timeout=120,
+        what="the workers leaving the shadow",
+    )
+    print(f"shadow cleared; replaying {args.data} once more", flush=True)
+    _, without = _replay_throughput(args, endpoints, settings)
+    return ShadowRun(
+        sent,
+        with_shadow,
+        without,
+        rows,
+        shadow_seconds / batch_seconds if batch_seconds > 0 else float("nan"),
+    )
+
+
+def _replay_throughput(args, endpoints, settings: Settings) -> tuple[int, float]:
+    """Empty the tables, replay the file as fast as possible: (rows, first produce -> last commit rows/s)."""
+    asyncio.run(_truncate(endpoints.database_url))
+    report = asyncio.run(
+        replay(args.data, bootstrap_servers=endpoints.bootstrap_servers, topic=settings.topic_transactions)
+    )
+    last_commit = asyncio.run(_wait_stored(endpoints.database_url, report.sent, timeout=600))
+    return report.sent, report.sent / (last_commit - report.first_sent_at)
+
+
+async def _clear_shadow(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await set_shadow(conn, None, "bench")
+    finally:
+        await conn.close()
+
+
+async def _count(database_url: str, sql: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return int(await conn.fetchval(sql))
+    finally:
+        await conn.close()
+
+
+def _streaming(
+    args: argparse.Namespace, root: Path, settings: Settings, infra: Infra, env: dict[str, str]
+) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
+    """Throughput, latency at a steady rate and the bare consumer: the end-to-end figures."""
+    endpoints = infra.endpoints
+    workers = []
+    try:
+        ports = [settings.scorer_web_port + 100 + i for i in range(args.workers)]
+        for i, port in enumerate(ports):
+            workers.append(
+                spawn(
+                    [sys.executable, "-m", "scorer.cli", "--web-port", str(port)],
+                    log_path=root / f"worker-{i}.log",
+                    env=env,
+                    cwd=REPO_ROOT,
+                )
+            )
+        wait_until(
+            lambda: (
+                sum(max(0.0, _metric(p, "fraudstream_assigned_partitions")) for p in ports) >= args.partitions
+                and all(_metric(p, "fraudstream_assigned_partitions") >= 0 for p in ports)
+            ),
+            timeout=120,
+            what=f"{args.workers} scorer worker(s) joining the group",
+            process=workers[0],
+            log_path=root / "worker-0.log",
+        )
+        print(f"{args.workers} worker(s) ready; replaying {args.data}", flush=True)
+        groups = {f"scorer worker {i}": (process.pid, True) for i, process in enumerate(workers)}
+        groups["postgres (server + backends)"] = (infra.postgres.process.pid, True)
+        groups["broker"] = (infra.broker.process.pid, True)
+        groups["producer (this process)"] = (os.getpid(), False)
+        meter = CpuMeter(groups)
+
+        started = []  # the CPU sample taken at the first produce, after the file is read
+        report = asyncio.run(
+            replay(
+                args.data,
+                bootstrap_servers=endpoints.bootstrap_servers,
+                topic=settings.topic_transactions,
+                progress=True,
+                on_first_send=lambda: started.append(meter.sample()),
+            )
+        )
+        last_commit = asyncio.run(_wait_stored(endpoints.database_url, report.sent, timeout=600))
+        cpu_end = meter.sample()
+        batches = sum(_metric(port, "fraudstream_batch_size_count") for port in ports)
+        (cpu_start,) = started
+        throughput = report.sent / (last_commit - report.first_sent_at)
+        print(
+            f"stored {report.sent:,} rows; now latency at {args.rate:g}/s for {args.seconds:g} s",
+            flush=True,
+        )
+
+        asyncio.run(_truncate(endpoints.database_url))
+        started.clear()
+        steady = asyncio.run(
+            replay(
+                args.data,
+                bootstrap_servers=endpoints.bootstrap_servers,
+                topic=settings.topic_transactions,
+                rate=args.rate,
+                limit=int(args.rate * args.seconds),
+                progress=True,
+                on_first_send=lambda: started.append(meter.sample()),
+            )
+        )
+        (steady_start,) = started
+        asyncio.run(_wait_stored(endpoints.database_url, steady.sent, timeout=120))
+        steady_end = meter.sample()
+        measured, (p50, p95, p99) = asyncio.run(_latencies(endpoints.database_url))
+        bare = asyncio.run(
+            _bare_consumer(
+                endpoints.bootstrap_servers, settings.topic_transactions, report.sent + steady.sent
+            )
+        )
+        shadowed = None
+        if not args.no_shadow:
+            model = Path(env["FRAUDSTREAM_MODEL_PATH"])
+            shadowed = _shadow_run(args, root, endpoints, settings, model, ports, workers)
+    finally:
+        for process in workers:
+            stop(process, timeout=30)
+
+    ratios = [
+        (
+            "end-to-end throughput ÷ bare aiokafka consumer",
+            f"**{ratio(throughput, bare)}** ({throughput:,.0f} ÷ {bare:,.0f})",
+            ">= 0.20",
+        ),
+        (
+            "end-to-end throughput with a shadow ÷ without (the same replay, both warm)",
+            f"**{ratio(shadowed.throughput, shadowed.without)}** "
+            f"({shadowed.throughput:,.0f} ÷ {shadowed.without:,.0f})"
+            if shadowed is not None
+            else "not measured (--no-shadow)",
+            "close to 1 (one vectorised call per batch)",
+        ),
+    ]
     rows = [
         ("rows replayed", f"{report.sent:,}"),
         ("scorer workers / partitions", f"{args.workers} / {args.partitions}"),
@@ -259,9 +616,16 @@ def run(args: argparse.Namespace) -> int:
     slow = per_100k(steady_start, steady_end, steady.sent)
     rows += [(f"CPU s per 100k events, throughput run: {name}", f"{fast[name]:.2f}") for name in fast]
     rows += [(f"CPU s per 100k events, latency run: {name}", f"{slow[name]:.2f}") for name in slow]
-    print()
-    print(markdown_table(["measure", "value"], rows))
-    return 0
+    if shadowed is not None:
+        rows += [
+            (
+                "end-to-end throughput with a shadow / without, replayed after run 1",
+                f"{shadowed.throughput:,.0f} / {shadowed.without:,.0f} tx/s",
+            ),
+            ("shadow rows stored / rows replayed", f"{shadowed.shadow_rows:,} / {shadowed.sent:,}"),
+            ("the shadow's model call, share of batch time", f"{shadowed.share:.1%}"),
+        ]
+    return ratios, rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,6 +636,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=4, help="partitions of the transactions topic")
     parser.add_argument("--rate", type=float, default=2000.0, help="steady rate for the latency phase")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the latency phase")
+    parser.add_argument("--shadow-model", type=Path, help="the shadow's bundle (default: train one, seed 7)")
+    parser.add_argument("--no-shadow", action="store_true", help="skip the shadow-cost replay")
+    parser.add_argument(
+        "--phases",
+        nargs="+",
+        choices=("stream", "prefilled"),
+        default=["stream", "prefilled"],
+        help="stream: throughput, latency, bare consumer; prefilled: the Faust scorer ÷ the plain loop",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="plain loop / Faust pairs on the pre-filled topic"
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="record each Faust worker with py-spy during the pre-filled run, into DIR",
+    )
     args = parser.parse_args(argv)
     if not args.data.is_file():
         parser.error(f"no such data file: {args.data}")

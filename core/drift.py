@@ -114,3 +114,48 @@ def psi(expected: Sequence[float] | np.ndarray, actual: Sequence[float] | np.nda
 def psi_against(reference: Mapping[str, Any], values: np.ndarray) -> float:
     """PSI of raw `values` against one reference histogram (`{"edges", "counts"}`)."""
     return psi(reference["counts"], bin_counts(reference["edges"], values))
+
+
+#: Fewer rows than this in an hour and its PSI is not reported: with ~10 bins, PSI of an
+#: unshifted sample of n rows is about (bins - 1) / n by chance alone (0.03 at 300 rows),
+#: so below a few hundred rows sampling noise alone approaches the 0.1 threshold.
+MIN_ROWS_FOR_PSI = 300
+
+
+def psi_level(value: float | None) -> str | None:
+    """`stable` (< 0.1), `moderate` (0.1-0.25) or `major` (>= 0.25); None when not computed."""
+    if value is None or not np.isfinite(value):
+        return None
+    if value >= PSI_MAJOR:
+        return "major"
+    return "moderate" if value >= PSI_MODERATE else "stable"
+
+
+def hour_drift(
+    reference: Mapping[str, Any], counts: Mapping[str, Sequence[int]], rows: int, alerts: int
+) -> dict[str, Any]:
+    """One hour of data against a bundle's reference: PSI per watched quantity, the alert rate.
+
+    `counts` maps each quantity (`V1`..`V28`, `Amount`, `recon_error`, `score`) to its counts
+    in the reference's bins (the rollup's shape: one row per quantity and bin). With fewer
+    than `MIN_ROWS_FOR_PSI` rows, no PSI is given (None) and `enough_rows` says why.
+    """
+    histograms = {
+        **reference["features"],
+        "recon_error": reference["recon_error"],
+        "score": reference["score"],
+    }
+    enough = rows >= MIN_ROWS_FOR_PSI
+    values: dict[str, float | None] = {}
+    for name, histogram in histograms.items():
+        actual = counts.get(name)
+        values[name] = psi(histogram["counts"], actual) if enough and actual is not None else None
+    expected = reference.get("alert_rate", {}).get("expected")
+    return {
+        "rows": rows,
+        "enough_rows": enough,
+        "psi": values,
+        "level": {name: psi_level(value) for name, value in values.items()},
+        "alert_rate": alerts / rows if rows else None,
+        "expected_alert_rate": expected,
+    }

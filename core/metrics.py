@@ -185,6 +185,132 @@ def downsample_curve(curve: dict[str, np.ndarray], points: int = 300) -> dict[st
     }
 
 
+@dataclass(frozen=True)
+class PairedDraws:
+    """Metrics of several models on the same bootstrap resamples of the rows: one value per resample.
+
+    `precision` and `recall` (at each model's alert flags) only for models given flags; a
+    resample without a fraud (or, for precision, without an alert) gives NaN.
+    """
+
+    auprc: dict[str, np.ndarray]
+    precision: dict[str, np.ndarray]
+    recall: dict[str, np.ndarray]
+
+
+class PairedResamples:
+    """Rows scored by several models, reduced once to what every bootstrap resample needs.
+
+    A resample draws n rows with replacement. Every model's AP, precision and recall of a
+    resample depend on a row only through its label, its alert flags and, per model, where
+    its score falls among the distinct scores of the frauds (the only thresholds at which
+    recall moves). Rows alike in all of these are interchangeable: they form a *cell*, and
+    resampling rows is exactly drawing cell counts from a multinomial over the cells with
+    probabilities size/n. The full data's last day (140k rows, 211 frauds, two models) is
+    420 cells, so a resample costs microseconds instead of a pass over the rows, and the
+    result is the same distribution as resampling the rows themselves. `metrics(weights)`
+    computes the same numbers for any row weights (a resample's counts; ones for the data).
+
+        >>> labels = np.array([1, 0, 1, 0, 0, 1])
+        >>> cells = PairedResamples(labels, {"a": np.array([.9, .8, .7, .1, .1, .2])})
+        >>> round(float(cells.metrics(np.ones((1, 6))).auprc["a"][0]), 4)  # = average_precision
+        0.8056
+    """
+
+    def __init__(
+        self,
+        labels: np.ndarray,
+        scores_by_model: dict[str, np.ndarray],
+        alerts_by_model: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        y = np.asarray(labels).astype(bool)
+        if y.ndim != 1:
+            raise ValueError(f"labels must be 1-D, got shape {y.shape}")
+        self.n = y.size
+        self.names = list(scores_by_model)
+        alerts = dict(alerts_by_model or {})
+        columns = [y.astype(np.int64)]
+        self._levels: dict[str, int] = {}
+        for name in self.names:
+            scores = np.asarray(scores_by_model[name], dtype=np.float64)
+            if scores.shape != y.shape:
+                raise ValueError(f"{name}: {scores.shape} scores for {y.shape} labels")
+            thresholds = np.unique(scores[y])  # ascending; the frauds' distinct scores
+            self._levels[name] = thresholds.size
+            # Level j (0 = the highest fraud score): a fraud sits at its own score's level; any
+            # row counts from the first level whose threshold its score reaches (J: none).
+            columns.append(thresholds.size - np.searchsorted(thresholds, scores, side="right"))
+        for name, flags in alerts.items():
+            if name not in scores_by_model or np.shape(flags) != y.shape:
+                raise ValueError(f"alerts for {name!r} must match a model's scores")
+            columns.append(np.asarray(flags).astype(np.int64))
+        keys = np.stack(columns, axis=1) if self.n else np.zeros((0, len(columns)), dtype=np.int64)
+        self.cells, self._inverse, self.sizes = np.unique(
+            keys, axis=0, return_inverse=True, return_counts=True
+        )
+        self._inverse = np.asarray(self._inverse).reshape(-1)
+        self._alert_column = {name: 1 + len(self.names) + i for i, name in enumerate(alerts)}
+
+    def draw(self, resamples: int, seed: int = 0, *, chunk: int = 500) -> PairedDraws:
+        """Metrics on `resamples` bootstrap resamples of the rows (seeded), the same rows for every model."""
+        rng = np.random.default_rng(seed)
+        parts = []
+        for start in range(0, resamples, chunk):
+            size = min(chunk, resamples - start)
+            if self.n:
+                counts = rng.multinomial(self.n, self.sizes / self.n, size=size).astype(np.float64)
+            else:
+                counts = np.zeros((size, 0))
+            parts.append(self._from_cells(counts))
+        return (
+            PairedDraws(
+                *(
+                    {
+                        name: np.concatenate([getattr(p, field)[name] for p in parts])
+                        for name in getattr(parts[0], field)
+                    }
+                    for field in ("auprc", "precision", "recall")
+                )
+            )
+            if parts
+            else PairedDraws({}, {}, {})
+        )
+
+    def metrics(self, weights: np.ndarray) -> PairedDraws:
+        """The metrics for row weights (`(r, n)`: r resamples of n rows), through the same cells."""
+        weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+        counts = np.stack([np.bincount(self._inverse, w, minlength=len(self.sizes)) for w in weights])
+        return self._from_cells(counts)
+
+    def _from_cells(self, counts: np.ndarray) -> PairedDraws:
+        fraud = self.cells[:, 0] == 1
+        frauds = counts[:, fraud].sum(axis=1)
+        auprc, precision, recall = {}, {}, {}
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for m, name in enumerate(self.names):
+                levels = self._levels[name]
+                level = self.cells[:, 1 + m]
+                tp = np.zeros((counts.shape[0], levels + 1))
+                fp = np.zeros((counts.shape[0], levels + 1))
+                np.add.at(tp.T, level[fraud], counts[:, fraud].T)
+                np.add.at(fp.T, level[~fraud], counts[:, ~fraud].T)
+                hits = tp[:, :levels]  # frauds gained at each level (none beyond the last)
+                cum_tp = np.cumsum(hits, axis=1)
+                cum_all = cum_tp + np.cumsum(fp[:, :levels], axis=1)
+                step = np.where(hits > 0, hits * cum_tp / np.where(cum_all > 0, cum_all, 1.0), 0.0)
+                auprc[name] = np.where(
+                    frauds > 0, step.sum(axis=1) / np.where(frauds > 0, frauds, 1.0), np.nan
+                )
+                column = self._alert_column.get(name)
+                if column is not None:
+                    alerting = self.cells[:, column] == 1
+                    alerts = counts[:, alerting].sum(axis=1)
+                    caught = counts[:, alerting & fraud].sum(axis=1)
+                    precision[name] = np.where(alerts > 0, caught / alerts, np.nan)
+                    recall[name] = np.where(frauds > 0, caught / frauds, np.nan)
+        return PairedDraws(auprc, precision, recall)
+
+
 def paired_bootstrap_ap(
     labels: np.ndarray,
     scores_by_model: dict[str, np.ndarray],
@@ -192,34 +318,8 @@ def paired_bootstrap_ap(
     resamples: int = 1000,
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
-    """AP of every model on the same bootstrap resamples of the rows (paired), one value per resample.
-
-    A resample draws n rows with replacement; drawing a row c times is the same as weighting
-    it by c, which lets each model's rows be sorted once.
-    """
-    labels = np.asarray(labels)
-    n = labels.size
-    rng = np.random.default_rng(seed)
-    ranked = {}
-    for name, scores in scores_by_model.items():
-        order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
-        s = np.asarray(scores, dtype=np.float64)[order]
-        last = np.r_[np.flatnonzero(np.diff(s) != 0), n - 1]
-        ranked[name] = (order, labels[order].astype(np.float64), last)
-    out = {name: np.empty(resamples) for name in scores_by_model}
-    for b in range(resamples):
-        counts = np.bincount(rng.integers(0, n, size=n), minlength=n).astype(np.float64)
-        for name, (order, y, last) in ranked.items():
-            w = counts[order]
-            tp = np.cumsum(y * w)[last]
-            fp = np.cumsum((1.0 - y) * w)[last]
-            if tp[-1] <= 0:
-                out[name][b] = np.nan
-                continue
-            precision = tp / np.maximum(tp + fp, 1e-300)
-            recall = tp / tp[-1]
-            out[name][b] = np.sum(np.diff(np.r_[0.0, recall]) * precision)
-    return out
+    """AP of every model on the same bootstrap resamples of the rows (paired), one value per resample."""
+    return PairedResamples(labels, scores_by_model).draw(resamples, seed).auprc
 
 
 def interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:

@@ -6,6 +6,7 @@ run's version for backtests, each loaded once and cached by version.
     models.active                       # the champion: what live events are scored with
     await models.refresh_active(conn)   # hot reload: True when the champion changed
     models.shadow                       # the challenger, or None
+    models.shadow_missing               # why the registry's shadow is not loaded (None if it is)
 
 Bundles are cached by **version** (the content hash), never by folder: a folder can be
 retrained in place, a version cannot change. Registered versions are loaded from the
@@ -154,11 +155,23 @@ class EnsembleResolver:
         wanted = head.shadow.version if head.shadow is not None else None
         current = self.shadow.version if self.shadow is not None else None
         if wanted != current:
+            # Unlike the champion, a shadow that cannot be loaded is not replaced by the one
+            # before it: scores under an old version would be taken for the new one's. The
+            # shadow slot stays empty (scoring goes on without it) and the next refresh tries
+            # again; `shadow_missing` says why.
             loaded = await self._try(head.shadow, "shadow") if head.shadow is not None else None
-            if head.shadow is None or loaded is not None:
-                log.info("switching shadow %s -> %s", current, wanted)
+            if loaded is not None or current is not None:
+                log.info("switching shadow %s -> %s", current, loaded.version if loaded else None)
                 self.shadow, shadow_changed = loaded, True
         return Refreshed(champion_changed, shadow_changed)
+
+    @property
+    def shadow_missing(self) -> str | None:
+        """Why the registry's shadow is not loaded here (None when it is, or when there is none)."""
+        wanted = self.head.shadow if self.head is not None else None
+        if wanted is None or (self.shadow is not None and self.shadow.version == wanted.version):
+            return None
+        return self._failed.get(wanted.version, "not loaded yet")
 
     async def refresh_active(self, conn: asyncpg.Connection) -> bool:
         """`refresh`, answering only "did the champion change?" (the scorer's question)."""

@@ -22,7 +22,9 @@ class NamedToken(BaseModel):
     """One named API token (`FRAUDSTREAM_API_TOKENS`): who holds it and what it may do."""
 
     token: str = Field(min_length=16)
-    access: Literal["read", "write"] = "read"
+    #: read: GETs and explain; review: that, and verdicts on alerts (the analysts' role);
+    #: write: everything (predict, publish, the registry, reviews on someone's behalf).
+    access: Literal["read", "review", "write"] = "read"
 
 
 class Settings(BaseSettings):
@@ -81,8 +83,9 @@ class Settings(BaseSettings):
     #: done for this long reports itself stalled (metrics, /health, its scorer_workers row).
     scorer_stall_seconds: float = Field(default=30.0, gt=0, le=3600)
     #: Tests only: `exit-after-store:N` ends the worker right after its Nth committed write,
-    #: before it publishes or acknowledges (scorer/faults.py). Unset in any real deployment.
-    scorer_fault: str | None = Field(default=None, pattern=r"^exit-after-store:[1-9][0-9]*$")
+    #: before it publishes or acknowledges (scorer/faults.py); `exit-after-label-store:N` the
+    #: same for the labels agent's writes. Unset in any real deployment.
+    scorer_fault: str | None = Field(default=None, pattern=r"^exit-after-(label-)?store:[1-9][0-9]*$")
 
     log_level: str = "INFO"
 
@@ -107,6 +110,8 @@ class Settings(BaseSettings):
     model_store: Path | None = Field(default=None, description="registered bundles, one folder per version")
     #: How often the scorer and the API ask the registry which version is the champion.
     model_refresh_seconds: float = Field(default=5.0, gt=0, le=300)
+    #: How often the API recounts the champion's last complete hour of data for the drift gauges.
+    drift_refresh_seconds: float = Field(default=60.0, gt=0, le=3600)
     #: Reads only: `/api/*` GETs (and explain) with this token; writes get 403.
     api_read_token: str | None = Field(default=None, description="bearer token for reads only")
     #: Named tokens, so requests carry who made them: {"alice": {"token": "...", "access": "write"}}.
@@ -125,6 +130,18 @@ class Settings(BaseSettings):
     api_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     #: A scorer worker whose heartbeat is older than this is gone (`/health`).
     health_worker_stale_seconds: float = Field(default=15.0, gt=0, le=3600)
+
+    # --- the analyst loop: labels, reviews, the threshold set by cost (issue 13) -------------
+    #: The topic of verdicts (analyst reviews, chargebacks, replayed labels; `core.labels`),
+    #: keyed by transaction id, with as many partitions as the transactions topic.
+    topic_labels: str = "labels"
+    #: What reviewing one alert costs (in the currency of the amounts). The value of catching
+    #: a fraud is its amount, so net savings = fraud amount caught - alerts x this. Unset: no
+    #: savings are computed (backtests, the savings curve, `fraudstream threshold` ask for it).
+    cost_per_alert: float | None = Field(default=None, ge=0, le=1e9, allow_inf_nan=False)
+    #: Alerts the analysts can review per day (optional): `fraudstream threshold` picks the best
+    #: threshold within it, and backtests report the precision of the top capacity x days alerts.
+    analyst_capacity: int | None = Field(default=None, ge=1, le=100_000_000)
 
     @field_validator("database_url")
     @classmethod

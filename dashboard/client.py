@@ -156,12 +156,41 @@ class ApiClient:
     def models(self) -> Any:
         return self._get("/api/models", ttl=self._slow_ttl)
 
+    def compare(self, **params: Any) -> Any:
+        """Champion against shadow (`/api/models/compare`); 409 when there is no shadow."""
+        return self._get("/api/models/compare", params, ttl=self._slow_ttl)
+
+    def drift(self, **params: Any) -> Any:
+        return self._get("/api/drift", params, ttl=self._slow_ttl)
+
     # -- try it ----------------------------------------------------------------------------
     def predict(self, transaction: Mapping[str, Any]) -> Any:
         return self._post("/api/predict", dict(transaction), writes=True)
 
     def explain(self, transaction: Mapping[str, Any]) -> Any:
         return self._post("/api/explain", dict(transaction), writes=False)  # stores nothing: a read
+
+    # -- review --------------------------------------------------------------------------
+    def review_queue(self, limit: int = 20, order: str = "score") -> Any:
+        """Unreviewed live alerts; never cached (a verdict given a moment ago must not show again)."""
+        path, params = "/api/review/queue", {"limit": limit, "order": order, "explain": "false"}
+        return self._request("GET", path, params=params, headers=self._read_headers)
+
+    def review(
+        self, transaction_id: str, verdict: str, *, reviewer: str, note: str | None, review_id: str
+    ) -> Any:
+        """Record a verdict for `reviewer` (the dashboard's write token acts for its analysts);
+        the same `review_id` on a retry records it once."""
+        body = {"verdict": verdict, "note": note or None, "review_id": review_id}
+        headers = {**self._write_headers, "X-Fraudstream-Reviewer": reviewer}
+        path = f"/api/alerts/{quote(transaction_id, safe='')}/review"
+        return self._request("POST", path, json=body, headers=headers)
+
+    def feedback_summary(self, hours: float = 24.0) -> Any:
+        return self._get("/api/feedback/summary", {"hours": hours})
+
+    def savings(self, **params: Any) -> Any:
+        return self._get("/api/model/savings", params, ttl=self._slow_ttl)
 
     # -- backtests -------------------------------------------------------------------------
     def backtests(self) -> Any:

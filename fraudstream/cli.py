@@ -11,13 +11,14 @@ from pydantic import ValidationError
 
 #: Sub-commands that belong to a service: `fraudstream NAME ...` runs `MODULE.main(...)`.
 SERVICE_COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("training.cli", "train a model bundle on the Kaggle CSV"),
+    "train": ("training.cli", "train a model bundle on the Kaggle CSV or the stored stream (--from-db)"),
     "replay": ("producer.cli", "replay a CSV onto the transactions topic"),
     "scorer": ("scorer.cli", "run a scorer worker (Faust)"),
     "api": ("api.cli", "run the analytics API (FastAPI)"),
     "dashboard": ("dashboard.cli", "run the live dashboard (Dash)"),
     "backtest": ("producer.backtest_cli", "replay a window of history as a backtest run"),
     "model": ("fraudstream.model_cli", "the model registry: list, promote, shadow, history"),
+    "threshold": ("training.threshold_cli", "sweep alert thresholds by net savings (cost per alert)"),
 }
 
 

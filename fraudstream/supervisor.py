@@ -352,6 +352,9 @@ class Supervisor:
         """Stop every child, stage by stage (a line each); bounded by the grace of each stage."""
         self.stopping.set()
         self._starting = False
+        for child in self.children.values():
+            if child.process is None:  # a signal interrupted its launch: nothing of ours to stop
+                child.state = "stopped"  # (a child forked meanwhile dies with us: its death signal)
         for stage in sorted({child.service.stage for child in self.children.values()}):
             members = [
                 child

@@ -19,6 +19,7 @@ from pathlib import Path
 import asyncpg
 import numpy as np
 
+from core.costs import alert_budget, data_days, precision_at_capacity, savings_at
 from core.db.registry import register_model
 from core.ensemble import Ensemble
 from core.metrics import average_precision, confusion
@@ -84,10 +85,37 @@ async def wait_until_scored(
 
 
 def backtest_metrics(
-    labels: np.ndarray, scores: np.ndarray, amounts: np.ndarray, times: np.ndarray, threshold: float
+    labels: np.ndarray,
+    scores: np.ndarray,
+    amounts: np.ndarray,
+    times: np.ndarray,
+    threshold: float,
+    *,
+    cost_per_alert: float | None = None,
+    capacity: int | None = None,
 ) -> dict:
-    """Metrics of one run: overall and per hour of data. Pure: arrays in, plain numbers out."""
+    """Metrics of one run: overall and per hour of data. Pure: arrays in, plain numbers out.
+
+    With a cost per alert: the review cost and net savings at the run's threshold; with a
+    daily capacity too: the precision of the top `capacity x days` alerts (what a team
+    that reviews that many sees), beside AUPRC.
+    """
     overall = _slice_metrics(labels, scores, amounts, threshold)
+    if cost_per_alert is not None:
+        at = savings_at(labels, scores, amounts, threshold, cost_per_alert)
+        overall |= {
+            "cost_per_alert": float(cost_per_alert),
+            "review_cost": at.review_cost,
+            "net_savings": at.net_savings,
+        }
+    days = data_days(times)
+    if capacity is not None and days is not None:
+        budget = alert_budget(capacity, days)
+        overall |= {
+            "capacity_per_day": capacity,
+            "alert_budget": budget,
+            "precision_at_capacity": precision_at_capacity(labels, scores, budget),
+        }
     hours = np.floor(times / HOUR).astype(np.int64)
     per_hour = []
     for hour in np.unique(hours):
@@ -132,9 +160,19 @@ async def run_arrays(conn: asyncpg.Connection, run_id: str) -> tuple[np.ndarray,
     return data[:, 0], data[:, 1], data[:, 2], data[:, 3]
 
 
-async def finish_run(conn: asyncpg.Connection, run_id: str, threshold: float, expected: int) -> dict:
+async def finish_run(
+    conn: asyncpg.Connection,
+    run_id: str,
+    threshold: float,
+    expected: int,
+    *,
+    cost_per_alert: float | None = None,
+    capacity: int | None = None,
+) -> dict:
     labels, scores, amounts, times = await run_arrays(conn, run_id)
-    metrics = backtest_metrics(labels, scores, amounts, times, threshold)
+    metrics = backtest_metrics(
+        labels, scores, amounts, times, threshold, cost_per_alert=cost_per_alert, capacity=capacity
+    )
     await conn.execute(
         "UPDATE backtest_runs SET status = 'finished', finished_at = now(), expected_count = $2, "
         "metrics = $3::jsonb WHERE id = $1",

@@ -174,7 +174,14 @@ async def _replay_and_score(
             await fail_run(conn, run_id, str(error))
             print(f"error: {error}", file=sys.stderr)
             return 1
-    await finish_run(conn, run_id, ensemble.threshold, report.sent)
+    await finish_run(
+        conn,
+        run_id,
+        ensemble.threshold,
+        report.sent,
+        cost_per_alert=settings.cost_per_alert,
+        capacity=settings.analyst_capacity,
+    )
     print(render_run(await load_run(conn, run_id)))
     return 0
 
@@ -186,6 +193,8 @@ def render_run(run: dict) -> str:
         "",
         f"{'metric':<16}{'value':>14}",
         *(f"{name:<16}{_fmt(m.get(name)):>14}" for name in _METRICS),
+        # with FRAUDSTREAM_COST_PER_ALERT / _ANALYST_CAPACITY set when the run finished
+        *(f"{name:<16}{_fmt(m.get(name)):>14}" for name in _COST_METRICS if name in m),
         "",
         f"{'hour':>4} {'tx':>7} {'frauds':>6} {'alerts':>6} {'caught':>6} {'missed':>6} {'precision':>9} "
         f"{'recall':>6} {'amount caught':>13} {'amount missed':>13}",
@@ -199,6 +208,7 @@ def render_run(run: dict) -> str:
     return "\n".join(lines)
 
 
+_COST_METRICS = ("review_cost", "net_savings", "alert_budget", "precision_at_capacity")
 _METRICS = (
     "transactions",
     "frauds",

@@ -3,6 +3,7 @@
     fraudstream replay                      # the shipped sample, as fast as possible
     fraudstream replay --rate 2000          # 2,000 transactions per second
     fraudstream replay --speed 60 --from 3600 --to 7200   # the second hour, in one minute
+    fraudstream replay --label-delay 86400  # labels arrive a data day later, as chargebacks
     fraudstream replay --data data/creditcard.csv --limit 10000 --run-id bt-1
 
 Ctrl-C or SIGTERM stops the replay: what was sent is flushed to the broker and the
@@ -83,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--to", dest="time_to", type=seconds_argument, help="last data second (exclusive)")
     parser.add_argument("--limit", type=_positive(int), help="stop after this many events")
     parser.add_argument("--run-id", type=_run_id, help="tag every event with this backtest run id")
+    parser.add_argument(
+        "--label-delay",
+        type=seconds_argument,
+        metavar="SECONDS",
+        help="publish transactions without their label and each label later on the labels topic, as a "
+        "chargeback, once the data clock passes the row's time plus SECONDS",
+    )
     parser.add_argument("--topic", help="topic to publish to (default: from settings)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -107,6 +115,11 @@ def describe(report: ReplayReport) -> list[str]:
         lines.append(f"interrupted: {report.sent:,} events sent and flushed ({where})")
     else:
         lines.append(f"sent {report.sent:,} events")
+    if report.labels_sent or report.labels_held:
+        lines.append(
+            f"labels: {report.labels_sent:,} published as delayed chargebacks"
+            + (f", {report.labels_held:,} still held back (not published)" if report.labels_held else "")
+        )
     lines.append(
         f"{report.elapsed:.1f} s, {report.rate_achieved:,.0f} events/s achieved ({report.pacing} asked)"
     )
@@ -123,6 +136,10 @@ async def _run(args: argparse.Namespace, settings: Settings) -> ReplayReport:
     bootstrap_servers = resolve_bootstrap_servers(settings)  # the producer needs no database
     topic = args.topic or settings.topic_transactions
     partitions = topic_partitions(settings).get(topic, settings.topic_partitions)
+    wanted = {topic: partitions}
+    if args.label_delay is not None:
+        labels = settings.topic_labels
+        wanted[labels] = topic_partitions(settings).get(labels, settings.topic_partitions)
     stop, abandon = asyncio.Event(), asyncio.Event()
 
     def on_signal() -> None:  # the first asks to stop and flush, the second gives up the flush
@@ -132,7 +149,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> ReplayReport:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal)
     try:
-        if not await _unless_stopped(ensure_topics(bootstrap_servers, {topic: partitions}), stop):
+        if not await _unless_stopped(ensure_topics(bootstrap_servers, wanted), stop):
             return ReplayReport(
                 0, [], 0.0, 0.0, interrupted=True, pacing=Pacing(args.rate, args.speed).describe()
             )
@@ -150,6 +167,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> ReplayReport:
             stop=stop,
             abandon=abandon,
             stop_grace=settings.replay_flush_seconds,
+            label_delay=args.label_delay,
+            labels_topic=settings.topic_labels,
         )
     finally:
         loop.remove_signal_handler(signal.SIGINT)

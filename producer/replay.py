@@ -31,6 +31,8 @@ from tqdm import tqdm
 from core.dataset import CsvRow, CsvSchemaError, iter_csv_rows, load_csv
 from core.events import build_event, encode_event, transaction_id
 from core.kafka import make_producer
+from core.labels import LabelEvent, encode_label
+from producer.delayed_labels import DelayedLabels
 from producer.pacing import Pacing
 
 #: Delivery futures awaited together: bounds memory, keeps the producer's batches full.
@@ -74,6 +76,10 @@ class ReplayReport:
     #: Events handed to the producer whose delivery the broker had not confirmed when the
     #: replay gave up waiting (an upper bound: the last confirmation point is counted).
     unconfirmed: int = 0
+    #: With a label delay: labels published on the labels topic, and labels still held
+    #: back when the replay was interrupted (not published; a later replay sends them).
+    labels_sent: int = 0
+    labels_held: int = 0
 
 
 def read_rows(path: str | Path) -> Iterable[CsvRow]:
@@ -239,13 +245,23 @@ async def replay(
     abandon: asyncio.Event | None = None,
     stop_grace: float = STOP_GRACE_SECONDS,
     on_first_send: Callable[[], object] | None = None,
+    label_delay: float | None = None,
+    labels_topic: str | None = None,
 ) -> ReplayReport:
     """Publish the rows of `path` to `topic`; see the module docstring.
 
     `on_first_send` is called once, just before the first event goes out (benchmarks start
-    their clocks there, after the file is read).
+    their clocks there, after the file is read). With `label_delay` (seconds of data time),
+    events go without their label and each label follows on `labels_topic` as a chargeback
+    once the data clock passes the row's time plus the delay (`producer.delayed_labels`);
+    labels still held when the file ends are published then, in due order.
     """
     pacing = Pacing(rate=rate, speed=speed)
+    held: DelayedLabels | None = None
+    if label_delay is not None:
+        if not labels_topic:
+            raise ValueError("a label delay needs the labels topic")
+        held = DelayedLabels(label_delay, run_id)
     if time_from is not None and time_to is not None and time_to <= time_from:
         raise ValueError(f"empty time window: from {time_from} to {time_to}")
     rows = read_rows(path)  # reads and checks the file now: a wrong file fails before we connect
@@ -291,6 +307,15 @@ async def replay(
     shown = 0
     confirmed = 0  # events the broker acknowledged, as of the last settle
     delivered = False
+    labels_sent = 0
+
+    async def send_labels(events: list[LabelEvent]) -> None:
+        nonlocal labels_sent
+        for label in events:
+            key = label.transaction_id.encode()
+            pending.append(await producer.send(labels_topic, encode_label(label), key=key))
+        labels_sent += len(events)
+
     try:
         for row in selected:
             if stop is not None and stop.is_set():
@@ -314,7 +339,11 @@ async def replay(
                 if batches is not None:  # keep the pipeline moving: partial batches go out too
                     pending.extend(await batches.send_open())
                 await asyncio.sleep(0)
-            event = build_event(row.values, event_id=row.event_id, label=row.label, run_id=run_id)
+            if held is not None:  # the data clock reads this row's time: release what is due
+                await send_labels(held.due(row.values[0]))
+                held.hold(row.event_id, row.values[0], row.label)
+            label = None if held is not None else row.label
+            event = build_event(row.values, event_id=row.event_id, label=label, run_id=run_id)
             value, key = encode_event(event), row.event_id.encode()
             if batches is None:
                 pending.append(await producer.send(topic, value, key=key))
@@ -330,6 +359,8 @@ async def replay(
             if sent - shown >= 1000:
                 bar.update(sent - shown)
                 shown = sent
+        if held is not None and not interrupted:  # the data ran out: the rest are due now
+            await send_labels(held.rest())
     except asyncio.CancelledError:
         if not guard.absorbed():
             raise
@@ -368,6 +399,8 @@ async def replay(
         last_time=last.values[0] if last else None,
         pacing=pacing.describe(),
         unconfirmed=sent - confirmed,
+        labels_sent=labels_sent,
+        labels_held=len(held) if held is not None else 0,
     )
 
 

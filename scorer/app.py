@@ -1,4 +1,5 @@
-"""The scorer: a Faust app that scores every transaction and stores it in PostgreSQL.
+"""The scorer: a Faust app that scores every transaction and stores it in PostgreSQL,
+and stores every verdict of the `labels` topic (a second agent, `scorer.labels`).
 
     faust -A scorer.app worker -l info        # or: fraudstream scorer
 
@@ -13,10 +14,11 @@ sink being away (transient) holds the offsets, and then the worker says it is st
 (`/health`, `fraudstream_scorer_stalled`, its `scorer_workers` row). How that is safe
 against the known Faust traps:
 
-- offsets: `noack_take` hands us the events unacknowledged and we ack them after the batch
-  is durable, so neither a crash, a SIGKILL, a rebalance nor a cancelled task (a write in
-  flight is cancelled unacknowledged) can commit an offset past an unstored event (plain
-  `take` acks the buffer when the generator is closed, even if the batch was never stored);
+- offsets: `noack_take` hands us the events (one per chunk of records, `scorer.transport`)
+  unacknowledged and we ack them after the batch is durable, so neither a crash, a
+  SIGKILL, a rebalance nor a cancelled task (a write in flight is cancelled
+  unacknowledged) can commit an offset past an unstored event (plain `take` acks the
+  buffer when the generator is closed, even if the batch was never stored);
 - agent concurrency is 1, and one write at a time, so acknowledgements are in order;
 - `within` bounds how long a partial batch waits, so a quiet topic never stalls;
 - the PostgreSQL write is idempotent and alerts wait in an outbox until the broker has
@@ -38,6 +40,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+from functools import partial
 
 import faust
 import orjson
@@ -46,12 +49,13 @@ from core.db.urls import asyncpg_dsn
 from core.kafka import ensure_topics, scorer_group_id
 from core.runtime.stack import resolve_database_url, resolve_endpoints, topic_partitions
 from core.settings import Settings, get_settings
-from scorer.batches import InOrderWrites, full_batches
+from scorer.batches import ChunkBatch, InOrderWrites, full_batches
 from scorer.faults import Fault
 from scorer.health import OK, WorkerHealth
 from scorer.heartbeat import WorkerMonitor
+from scorer.labels import LabelWorker, LabelWorkerConfig
 from scorer.metrics import ScorerMetrics
-from scorer.transport import ScorerApp
+from scorer.transport import RecordChunkSchema, ScorerApp
 from scorer.worker import ScorerWorker, WorkerConfig
 
 log = logging.getLogger(__name__)
@@ -112,17 +116,24 @@ app = ScorerApp(
     web_port=settings.scorer_web_port,
 )
 
+#: Records per chunk: one Faust event (and one acknowledgement) per chunk (`scorer.transport`).
+RECORDS_PER_CHUNK = max(1, settings.scorer_batch_size // 8)
+
 transactions_topic = app.topic(
-    settings.topic_transactions,
+    settings.topic_transactions, schema=RecordChunkSchema(), partitions=settings.topic_partitions
+)
+app.deliver_in_chunks(transactions_topic, RECORDS_PER_CHUNK)
+alerts_topic = app.topic(settings.topic_alerts, key_type=bytes, value_type=bytes, value_serializer="raw")
+dead_letters_topic = app.topic(
+    settings.topic_dead_letters, key_type=bytes, value_type=bytes, value_serializer="raw", partitions=1
+)
+labels_topic = app.topic(
+    settings.topic_labels,
     key_type=bytes,
     value_type=bytes,
     key_serializer="raw",
     value_serializer="raw",
     partitions=settings.topic_partitions,
-)
-alerts_topic = app.topic(settings.topic_alerts, key_type=bytes, value_type=bytes, value_serializer="raw")
-dead_letters_topic = app.topic(
-    settings.topic_dead_letters, key_type=bytes, value_type=bytes, value_serializer="raw", partitions=1
 )
 
 
@@ -178,6 +189,12 @@ def worker_config() -> WorkerConfig:
     )
 
 
+async def acknowledge(stream: faust.StreamT, batch: ChunkBatch) -> None:
+    """Acknowledge every chunk of a written batch (Faust commits the offsets soon after)."""
+    for event in batch.events:
+        await stream.ack(event)
+
+
 @app.agent(transactions_topic, concurrency=1)
 async def score_transactions(stream: faust.StreamT) -> None:
     """Take a full batch, prepare it, write it, then acknowledge it: in order, never the other way round."""
@@ -185,13 +202,51 @@ async def score_transactions(stream: faust.StreamT) -> None:
         async with ScorerWorker.running(worker_config()) as worker, InOrderWrites() as writes:
             freeze_startup_heap()
             size, within = settings.scorer_batch_size, settings.scorer_batch_timeout
-            async for events in full_batches(stream, size, within, on_taken=health.taken):
-                prepared = await worker.prepare(events)
-                await writes.submit(worker.write_then_ack(prepared, events, stream.ack))
+            batches = full_batches(
+                stream, size, within, records_per_chunk=RECORDS_PER_CHUNK, on_taken=health.taken
+            )
+            async for batch in batches:
+                prepared = await worker.prepare(batch.records)
+                write = worker.write_then(
+                    prepared, batch.origin, partial(acknowledge, stream, batch), batch.next_offsets()
+                )
+                await writes.submit(write)
     except Exception:
         log.critical("the scorer met an error it cannot handle; exiting so that it restarts", exc_info=True)
         logging.shutdown()
         os._exit(EXIT_ON_UNEXPECTED_ERROR)
+
+
+def label_worker_config() -> LabelWorkerConfig:
+    return LabelWorkerConfig(
+        dsn=database_dsn,
+        bootstrap_servers=endpoints.bootstrap_servers,
+        alerts_topic=alerts_topic.get_topic_name(),
+        dead_letters_topic=dead_letters_topic.get_topic_name(),
+        metrics=metrics,
+        health=health,
+        fault=Fault.parse(settings.scorer_fault),
+    )
+
+
+@app.agent(labels_topic, concurrency=1)
+async def store_verdicts(stream: faust.StreamT) -> None:
+    """Take a batch of verdicts, store it, then acknowledge it (`scorer.labels`)."""
+    try:
+        async with LabelWorker.running(label_worker_config()) as worker:
+            size, within = settings.scorer_batch_size, settings.scorer_batch_timeout
+            async for events in full_batches(stream, size, within, on_taken=_ignore):
+                await worker.write_then_ack(events, stream.ack)
+    except Exception:
+        log.critical(
+            "the labels agent met an error it cannot handle; exiting so that it restarts", exc_info=True
+        )
+        logging.shutdown()
+        os._exit(EXIT_ON_UNEXPECTED_ERROR)
+
+
+def _ignore(_count: int) -> None:
+    """The labels agent's taken events are not the transactions' pending work (`WorkerHealth`)."""
 
 
 @app.page("/metrics")
@@ -214,6 +269,8 @@ async def worker_health(web: faust.web.Web, request: faust.web.Request) -> faust
         "assigned_partitions": sorted(health.partitions),
         "last_store_at": health.last_store_at,
         "model_version": health.model_version,
+        "shadow_version": health.shadow_version,
+        "shadow_problem": health.shadow_problem,
     }
     return web.bytes(orjson.dumps(body), content_type="application/json", status=200 if state == OK else 503)
 

@@ -2,10 +2,12 @@
 
 Two policies the agent's loop relies on, each small enough to read at once:
 
-- `full_batches`: take what the stream offers within `within` seconds, but while the
-  rest of a batch is already waiting in the stream's queue, take it too (a backlog goes
-  in full batches of `size`; a stream that keeps up is cut after `within`, so latency is
-  unchanged). Nothing taken here is acknowledged: the agent acknowledges after writing.
+- `full_batches`: take the chunks of records (`scorer.transport.RecordChunk`, one Faust
+  event each) the stream offers within `within` seconds, but while the rest of a batch is
+  already waiting in the stream's queue, take it too (a backlog goes in full batches of
+  at most `size` records; a stream that keeps up is cut after `within`, so latency is
+  unchanged). Nothing taken here is acknowledged: the agent acknowledges after writing,
+  the whole `ChunkBatch` at once.
 - `InOrderWrites`: batch n+1 is prepared (decoded, scored) while batch n is written, but
   a write starts only when the one before it has finished, so acknowledgements stay in
   offset order; on the way out a write in flight is cancelled unacknowledged (its batch
@@ -15,28 +17,83 @@ Two policies the agent's loop relies on, each small enough to read at once:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import aclosing
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import faust
+from aiokafka.structs import ConsumerRecord
 
-from scorer.pipeline import keep_gathering
+from scorer.pipeline import Origin, keep_gathering
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkBatch:
+    """The chunk events of one batch, and their records in order: what is scored and then acknowledged."""
+
+    events: list[faust.EventT]  # one per chunk; `event.value` is its RecordChunk
+    records: list[ConsumerRecord]
+
+    @classmethod
+    def of(cls, events: Sequence[faust.EventT]) -> ChunkBatch:
+        records: list[ConsumerRecord] = []
+        for event in events:
+            records.extend(event.value.records)
+        return cls(list(events), records)
+
+    def origin(self, position: int) -> Origin:
+        """Where the record at `position` came from (topic, partition, offset, key)."""
+        record = self.records[position]
+        return Origin(record.topic, record.partition, record.offset, record.key)
+
+    def next_offsets(self) -> dict[int, int]:
+        """Partition -> the offset after the batch's last record there."""
+        return {event.value.partition: event.value.last_offset + 1 for event in self.events}
 
 
 async def full_batches(
-    stream: faust.StreamT, size: int, within: float, *, on_taken: Callable[[int], None]
-) -> AsyncIterator[list[faust.EventT]]:
-    """Unacknowledged events in batches of at most `size`; `on_taken(n)` as events are taken."""
+    stream: faust.StreamT,
+    size: int,
+    within: float,
+    *,
+    records_per_chunk: int,
+    on_taken: Callable[[int], None],
+) -> AsyncIterator[ChunkBatch]:
+    """Unacknowledged chunks in batches of at most `size` records; `on_taken(n)` as records are taken.
+
+    A chunk is never split (its one acknowledgement covers all its records), so a batch
+    is cut before a chunk that would take it past `size` (chunks hold at most
+    `records_per_chunk` <= `size` records).
+    """
     gathered: list[faust.EventT] = []
-    async with aclosing(stream.noack_take(size, within=within)) as takes:
+    records = 0
+    queue = stream.channel.queue
+    # Taken by count of chunks: as many as make a full batch when they are full.
+    async with aclosing(stream.noack_take(max(1, size // records_per_chunk), within=within)) as takes:
         async for events in takes:
-            on_taken(len(events))
-            gathered.extend(events)
-            while gathered and not keep_gathering(len(gathered), stream.channel.queue.qsize(), size):
-                batch, gathered = gathered[:size], gathered[size:]
-                yield batch
+            for event in events:
+                count = len(event.value)
+                on_taken(count)
+                if gathered and records + count > size:
+                    yield ChunkBatch.of(gathered)
+                    gathered, records = [], 0
+                gathered.append(event)
+                records += count
+            if gathered and not keep_gathering(records, _waiting_records(queue, size - records), size):
+                yield ChunkBatch.of(gathered)
+                gathered, records = [], 0
+
+
+def _waiting_records(queue: Any, enough: int) -> int:
+    """Records in the chunks waiting in the stream's queue, counted until `enough` are seen."""
+    waiting = 0
+    for event in queue._queue:  # asyncio.Queue's deque: read, never changed
+        waiting += len(event.value)
+        if waiting >= enough:
+            break
+    return waiting
 
 
 class InOrderWrites:

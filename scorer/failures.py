@@ -55,6 +55,34 @@ def is_permanent(error: BaseException) -> bool:
     return isinstance(error, UnicodeError)  # text the driver cannot encode, before it reaches the server
 
 
+#: SQLSTATE classes of the server's own trouble, whatever the statement: connection
+#: exception, insufficient resources, operator intervention (shutdown, cancel, starting up),
+#: system error, transaction rollback (deadlock, serialization), object not available (locks).
+_SERVER_TROUBLE = frozenset({"08", "53", "57", "58", "40", "55"})
+
+
+def is_statement_error(error: BaseException) -> bool:
+    """True when PostgreSQL refused the statement itself (its content, or its SQL: a missing
+    table, a privilege, a constraint or a trigger), not the connection or the server's state.
+
+    The scorer asks this of a write that carried the shadow's rows: such an error may be the
+    shadow's doing, so the write is tried again without them (the champion's rows must not
+    depend on the experiment beside them).
+
+        >>> import asyncpg
+        >>> is_statement_error(asyncpg.UndefinedTableError("relation does not exist"))
+        True
+        >>> is_statement_error(asyncpg.AdminShutdownError("terminating connection"))
+        False
+    """
+    if is_permanent(error):
+        return True
+    if not isinstance(error, asyncpg.PostgresError):
+        return False
+    state = getattr(error, "sqlstate", None) or ""
+    return state[:2] not in _SERVER_TROUBLE
+
+
 def describe(error: BaseException) -> str:
     """`Type: message` on one line, bounded, for logs, reasons and the health row."""
     text = " ".join(str(error).split())

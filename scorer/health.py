@@ -46,6 +46,8 @@ class WorkerHealth:
     failures: int = 0  # write attempts failed in a row
     last_error: str | None = None
     model_version: str | None = None  # the active model's
+    shadow_version: str | None = None  # the shadow's the registry names (None: no shadow)
+    shadow_problem: str | None = None  # why that shadow is not scoring here (None when it is)
     _ready: bool = False
     _stopped: bool = False
     _busy_since: float | None = None  # when work (pending or lag) last went from none to some

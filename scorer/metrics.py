@@ -66,6 +66,54 @@ class ScorerMetrics:
         self.model_reloads = Counter(
             "fraudstream_model_reloads", "Switches to a newly activated model version", registry=r
         )
+        self.labels_consumed = Counter(
+            "fraudstream_labels_consumed", "Messages read from the labels topic", registry=r
+        )
+        self.labels_stored = Counter(
+            "fraudstream_labels_stored", "Verdicts newly stored (label_events, feedback)", registry=r
+        )
+        self.labels_redelivered = Counter(
+            "fraudstream_labels_redelivered",
+            "Verdicts that were already stored, identical (a redelivery, a replay, the API's own write)",
+            registry=r,
+        )
+        self.label_conflicts = Counter(
+            "fraudstream_label_conflicts",
+            "Verdicts whose label_id was already stored with other content (dead-lettered as conflict)",
+            registry=r,
+        )
+        self.shadow_scored = Counter(
+            "fraudstream_shadow_scored",
+            "Live rows stored with the shadow's score beside the champion's, by shadow version",
+            ["version"],
+            registry=r,
+        )
+        self.shadow_failures = Counter(
+            "fraudstream_shadow_failures",
+            "Batches whose shadow scores were skipped (the champion's rows are stored regardless), "
+            "by shadow version and stage: load (the bundle cannot be loaded), score (the model raised "
+            "or gave non-finite scores), store (PostgreSQL refused the shadow rows)",
+            ["version", "stage"],
+            registry=r,
+        )
+        self.shadow_skipped = Counter(
+            "fraudstream_shadow_skipped",
+            "Live rows left without a shadow score by a shadow failure, by shadow version and stage",
+            ["version", "stage"],
+            registry=r,
+        )
+        self.shadow_seconds = Histogram(
+            "fraudstream_shadow_batch_seconds",
+            "Time the shadow's model call adds to a batch",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.shadow_model = Gauge(
+            "fraudstream_shadow_model",
+            "1 for the shadow version the registry names (no series while there is none)",
+            ["version"],
+            registry=r,
+        )
         self.batch_seconds = Histogram(
             "fraudstream_batch_seconds", "Time to handle one batch", buckets=_BATCH_BUCKETS, registry=r
         )

@@ -4,6 +4,7 @@
     for ensemble, part in by_model(models, batch):           # one group unless backtests bring their own model
         group, refused = score_group(ensemble, part, messages)   # one vectorised model call + alerts
         rounds = occurrence_rounds(group.rows.run_ids, group.rows.ids)  # the same id twice: stored in turn
+    shadow = score_shadow(challenger, group.rows)            # the shadow's call: live rows, never alerts
 
 Every refusal is a `DeadLetter` with its kind, set where it is decided, and the position
 of its message in the batch, so the worker can name the message's topic, partition and
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from core.db.store import ScoredRows
+from core.db.store import ScoredRows, ShadowScores
 from core.ensemble import Ensemble
 from core.events import DeadLetter, DeadLetterKind, EventBatch, decode_batch
 
@@ -58,13 +59,15 @@ class ScoredGroup:
     rows: ScoredRows
     positions: list[int]  # the message position of each row
     alerts: dict[int, bytes]  # row index -> the alert message (alerting rows only)
+    shadow: ShadowScores | None = None  # the shadow version's scores of the live rows, if any
 
     def take(self, rows: Sequence[int]) -> ScoredGroup:
-        """The rows at `rows` (renumbered from 0), with their positions and alerts."""
+        """The rows at `rows` (renumbered from 0), with their positions, alerts and shadow scores."""
         return ScoredGroup(
             self.rows.take(rows),
             [self.positions[row] for row in rows],
             {i: self.alerts[row] for i, row in enumerate(rows) if row in self.alerts},
+            self.shadow.take(rows) if self.shadow is not None else None,
         )
 
 
@@ -299,6 +302,44 @@ def score_group(
         for row, pairs in explained.items()
     }
     return ScoredGroup(rows, batch.positions, alerts), letters
+
+
+def score_shadow(shadow: Ensemble, rows: ScoredRows) -> ShadowScores:
+    """The shadow version's scores of the live rows of `rows`, with one vectorised call.
+
+    Backtest rows (a run id) are never shadow-scored, and a row the shadow scores to a
+    non-finite value gets no shadow score: the shadow is an experiment beside the product,
+    so its refusals are its own and never refuse the row. `would_alert` is the shadow's
+    own threshold; nothing here alerts. Raises whatever the model raises (the caller skips
+    the shadow for the batch).
+
+        >>> from types import SimpleNamespace
+        >>> class Half:  # stands in for an Ensemble
+        ...     version, threshold = "shadow-v", 0.5
+        ...     def score(self, raw):
+        ...         return SimpleNamespace(score=raw[:, 0] / 2, recon_error=raw[:, 1])
+        >>> rows = ScoredRows(["a", "b", "c"], np.array([[1.2, 1.0], [0.4, np.nan], [2.0, 3.0]]),
+        ...                   [0, 0, 1], [None, None, "bt-1"], [None] * 3, "v", *[np.zeros(3)] * 3)
+        >>> shadow = score_shadow(Half(), rows)
+        >>> shadow.scored.tolist(), shadow.score.tolist(), shadow.would_alert.tolist()
+        ([True, False, False], [0.6, 0.0, 0.0], [True, False, False])
+    """
+    n = len(rows)
+    live = np.fromiter((run_id is None for run_id in rows.run_ids), dtype=bool, count=n)
+    score, recon_error = np.zeros(n), np.zeros(n)
+    if live.any():
+        index = np.flatnonzero(live)
+        scored = shadow.score(rows.features if index.size == n else rows.features[index])
+        got_score = np.asarray(scored.score, dtype=np.float64)
+        got_error = np.asarray(scored.recon_error, dtype=np.float64)
+        if got_score.shape != (index.size,) or got_error.shape != (index.size,):
+            raise ValueError(
+                f"the shadow gave {got_score.shape} scores and {got_error.shape} errors for {index.size} rows"
+            )
+        score[index], recon_error[index] = got_score, got_error
+    ok = live & np.isfinite(score) & np.isfinite(recon_error)
+    score, recon_error = np.where(ok, score, 0.0), np.where(ok, recon_error, 0.0)
+    return ShadowScores(shadow.version, score, recon_error, ok & (score >= shadow.threshold), ok)
 
 
 def dead_letter_headers(letter: DeadLetter, origin: Origin) -> list[tuple[str, bytes]]:

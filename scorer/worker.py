@@ -1,8 +1,11 @@
 """One scorer worker's parts, put together: what the agent's loop calls.
 
     async with ScorerWorker.running(config) as worker:
-        prepared = await worker.prepare(events)             # decode, resolve models, score (CPU)
+        prepared = await worker.prepare(events)             # decode, resolve models, score (+ shadow)
         await worker.write_then_ack(prepared, events, ack)  # store, publish, then acknowledge
+
+`write_then(prepared, origin, acknowledge, next_offsets)` is the same for a batch taken in
+chunks of records: one acknowledgement for the whole batch.
 
 Each part has one job: `Resources` (connections), `ModelResolution` (which model scores
 what), `BatchWriter` (PostgreSQL then the broker), `WorkerMonitor` (health, told), and
@@ -15,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -142,11 +145,14 @@ class ScorerWorker:
         finally:
             await run_to_the_end(_close(background, resources, heartbeat, config.monitor))
 
-    async def prepare(self, events: Sequence[faust.EventT]) -> PreparedBatch:
-        """Decode, validate, resolve models, score and explain a batch: nothing written yet.
+    async def prepare(self, events: Sequence[Any]) -> PreparedBatch:
+        """Decode, validate, resolve models, score and explain a batch, and score its live rows
+        with the shadow too when the registry names one: nothing written yet.
 
-        The agent prepares batch n+1 while batch n is being written, so the worker's CPU
-        and PostgreSQL's work overlap instead of taking turns.
+        `events` are anything with the raw bytes in `.value`: Faust events, or the Kafka
+        records of the chunks the agent takes (`scorer.transport.RecordChunk`). The agent
+        prepares batch n+1 while batch n is being written, so the worker's CPU and
+        PostgreSQL's work overlap instead of taking turns.
         """
         started = time.perf_counter()
         messages = [event.value or b"" for event in events]
@@ -161,6 +167,7 @@ class ScorerWorker:
             self.metrics.scored.inc(len(part))
             groups.append(group)
             refused += letters
+        groups = self.models.shadow.attach(groups)
         return PreparedBatch(messages, groups, refused, time.perf_counter() - started)
 
     async def write_then_ack(
@@ -169,10 +176,29 @@ class ScorerWorker:
         events: Sequence[faust.EventT],
         ack: Callable[[faust.EventT], Awaitable[bool]],
     ) -> None:
-        """Write the batch, then acknowledge its events: never the other way round."""
-        await self.writer.write(prepared, lambda position: origin_of(events[position]))
-        next_offsets: dict[int, int] = {}
-        for event in events:
-            await ack(event)
-            next_offsets[event.message.partition] = event.message.offset + 1
-        self.health.acked(len(events), next_offsets)
+        """Write the batch, then acknowledge its events one by one: never the other way round."""
+
+        async def acknowledge() -> None:
+            for event in events:
+                await ack(event)
+
+        next_offsets = {event.message.partition: event.message.offset + 1 for event in events}
+        await self.write_then(
+            prepared, lambda position: origin_of(events[position]), acknowledge, next_offsets
+        )
+
+    async def write_then(
+        self,
+        prepared: PreparedBatch,
+        origin: Callable[[int], Origin],
+        acknowledge: Callable[[], Awaitable[object]],
+        next_offsets: Mapping[int, int],
+    ) -> None:
+        """Write the batch, then `acknowledge()` it (ack the events, commit the offsets): in that order.
+
+        `origin(position)` names where the batch's message at `position` came from (for
+        dead letters); `next_offsets` is partition -> the offset after the batch's last.
+        """
+        await self.writer.write(prepared, origin)
+        await acknowledge()
+        self.health.acked(len(prepared.messages), next_offsets)

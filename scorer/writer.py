@@ -6,10 +6,13 @@ an identical redelivery of a stored row, or a dead letter (published, or kept in
 PostgreSQL when the dead-letter topic will not take it). Then, and only then, the agent
 acknowledges the batch's offsets. In order:
 
-1. store each model group with one statement (`core.db.store.store_new`): rows, scores
-   and the new rows' alerts in one transaction. A transient failure waits and retries;
-   content PostgreSQL refuses is isolated row by row (`failures.isolate_refused`) and
-   dead-lettered;
+1. store each model group with one statement (`core.db.store.store_new`): rows, scores,
+   the new rows' alerts and the shadow's scores of the new live rows in one transaction. A
+   transient failure waits and retries; content PostgreSQL refuses is isolated row by row
+   (`failures.isolate_refused`) and dead-lettered. A statement PostgreSQL refuses while it
+   carries shadow scores is tried once more without them: if that goes through, the shadow
+   was the cause, and the group is stored without its shadow scores (counted, logged);
+   the champion's rows never wait for, or fall with, the experiment beside them;
 2. for rows that were already stored (a redelivery, a replay, another producer), one
    query: identical content is a silent redelivery; other content is a conflict (the
    stored row wins, the event is dead-lettered); an alert still in the outbox (its
@@ -44,7 +47,7 @@ from core.db.store import (
     unpublished_alerts,
 )
 from core.events import DeadLetter, DeadLetterKind
-from scorer.failures import FIRST_BACKOFF, describe, isolate_refused, retry_forever
+from scorer.failures import FIRST_BACKOFF, describe, is_statement_error, isolate_refused, retry_forever
 from scorer.faults import FaultInjector
 from scorer.health import WorkerHealth
 from scorer.metrics import ScorerMetrics
@@ -91,11 +94,14 @@ class Outgoing:
 
 @dataclass
 class _GroupWrite:
-    """What storing one group did, by row: new, already stored, refused by PostgreSQL."""
+    """What storing one group did, by row: new, already stored, refused by PostgreSQL; and the
+    new rows stored with their shadow score."""
 
     new: set[int] = field(default_factory=set)
     seen_stored: set[int] = field(default_factory=set)
     refused: list[tuple[int, BaseException]] = field(default_factory=list)
+    shadowed: set[int] = field(default_factory=set)
+    shadow_refused: bool = False  # PostgreSQL refused the shadow's rows: the rest goes without them
 
     @property
     def already_stored(self) -> list[int]:
@@ -137,6 +143,11 @@ class BatchWriter:
         self.metrics.batch_size.observe(len(prepared.messages))
         self.metrics.batch_seconds.observe(prepared.seconds + time.perf_counter() - started)
 
+    async def send_dead_letters(self, letters: list[DeadLetter], origin: Callable[[int], Origin]) -> None:
+        """Publish refusals of another agent (the labels agent) through the same dead-letter path:
+        retried, parked in PostgreSQL when the broker will not take them, counted by kind."""
+        await self._publish_alerts_and_letters([], letters, origin, set())
+
     # -- 1. store ---------------------------------------------------------------------
 
     async def _store(self, group: ScoredGroup) -> _GroupWrite:
@@ -151,11 +162,28 @@ class BatchWriter:
                 if whole
                 else {i: group.alerts[row] for i, row in enumerate(subset) if row in group.alerts}
             )
-            already = {subset[i] for i in await store_new(self.pool, part, alerts)}
+            shadow = None
+            if group.shadow is not None and not outcome.shadow_refused:
+                shadow = group.shadow if whole else group.shadow.take(subset)
+            try:
+                positions = await store_new(self.pool, part, alerts, shadow)
+            except Exception as error:
+                if shadow is None or not shadow.count or not is_statement_error(error):
+                    raise
+                # Perhaps the shadow's rows are what PostgreSQL refuses: the same write without
+                # them. If that fails too, its error is the one to act on (retry or isolate).
+                positions = await store_new(self.pool, part, alerts)
+                self._shadow_refused(shadow.model_version, error)
+                outcome.shadow_refused, shadow = True, None
+            already = {subset[i] for i in positions}
             self.health.write_succeeded()
             self.faults.after_store()
             outcome.seen_stored |= already
             outcome.new.update(row for row in subset if row not in already)
+            if shadow is not None:
+                outcome.shadowed.update(
+                    row for i, row in enumerate(subset) if row not in already and shadow.scored[i]
+                )
 
         outcome.refused = await retry_forever(
             lambda: isolate_refused(list(range(len(rows))), attempt),
@@ -163,6 +191,14 @@ class BatchWriter:
             on_failure=self._write_failed,
         )
         return outcome
+
+    def _shadow_refused(self, version: str, error: BaseException) -> None:
+        self.metrics.shadow_failures.labels(version, "store").inc()
+        log.error(
+            "PostgreSQL refused the shadow %s's scores (%s): the batch was stored without them",
+            version,
+            describe(error),
+        )
 
     def _write_failed(self, error: BaseException) -> None:
         self.metrics.store_retries.inc()
@@ -216,6 +252,14 @@ class BatchWriter:
 
     def _count_stored(self, group: ScoredGroup, outcome: _GroupWrite) -> None:
         self.metrics.stored.inc(len(outcome.new))
+        shadow = group.shadow
+        if shadow is not None:
+            version = shadow.model_version
+            if outcome.shadowed:
+                self.metrics.shadow_scored.labels(version).inc(len(outcome.shadowed))
+            lost = sum(1 for row in outcome.new if shadow.scored[row] and row not in outcome.shadowed)
+            if lost:
+                self.metrics.shadow_skipped.labels(version, "store").inc(lost)
         stored_at = time.time()
         for row in outcome.new:
             produced = group.rows.produced_at[row]

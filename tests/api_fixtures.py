@@ -110,8 +110,10 @@ def api_db_fixture(infra, model_bundle: Path, tmp_path_factory) -> Iterator[Stor
 
 
 def api_settings(infra, database_url: str, bundle: Path, tmp_path: Path, **overrides) -> Settings:
-    topic = f"transactions-{uuid.uuid4().hex[:8]}"
-    asyncio.run(ensure_topics(infra.bootstrap_servers, {topic: 2}))
+    suffix = uuid.uuid4().hex[:8]
+    topic, labels = f"transactions-{suffix}", f"labels-{suffix}"
+    asyncio.run(ensure_topics(infra.bootstrap_servers, {topic: 2, labels: 2}))
+    overrides.setdefault("topic_labels", labels)
     return Settings(
         kafka_bootstrap_servers=infra.bootstrap_servers,
         database_url=database_url,

@@ -62,6 +62,7 @@ class Topics:
     alerts: str
     dead_letters: str
     partitions: int
+    labels: str = "labels"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -122,11 +123,18 @@ def database_url(infra: Infra) -> Iterator[str]:
 def topics(infra: Infra) -> Topics:
     """Fresh topics for this test (4 partitions, as a scaled deployment would have)."""
     suffix = uuid.uuid4().hex[:8]
-    made = Topics(f"transactions-{suffix}", f"alerts-{suffix}", f"transactions-dlq-{suffix}", 4)
+    made = Topics(
+        f"transactions-{suffix}", f"alerts-{suffix}", f"transactions-dlq-{suffix}", 4, f"labels-{suffix}"
+    )
     asyncio.run(
         ensure_topics(
             infra.bootstrap_servers,
-            {made.transactions: made.partitions, made.alerts: made.partitions, made.dead_letters: 1},
+            {
+                made.transactions: made.partitions,
+                made.alerts: made.partitions,
+                made.dead_letters: 1,
+                made.labels: made.partitions,
+            },
         )
     )
     return made
@@ -141,6 +149,7 @@ def settings(infra: Infra, database_url: str, topics: Topics, tmp_path: Path) ->
         topic_transactions=topics.transactions,
         topic_alerts=topics.alerts,
         topic_dead_letters=topics.dead_letters,
+        topic_labels=topics.labels,
         topic_partitions=topics.partitions,
         state_dir=tmp_path / "state",
         _env_file=None,

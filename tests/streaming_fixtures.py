@@ -173,6 +173,17 @@ def workers(settings, model_bundle, tmp_path) -> Iterator:
         worker.stop()
 
 
+@pytest.fixture(scope="session")
+def challenger_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second real bundle, trained on the same sample with another seed: its scores differ from
+    `model_bundle`'s row by row (a challenger to compare), and its manifest has its own in-sample range."""
+    from training.pipeline import train
+
+    out = tmp_path_factory.mktemp("challenger") / "model"
+    train(SAMPLE_PATH, out, epochs=2, seed=7, max_rounds=150, progress=False)
+    return out
+
+
 async def register_run(database_url: str, bundle: Path, threshold: float) -> str:
     """A backtest run scored by `bundle` at `threshold`: events tagged with its id alert at will."""
     from core.ensemble import Ensemble

@@ -55,6 +55,26 @@ def test_backtest_metrics_on_a_hand_checked_case() -> None:
     assert [h["hour"] for h in m["per_hour"]] == [0, 1, 2]
     assert [h["frauds_caught"] for h in m["per_hour"]] == [1, 0, 1]
     assert m["per_hour"][1]["auprc"] == 1.0  # one fraud, ranked first in its hour
+    assert "net_savings" not in m and "precision_at_capacity" not in m  # without the cost settings
+
+
+def test_backtest_metrics_report_net_savings_and_precision_at_capacity() -> None:
+    labels = np.array([1, 0, 1, 0, 0, 1])
+    scores = np.array([0.9, 0.8, 0.4, 0.2, 0.1, 0.7])
+    amounts = np.array([100.0, 5.0, 30.0, 1.0, 2.0, 50.0])
+    times = np.array([0.0, 20.0, 3700.0, 3800.0, 7300.0, 43_200.0])  # half a day of data
+    m = backtest_metrics(labels, scores, amounts, times, threshold=0.5, cost_per_alert=10.0, capacity=4)
+    # 3 alerts cost 30; they catch 100 + 50 of fraud
+    assert (m["review_cost"], m["net_savings"], m["cost_per_alert"]) == (30.0, 120.0, 10.0)
+    # 4 a day over half a day: the top 2 scores (0.9 fraud, 0.8 normal) are what the team sees
+    assert (m["alert_budget"], m["precision_at_capacity"], m["capacity_per_day"]) == (2, 0.5, 4)
+    assert m["auprc"] is not None  # beside AUPRC
+    from producer.backtest_cli import render_run
+
+    shown = render_run(
+        {"id": "bt-1", "model_version": "v", "threshold": 0.5, "status": "finished", "metrics": m}
+    )
+    assert "net_savings" in shown and "120.00" in shown and "precision_at_capacity" in shown
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import pytest
 from dashboard.cache import TickCache
 from dashboard.client import ApiClient, ApiUnreachable
 from dashboard.settings import DashboardSettings
-from dashboard.views import explore, live, model, try_it
+from dashboard.views import explore, live, model, review, savings, try_it
 from dashboard.waterfall import logit, waterfall_figure
 
 
@@ -389,3 +389,150 @@ def test_reads_carry_the_read_token_and_predictions_the_write_token() -> None:
         ("/api/predict", "Bearer W"),
         ("/health", None),
     ]
+
+
+def _item(tx: str) -> dict:
+    return {"id": tx}
+
+
+def test_the_review_page_keeps_the_shown_alert_and_comes_back_to_skipped_ones_last() -> None:
+    items = [_item("a"), _item("b"), _item("c")]
+    shown = {"id": "b", "review_id": "r1"}
+    assert review.next_alert(items, shown, []) is shown  # still waiting: kept (same review id)
+    assert review.next_alert(items, {"id": "gone"}, []) == _item("a")  # decided elsewhere: the next
+    assert review.next_alert(items, None, ["a"]) == _item("b")
+    assert review.next_alert([], None, ["a"]) is None
+    # only skipped ones left: the one skipped longest ago
+    skipped = review.skip(review.skip(review.skip([], "c"), "a"), "b")
+    assert skipped == ["c", "a", "b"] and review.next_alert(items, None, skipped) == _item("c")
+    assert review.skip(skipped, "c") == ["a", "b", "c"]  # skipped again: now the last
+    assert review.skip([str(i) for i in range(10)], "x", keep=3) == ["8", "9", "x"]
+
+
+def test_the_review_counts_name_the_reviewer_and_the_live_precision() -> None:
+    summary = {
+        "backlog": 1234,
+        "overall": {"reviewed": 3, "confirmed_fraud": 2, "precision": 2 / 3},
+        "reviewers": [{"who": "alice", "decisions": 5, "fraud": 4, "not_fraud": 1, "last_24h": 2}],
+    }
+    mine = review.counts_text(summary, "alice")
+    assert (mine["backlog"], mine["reviewed"], mine["precision"], mine["mine"]) == (
+        "1,234",
+        "3",
+        "66.7%",
+        "5",
+    )
+    assert mine["mine_sub"] == "4 fraud · 1 not fraud · 2 in 24 h"
+    assert review.counts_text(summary, "bob")["mine"] == "0"
+    assert review.counts_text(summary, None)["mine_sub"] == "enter your name to review"
+    assert live.review_precision(summary) == ("66.7%", "2 fraud of 3 reviewed · backlog 1,234")
+    assert live.review_precision({"overall": {"reviewed": 0, "precision": None}})[0] == "–"
+    item = {"time": 5.0, "amount": 9.5, "features": {f"V{i}": float(i) for i in range(1, 29)}}
+    body = review.explain_body(item)
+    assert list(body) == ["time", *(f"V{i}" for i in range(1, 29)), "amount"] and body["V7"] == 7.0
+
+
+def _curve(**overrides) -> dict:
+    curve = {
+        "run_id": "",
+        "cost_per_alert": 5.0,
+        "capacity_per_day": 20,
+        "rows": 1000,
+        "thresholds": [0.9, 0.7, 0.5, 0.2],
+        "alerts": [5, 12, 30, 90],
+        "alerts_per_day": [5.0, 12.0, 30.0, 90.0],
+        "amount_caught": [400.0, 700.0, 800.0, 820.0],
+        "amount_missed": [420.0, 120.0, 20.0, 0.0],
+        "net_savings": [375.0, 640.0, 650.0, 370.0],
+        "best": {"threshold": 0.7, "net_savings": 640.0, "alerts": 12},
+        "current": {"threshold": 0.5, "net_savings": 650.0, "alerts": 30},
+        "current_threshold": 0.5,
+        "live_threshold": 0.5,
+    }
+    return {**curve, **overrides}
+
+
+def test_the_savings_curve_marks_live_best_and_capacity() -> None:
+    curve = _curve()
+    assert savings.capacity_threshold(curve) == 0.7  # 30/day at 0.5 is past 20/day
+    assert savings.capacity_threshold(_curve(capacity_per_day=None)) is None
+    assert savings.capacity_threshold(_curve(capacity_per_day=1)) is None
+    fig = savings.savings_figure(curve)
+    assert list(fig.data[0].x) == curve["thresholds"] and list(fig.data[0].y) == curve["net_savings"]
+    marks = {a.text: a.x for a in fig.layout.annotations}
+    assert marks == {"live": 0.5, "best": 0.7, "capacity": 0.7}  # the run's threshold is the live one
+    run = savings.savings_figure(_curve(current_threshold=0.2, run_id="bt-1"))
+    assert {a.text: a.x for a in run.layout.annotations}["run"] == 0.2
+    caption = savings.savings_caption(curve)
+    assert caption.startswith("best 0.700: net 640.00 with 12 alerts") and "current 0.500" in caption
+    assert "no threshold saves" in savings.savings_caption(_curve(best=None))
+    empty = savings.savings_figure(_curve(thresholds=[]))
+    assert not empty.data and "No scored rows" in empty.layout.annotations[0].text
+
+
+def _comparison(rows: int, frauds: int) -> dict:
+    version = {
+        "version": "a" * 16,
+        "role": "champion",
+        "auprc": 0.8,
+        "auprc_interval": [0.7, 0.9],
+        "precision": 0.9,
+        "precision_interval": [0.85, 0.95],
+        "recall": 0.75,
+        "recall_interval": [0.6, 0.85],
+    }
+    return {
+        "a": version,
+        "b": {**version, "version": "b" * 16, "role": "shadow", "auprc": 0.7},
+        "rows": rows,
+        "frauds": frauds,
+        "left_out_in_sample": 12,
+        "auprc_difference": -0.1,
+        "auprc_difference_interval": [-0.2, 0.01],
+        "b_better_share": 0.04,
+        "resamples": 1000,
+        "only_a_alerts": 3,
+        "only_a_frauds": 2,
+        "only_b_alerts": 1,
+        "only_b_frauds": 0,
+        "top_disagreements": [
+            {
+                "id": "x" * 40,
+                "time": 10.4,
+                "amount": 12.345,
+                "label": 1,
+                "score_a": 0.9,
+                "score_b": 0.1,
+                "alert_a": True,
+                "alert_b": False,
+            }
+        ],
+        "notes": ["12 rows inside a version's in-sample stretch were left out", "the cap was hit"],
+    }
+
+
+def test_comparison_panel_shows_both_versions_with_their_intervals_and_the_paired_difference() -> None:
+    body = _comparison(5000, 40)
+    fig = model.comparison_figure(body)
+    assert [t.name for t in fig.data] == ["champion aaaaaaaaaaaa", "shadow bbbbbbbbbbbb"]
+    champion = fig.data[0]
+    assert list(champion.y) == [0.8, 0.9, 0.75]
+    assert list(champion.error_y.array) == pytest.approx([0.1, 0.05, 0.1])
+    assert list(champion.error_y.arrayminus) == pytest.approx([0.1, 0.05, 0.15])
+    lines = model.comparison_summary(body)
+    assert "5,000 labelled rows" in lines[0] and "12 left out" in lines[0]
+    assert "-0.100" in lines[1] and "[-0.200, +0.010]" in lines[1] and "4%" in lines[1]
+    assert "4 alerts" in lines[2]
+    assert lines[3:] == ["the cap was hit"]  # the in-sample note is in the first line already
+    assert model.disagreement_rows(body) == [
+        {
+            "id": "x" * 16,
+            "time": 10,
+            "amount": 12.35,
+            "label": "yes",
+            "score_a": 0.9,
+            "score_b": 0.1,
+            "alerted_by": "champion",
+        }
+    ]
+    assert not model.comparison_figure(_comparison(5000, 0)).data  # no fraud: a message, no bars

@@ -9,7 +9,18 @@ import pytest
 
 
 @pytest.mark.parametrize(
-    "module", ["core.bins", "core.drift", "core.metrics", "core.scaler", "bench.machine", "bench.tables"]
+    "module",
+    [
+        "core.bins",
+        "core.comparison",
+        "core.drift",
+        "core.metrics",
+        "core.scaler",
+        "core.costs",
+        "core.labels",
+        "bench.machine",
+        "bench.tables",
+    ],
 )
 def test_docstring_examples_run(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)

@@ -92,6 +92,35 @@ def test_paired_bootstrap_is_paired_and_brackets_the_point_estimate() -> None:
     assert low < metrics.average_precision(labels, a) < high
 
 
+def test_paired_resamples_equal_the_row_by_row_metrics_for_any_weights() -> None:
+    # Cells are a shortcut: for any row weights (the data, a resample's counts) AP, precision
+    # and recall must equal the direct weighted computation, ties and empty resamples included.
+    rng = np.random.default_rng(4)
+    n = 400
+    labels = (rng.random(n) < 0.1).astype(int)
+    scores = {"a": np.round(rng.random(n) + 0.3 * labels, 1), "b": np.round(rng.random(n), 2)}
+    flags = {"a": scores["a"] > 0.8, "b": scores["b"] > 0.5}
+    cells = metrics.PairedResamples(labels, scores, flags)
+    weights = np.vstack([np.ones(n), rng.integers(0, 3, size=(5, n)), np.zeros(n)])
+    got = cells.metrics(weights)
+    for k, w in enumerate(weights):
+        frauds = float(w @ labels)
+        for name in scores:
+            expected_ap = metrics.average_precision(labels, scores[name], w) if frauds else np.nan
+            alerts, caught = float(w @ flags[name]), float(w @ (flags[name] & (labels == 1)))
+            expected = [
+                expected_ap,
+                caught / alerts if alerts else np.nan,
+                caught / frauds if frauds else np.nan,
+            ]
+            actual = [got.auprc[name][k], got.precision[name][k], got.recall[name][k]]
+            np.testing.assert_allclose(actual, expected, rtol=1e-12, equal_nan=True)
+    draws = cells.draw(300, seed=5)
+    again = cells.draw(300, seed=5)
+    assert np.array_equal(draws.auprc["a"], again.auprc["a"])  # seeded
+    assert draws.auprc["a"].shape == (300,) and draws.recall["b"].shape == (300,)
+
+
 def test_downsample_curve_keeps_ends() -> None:
     curve = {"x": np.linspace(0, 1, 5000), "y": np.linspace(1, 0, 5000)}
     small = metrics.downsample_curve(curve, points=300)

@@ -74,7 +74,8 @@ def test_training_registers_a_stored_copy_when_a_database_is_configured(
     version = Ensemble.load(model_bundle).version
     monkeypatch.setenv("FRAUDSTREAM_DATABASE_URL", database_url)
     monkeypatch.setenv("FRAUDSTREAM_MODEL_STORE", str(tmp_path / "store"))
-    assert training_register(model_bundle, activate=False).startswith("registered (make it active")
+    registered, what = training_register(model_bundle, activate=False)
+    assert registered and what.startswith("registered (make it active")
 
     async def rows(conn):
         return [
@@ -92,7 +93,7 @@ def test_training_registers_a_stored_copy_when_a_database_is_configured(
         }
     ]
     assert Ensemble.load(stored).version == version
-    assert training_register(model_bundle, activate=True) == "registered and made active"
+    assert training_register(model_bundle, activate=True) == (True, "registered and made active")
     assert run(database_url, rows)[0]["active"] is True
 
 
@@ -100,7 +101,8 @@ def test_training_without_a_database_says_so(model_bundle: Path, tmp_path: Path,
     monkeypatch.delenv("FRAUDSTREAM_DATABASE_URL", raising=False)
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.setenv("FRAUDSTREAM_STATE_DIR", str(tmp_path))
-    assert training_register(model_bundle, activate=True).startswith("not registered: no database configured")
+    registered, what = training_register(model_bundle, activate=True)
+    assert not registered and what.startswith("not registered: no database configured")
 
 
 # --------------------------------------------------------------------------- the store

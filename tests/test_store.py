@@ -8,6 +8,7 @@ import time
 
 import asyncpg
 import numpy as np
+import pytest
 
 from core.db.store import ScoredRows, store_scored
 
@@ -197,3 +198,63 @@ def test_worker_heartbeats_upsert_one_row_per_worker(database_url: str) -> None:
 
     (row,) = asyncio.run(run())
     assert tuple(row) == ("w-1", "stalled", "no store for 31 s", 1.7e9, 12, 4, 900, "v1")
+
+
+def _shadow(rows: ScoredRows, version: str, scored: list[bool]):
+    from core.db.store import ShadowScores
+
+    n = len(rows)
+    return ShadowScores(
+        version,
+        score=np.linspace(0.9, 0.1, n),
+        recon_error=np.arange(n, dtype=float),
+        would_alert=np.linspace(0.9, 0.1, n) > 0.5,
+        scored=np.asarray(scored),
+    )
+
+
+def test_shadow_scores_commit_with_the_new_rows_only_and_never_twice(database_url: str) -> None:
+    """The shadow's scores ride in the statement that stores the rows: a row already stored gets none
+    (even from another shadow version), a row without a shadow score gets none, the values land by
+    position; and a statement that fails writes neither the rows nor their shadow scores."""
+    from core.db.store import store_new
+
+    async def run() -> tuple[list, list, int, int]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            first = _rows(["a", "b", "c", "d"])
+            await store_new(conn, first, {}, _shadow(first, "shadow-1", [True, True, False, True]))
+            again = _rows(["c", "d", "e", "f"])  # "c", "d" were stored by the first batch
+            already = await store_new(conn, again, {}, _shadow(again, "shadow-2", [True, True, True, True]))
+            bad = _rows(["g", "h"])
+            bad.features[1, 0] = np.inf  # PostgreSQL takes inf; a NUL in an id it refuses:
+            refused = dataclasses.replace(bad, ids=["g", "h\x00"])
+            try:
+                await store_new(conn, refused, {}, _shadow(refused, "shadow-2", [True, True]))
+            except (asyncpg.PostgresError, UnicodeError):
+                pass
+            rows = await conn.fetch(
+                "SELECT id, model_version, time, score, recon_error, would_alert, scored_at IS NOT NULL AS at "
+                "FROM shadow_scores ORDER BY id"
+            )
+            return (
+                already,
+                [tuple(r) for r in rows],
+                await conn.fetchval("SELECT count(*) FROM transactions WHERE id = 'g'"),
+                await conn.fetchval("SELECT count(*) FROM scores"),
+            )
+        finally:
+            await conn.close()
+
+    already, rows, g_stored, scores = asyncio.run(run())
+    assert already == [0, 1]
+    first, again = _rows(["a", "b", "c", "d"]), _rows(["c", "d", "e", "f"])
+    assert rows == [
+        ("a", "shadow-1", first.features[0, 0], 0.9, 0.0, True, True),
+        ("b", "shadow-1", first.features[1, 0], pytest.approx(0.9 - 0.8 / 3), 1.0, True, True),
+        # "c": not scored by shadow-1, and already stored when shadow-2 saw it: no shadow score
+        ("d", "shadow-1", first.features[3, 0], 0.1, 3.0, False, True),
+        ("e", "shadow-2", again.features[2, 0], pytest.approx(0.9 - 1.6 / 3), 2.0, False, True),
+        ("f", "shadow-2", again.features[3, 0], pytest.approx(0.1), 3.0, False, True),
+    ]
+    assert (g_stored, scores) == (0, 6)  # the refused statement wrote nothing at all

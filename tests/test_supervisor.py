@@ -28,6 +28,7 @@ from fraudstream.supervisor import (
     STAGE_INFRA,
     STAGE_JOBS,
     CrashLoop,
+    Interrupted,
     RestartPolicy,
     Service,
     Supervisor,
@@ -256,3 +257,20 @@ def test_a_second_signal_kills_at_once(tmp_path: Path) -> None:
     supervisor.stop_all()
     assert child.process.returncode == -signal.SIGKILL
     os.kill(int(log.read_text().split()[0]), signal.SIGKILL)
+
+
+def test_a_signal_during_a_launch_still_stops_the_rest(tmp_path: Path) -> None:
+    """Ctrl-C landing inside `Popen` (the child registered, its process never handed back)."""
+    supervisor, said = _supervisor(tmp_path, stop_seconds=5)
+    running = supervisor.start(_program(tmp_path, "running", SLEEPER))
+
+    def interrupted_launch():
+        raise Interrupted("SIGTERM while starting")  # what the signal handler raises mid-launch
+
+    log = tmp_path / "late.log"
+    with pytest.raises(Interrupted):
+        supervisor.start(Service("late", interrupted_launch, log))
+    supervisor.stop_all()
+    assert running.process.returncode is not None and not alive([running.process.pid])
+    assert supervisor.children["late"].state == "stopped"
+    assert "running" in said.text

@@ -247,7 +247,9 @@ def test_up_stops_on_sigterm_while_starting_leaving_no_process(model_bundle: Pat
         up.wait_for("Starting api ...")
         up.remember()  # the broker, PostgreSQL (and its workers), the scorer, maybe the API
         up.process.send_signal(signal.SIGTERM)
-        assert up.process.wait(timeout=120) == 130
+        code = up.process.wait(timeout=120)
+        time.sleep(0.5)  # let the reader thread collect the last lines
+        assert code == 130, up.output
     finally:
         up.close()
     assert "Stopped." in up.output and "fraudstream is up" not in up.output

@@ -5,7 +5,8 @@
 
 One function per stage, in this order (the bench's timing table lists the same names):
 
-1. `load_and_split`: read and validate the CSV; split 60/20/20 by time.
+1. `load_and_split`: read and validate the CSV (or the stored rows with their known labels,
+   `training.from_db`); split 60/20/20 by time.
 2. `scale`: fit the scaler on the training stretch; scale every stretch.
 3. `fit_autoencoder_stage`: the autoencoder on the training stretch's normal rows, and its
    features for every stretch.
@@ -56,6 +57,7 @@ import os
 import platform
 import shutil
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +96,9 @@ __all__ = [
     "MODELS",
     "TrainConfig",
     "TrainResult",
+    "TrainingData",
     "train",
+    "train_from",
 ]
 
 AE_FILE = "autoencoder.pt"
@@ -116,6 +120,19 @@ class TrainResult:
     seconds: float = 0.0
     #: `StageTimer.summary()` at the very end, with `write_bundle` (the manifest's stops before it).
     timing: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The `load_and_split` stage's output: the rows, their time-ordered split, and where they came from.
+
+    `source` goes into the manifest's `training.data` as it is (`{"file": name}` for a CSV;
+    the database, the cutoff and the labels' provenance for `training.from_db`).
+    """
+
+    data: Dataset
+    split: Split
+    source: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -153,11 +170,18 @@ class Boosted:
 def load_and_split(data_path: str | Path) -> tuple[Dataset, Split]:
     """Read and validate the CSV, split it 60/20/20 by time; every stretch needs a fraud."""
     data = load_csv(data_path)
+    return data, split_checked(data)
+
+
+def split_checked(data: Dataset, *, min_frauds: int = 1) -> Split:
+    """Split 60/20/20 by time; refuse when a stretch has fewer than `min_frauds` frauds."""
     split = time_split(data)
     for name in STRETCHES:
-        if getattr(split, name).fraud_count == 0:
-            raise ValueError(f"the {name} stretch has no frauds: too little data to train and evaluate")
-    return data, split
+        frauds = getattr(split, name).fraud_count
+        if frauds < min_frauds:
+            found = "no frauds" if frauds == 0 else f"only {frauds} frauds (at least {min_frauds} needed)"
+            raise ValueError(f"the {name} stretch has {found}: too little data to train and evaluate")
+    return split
 
 
 def scale(split: Split) -> Scaled:
@@ -327,6 +351,22 @@ def train(
 
     Give a `TrainConfig`, or its fields as keyword arguments (`epochs=3, progress=False`).
     """
+
+    def load() -> TrainingData:
+        data, split = load_and_split(data_path)
+        return TrainingData(data, split, {"file": Path(data_path).name})
+
+    return train_from(load, out_dir, config, **options)
+
+
+def train_from(
+    load: Callable[[], TrainingData], out_dir: str | Path, config: TrainConfig | None = None, **options: Any
+) -> TrainResult:
+    """Train on what `load` reads (timed as the `load_and_split` stage), write the bundle to `out_dir`.
+
+    The one run behind every data source: the CSV (`train`) and the stored stream
+    (`training.from_db`) go through the same stages, protocol and checks.
+    """
     if config is None:
         config = TrainConfig(**options)
     elif options:
@@ -336,7 +376,8 @@ def train(
     timer = StageTimer()
 
     with timer.stage("load_and_split"):
-        data, split = load_and_split(data_path)
+        loaded = load()
+    data, split = loaded.data, loaded.split
     with timer.stage("scale"):
         inputs = scale(split)
     labels = inputs.labels
@@ -396,7 +437,7 @@ def train(
         )
 
     body = _manifest_body(
-        data_path, data, split, inputs, config, ae_fit, ae_config, ensemble, boosted, thresholds, achieved
+        loaded.source, data, split, inputs, config, ae_fit, ae_config, ensemble, boosted, thresholds, achieved
     )
     body["evaluation"] = {
         **evaluation,
@@ -482,7 +523,7 @@ def _importance(booster: xgb.Booster, names: list[str]) -> dict[str, float]:
 
 
 def _manifest_body(
-    data_path: str | Path,
+    source: dict[str, Any],
     data: Dataset,
     split: Split,
     inputs: Scaled,
@@ -516,7 +557,7 @@ def _manifest_body(
         },
         "training": {
             "data": {
-                "file": Path(data_path).name,
+                **source,
                 "rows": len(data),
                 "frauds": data.fraud_count,
                 "time_min": float(data.time.min()),

@@ -73,6 +73,24 @@ scores = Table(
     Index("ix_scores_run_score", "run_id", "score"),
 )
 
+#: The shadow (challenger) version's score of each live row (migration 0011): written in the
+#: statement that stores the row, only for newly stored rows, never alerting and never read
+#: by the live analytics. `time` is the row's data time, for windowed reads by version.
+shadow_scores = Table(
+    "shadow_scores",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("id", Text, nullable=False),
+    Column("model_version", Text, nullable=False),
+    Column("time", Double, nullable=False),
+    Column("score", Double, nullable=False),
+    Column("recon_error", Double, nullable=False),
+    Column("would_alert", Boolean, nullable=False),
+    Column("scored_at", TIMESTAMP(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("run_id", "id", name="pk_shadow_scores"),
+    Index("ix_shadow_scores_version_time", "run_id", "model_version", "time"),
+)
+
 #: The model registry: `bundle_path` is the version's copy in the content-addressed
 #: store (`core.bundle_store`), `source_path` the folder it was registered from.
 model_versions = Table(
@@ -195,6 +213,64 @@ dead_letters = Table(
     Column("headers", JSONB, nullable=False),
     PrimaryKeyConstraint("seq", name="pk_dead_letters"),
     Index("ix_dead_letters_parked", "parked_at"),
+)
+
+#: Every verdict ever given (migration 0008): analyst reviews, chargebacks, replayed labels,
+#: keyed by the verdict's id (`core.labels`). Append-only (triggers refuse UPDATE, DELETE and
+#: TRUNCATE): nothing an analyst decides is lost, and each row says who decided it.
+label_events = Table(
+    "label_events",
+    metadata,
+    Column("label_id", Text, nullable=False),
+    Column("run_id", Text, nullable=False, server_default=text("''")),
+    Column("transaction_id", Text, nullable=False),
+    Column("label", SmallInteger, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("who", Text, nullable=False),
+    Column("note", Text, nullable=True),
+    Column("decided_at", TIMESTAMP(timezone=True), nullable=False),
+    Column("submitted_by", Text, nullable=True),
+    Column("stored_at", TIMESTAMP(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("label IN (0, 1)", name="ck_label_events_label"),
+    CheckConstraint("source IN ('analyst', 'chargeback', 'replay')", name="ck_label_events_source"),
+    PrimaryKeyConstraint("label_id", name="pk_label_events"),
+    Index("ix_label_events_transaction", "run_id", "transaction_id", "decided_at"),
+    Index("ix_label_events_source_decided", "run_id", "source", "decided_at"),
+)
+
+#: The latest verdict per (run, transaction, source), kept with each stored event (migration
+#: 0008). No foreign key: a verdict may come before its transaction. The known label of a
+#: transaction is the view `known_labels` (function `known_labels_as_of(cutoff)`), not this.
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("transaction_id", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("label", SmallInteger, nullable=False),
+    Column("label_id", Text, nullable=False),
+    Column("who", Text, nullable=False),
+    Column("note", Text, nullable=True),
+    Column("decided_at", TIMESTAMP(timezone=True), nullable=False),
+    Column("updated_at", TIMESTAMP(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("label IN (0, 1)", name="ck_feedback_label"),
+    CheckConstraint("source IN ('analyst', 'chargeback', 'replay')", name="ck_feedback_source"),
+    PrimaryKeyConstraint("run_id", "transaction_id", "source", name="pk_feedback"),
+    Index("ix_feedback_source_decided", "run_id", "source", "decided_at"),
+    Index("ix_feedback_frauds", "run_id", "source", "decided_at", postgresql_where=text("label = 1")),
+)
+
+#: The live run's alerts without an analyst verdict (migration 0008), kept by triggers on
+#: `scores` and `feedback`: the review queue reads its indexes, never the history.
+review_queue = Table(
+    "review_queue",
+    metadata,
+    Column("transaction_id", Text, nullable=False),
+    Column("score", Double, nullable=False),
+    Column("scored_at", TIMESTAMP(timezone=True), nullable=False),
+    PrimaryKeyConstraint("transaction_id", name="pk_review_queue"),
+    Index("ix_review_queue_score", text("score DESC"), text("transaction_id DESC")),
+    Index("ix_review_queue_age", "scored_at", "transaction_id"),
 )
 
 # --------------------------------------------------------------------------- rollups (migration 0009)

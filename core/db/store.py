@@ -6,8 +6,9 @@ scores from column arrays (`unnest`), skipping rows whose `(run_id, id)` is alre
 stored: a redelivered or replayed event never makes a second row.
 
 The scorer's statement (`store_new`) also writes the alert of each newly stored alerting
-row into `alert_outbox`, in the same transaction as the row, and answers which rows were
-*not* new. Only for those (a redelivery, a replay, another producer) does it ask again
+row into `alert_outbox`, and, when a shadow version scored the batch too, the shadow's
+score of each newly stored row into `shadow_scores`, in the same transaction as the row,
+and answers which rows were *not* new. Only for those (a redelivery, a replay, another producer) does it ask again
 (`stored_rows`): what is stored for them, to tell an identical redelivery from a
 conflicting one, and whether their alert still waits in the outbox. An alert leaves the
 outbox (`forget_alerts`) once the broker has acknowledged it, so a crash in between can
@@ -52,15 +53,34 @@ input AS (
 
 INSERT_SCORED = f"WITH {_INPUT}\nSELECT count(*) FROM stored"
 
-#: The scorer's write: rows, scores and the new rows' alerts in one statement; returns the
-#: (0-based) positions of the rows that were already stored.
-STORE_NEW = f"""WITH {_INPUT}, outbox AS (
+_OUTBOX = f"""outbox AS (
     INSERT INTO alert_outbox (run_id, id, payload)
     SELECT a.run_id, a.id, a.payload
     FROM unnest(${_ALERT_RUNS}::text[], ${_ALERT_IDS}::text[], ${_ALERT_PAYLOADS}::bytea[]) AS a(run_id, id, payload)
     JOIN stored s USING (run_id, id)
+)"""
+_ALREADY_STORED = (
+    "SELECT i.position - 1 AS position FROM input i LEFT JOIN stored s USING (run_id, id) WHERE s.id IS NULL"
 )
-SELECT i.position - 1 AS position FROM input i LEFT JOIN stored s USING (run_id, id) WHERE s.id IS NULL
+
+#: The scorer's write: rows, scores and the new rows' alerts in one statement; returns the
+#: (0-based) positions of the rows that were already stored.
+STORE_NEW = f"WITH {_INPUT}, {_OUTBOX}\n{_ALREADY_STORED}\n"
+
+_SHADOW_VERSION, _SHADOW_POSITIONS, _SHADOW_SCORE, _SHADOW_ERROR, _SHADOW_ALERT = range(_N + 12, _N + 17)
+
+#: `STORE_NEW` with the shadow's scores of the newly stored rows (by 1-based position in the
+#: batch): a redelivered row is not in `stored`, so it never gets a second shadow row.
+STORE_NEW_WITH_SHADOW = f"""WITH {_INPUT}, {_OUTBOX}, shadowed AS (
+    INSERT INTO shadow_scores (run_id, id, model_version, time, score, recon_error, would_alert, scored_at)
+    SELECT i.run_id, i.id, ${_SHADOW_VERSION}, i.time, x.score, x.recon_error, x.would_alert, clock_timestamp()
+    FROM unnest(${_SHADOW_POSITIONS}::int8[], ${_SHADOW_SCORE}::float8[], ${_SHADOW_ERROR}::float8[],
+                ${_SHADOW_ALERT}::bool[]) AS x(position, score, recon_error, would_alert)
+    JOIN input i USING (position)
+    JOIN stored s USING (run_id, id)
+    ON CONFLICT DO NOTHING
+)
+{_ALREADY_STORED}
 """
 
 #: For rows `store_new` found already stored: is the stored content the same (features bit
@@ -137,6 +157,40 @@ class ScoredRows:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowScores:
+    """The shadow version's scores of a batch's rows, aligned with its `ScoredRows`.
+
+    `scored` marks the rows that have a shadow score: live rows the shadow scored to a
+    finite value. Backtest rows (a run id) and rows the shadow could not score have none.
+    """
+
+    model_version: str
+    score: np.ndarray
+    recon_error: np.ndarray
+    would_alert: np.ndarray
+    scored: np.ndarray  # bool
+
+    def __len__(self) -> int:
+        return int(self.scored.size)
+
+    @property
+    def count(self) -> int:
+        """How many rows have a shadow score."""
+        return int(np.count_nonzero(self.scored))
+
+    def take(self, rows: Sequence[int]) -> ShadowScores:
+        """The rows at positions `rows`, in that order (as `ScoredRows.take`)."""
+        index = np.asarray(rows, dtype=np.intp)
+        return ShadowScores(
+            self.model_version,
+            self.score[index],
+            self.recon_error[index],
+            self.would_alert[index],
+            self.scored[index],
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class StoredRow:
     """What PostgreSQL says of a row that was already stored."""
 
@@ -166,24 +220,42 @@ async def store_scored(conn: asyncpg.Connection | asyncpg.Pool, rows: ScoredRows
 
 
 async def store_new(
-    conn: asyncpg.Connection | asyncpg.Pool, rows: ScoredRows, alerts: Mapping[int, bytes]
+    conn: asyncpg.Connection | asyncpg.Pool,
+    rows: ScoredRows,
+    alerts: Mapping[int, bytes],
+    shadow: ShadowScores | None = None,
 ) -> list[int]:
-    """Insert the batch and the alerts (row position -> payload) of its new rows.
+    """Insert the batch, the alerts (row position -> payload) of its new rows and, with
+    `shadow`, the shadow's scores of its new rows: one statement, one transaction.
 
     Returns the positions of the rows that were already stored: nothing of theirs is
-    written (not even their alert). Row keys must be unique within the batch.
+    written (not even their alert or shadow score). Row keys must be unique within the batch.
     """
     if not len(rows.ids):
         return []
     keys = rows.keys()
     positions = list(alerts)
-    records = await conn.fetch(
-        STORE_NEW,
+    arguments = [
         *_arguments(rows),
         [keys[i] for i in positions],
         [rows.ids[i] for i in positions],
         [alerts[i] for i in positions],
-    )
+    ]
+    if shadow is None or not shadow.count:
+        records = await conn.fetch(STORE_NEW, *arguments)
+    else:
+        if len(shadow) != len(rows):
+            raise ValueError(f"{len(shadow)} shadow scores for a batch of {len(rows)} rows")
+        scored = np.flatnonzero(shadow.scored)
+        records = await conn.fetch(
+            STORE_NEW_WITH_SHADOW,
+            *arguments,
+            shadow.model_version,
+            (scored + 1).tolist(),
+            shadow.score[scored].tolist(),
+            shadow.recon_error[scored].tolist(),
+            shadow.would_alert[scored].tolist(),
+        )
     return [record["position"] for record in records]
 
 

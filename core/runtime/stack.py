@@ -38,6 +38,7 @@ def topic_partitions(settings: Settings) -> dict[str, int]:
         settings.topic_transactions: settings.topic_partitions,
         settings.topic_alerts: settings.topic_partitions,
         settings.topic_dead_letters: 1,
+        settings.topic_labels: settings.topic_partitions,
     }
 
 

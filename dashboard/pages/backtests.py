@@ -30,6 +30,7 @@ from dashboard.views.backtests import (
     runs_figure,
     slices_figure,
 )
+from dashboard.views.savings import NO_COST, savings_caption, savings_figure
 
 dash.register_page(__name__, path="/backtests", name="Backtests", title="fraudstream · backtests", order=4)
 
@@ -70,6 +71,8 @@ def layout(**_query: Any) -> html.Div:
                 "Run detail",
                 html.Div(id="backtest-caption", className="muted"),
                 graph("backtest-slices", height=340, message="Click a run above."),
+                html.Div(id="backtest-savings-caption", className="muted small"),
+                graph("backtest-savings", height=340, message="Click a run above for its savings curve."),
             ),
             dcc.Store(id="backtests-ids"),
             dcc.Interval(id="backtests-tick", interval=REFRESH_MS),
@@ -112,3 +115,23 @@ def show_run(active_cell: dict[str, Any] | None, rows: list[dict[str, Any]]) -> 
         return empty_figure(problem_text(exc), height=340), ""
     caption = f"Run {run_id}: {run.get('status')}" + (f" — {run['error']}" if run.get("error") else "")
     return slices_figure(run), caption
+
+
+@dash.callback(
+    Output("backtest-savings", "figure"),
+    Output("backtest-savings-caption", "children"),
+    Input("backtests-table", "active_cell"),
+    State("backtests-table", "data"),
+    prevent_initial_call=True,
+)
+def show_savings(active_cell: dict[str, Any] | None, rows: list[dict[str, Any]]) -> tuple[Any, ...]:
+    """The chosen run's net savings by threshold, its own and the live threshold marked."""
+    if not active_cell or not rows or active_cell.get("row", -1) >= len(rows):
+        return dash.no_update, dash.no_update
+    try:
+        curve = api().savings(run_id=rows[active_cell["row"]]["id"], bins=200)
+    except (ApiUnreachable, ApiError) as exc:
+        if isinstance(exc, ApiError) and exc.status == 409:
+            return empty_figure(NO_COST, height=340), ""
+        return empty_figure(problem_text(exc), height=340), ""
+    return savings_figure(curve), savings_caption(curve)

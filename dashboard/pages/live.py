@@ -29,6 +29,7 @@ from dashboard.views.live import (
     alert_rows,
     explain_body,
     kpi_values,
+    review_precision,
     timeseries_figure,
 )
 from dashboard.waterfall import waterfall_figure
@@ -60,6 +61,7 @@ def layout(**_query: Any) -> html.Div:
                     kpi_card("kpi-scored", "Transactions scored"),
                     kpi_card("kpi-alerts", "Alerts"),
                     kpi_card("kpi-alert-rate", "Alert rate"),
+                    kpi_card("kpi-review-precision", "Precision from reviews"),
                     kpi_card("kpi-caught", "Confirmed frauds caught"),
                     kpi_card("kpi-throughput", "Throughput"),
                     kpi_card("kpi-p99", "p99 latency"),
@@ -119,6 +121,20 @@ def update_kpis(_n: int | None) -> tuple[Any, ...]:
     if not stats.get("volume"):
         message = "No transactions scored yet. Start a replay (`fraudstream replay`) and they appear here."
     return (*values, *subs, notice(message, "info"))
+
+
+@dash.callback(
+    Output("kpi-review-precision", "children"),
+    Output("kpi-review-precision-sub", "children"),
+    Input("live-tick", "n_intervals"),
+)
+def update_review_precision(_n: int | None) -> tuple[str, str]:
+    """The alerts' precision from the analysts' verdicts, beside the alert rate (Review page)."""
+    try:
+        summary = api().feedback_summary()
+    except (ApiUnreachable, ApiError) as exc:
+        return "–", problem_text(exc)
+    return review_precision(summary)
 
 
 @dash.callback(Output("live-timeseries", "figure"), Input("live-tick", "n_intervals"))

@@ -1,8 +1,9 @@
 """Model: the active model's ROC and PR curves, confusion matrix, feature importance,
-offline (test split) against live (stored, labelled rows) metrics, and all versions.
+offline (test split) against live (stored, labelled rows) metrics, the champion against
+the shadow on the same rows, and all versions.
 
 One `/api/model/performance` answer feeds the curves, the matrix, the importance and the
-metrics comparison; `/api/models` feeds the versions table.
+metrics comparison; `/api/models` feeds the versions table; `/api/models/compare` the champion-and-shadow panel.
 """
 
 from __future__ import annotations
@@ -25,13 +26,18 @@ from dashboard.components import (
 )
 from dashboard.context import api
 from dashboard.views.model import (
+    DISAGREEMENT_COLUMNS,
     active_performance,
+    comparison_figure,
+    comparison_summary,
     confusion_figure,
     curve_figure,
+    disagreement_rows,
     importance_figure,
     metrics_figure,
     version_rows,
 )
+from dashboard.views.savings import NO_COST, savings_caption, savings_figure
 
 dash.register_page(__name__, path="/model", name="Model", title="fraudstream · model", order=2)
 
@@ -67,6 +73,8 @@ def layout(**_query: Any) -> html.Div:
                 ],
                 className="grid grid-2",
             ),
+            savings_section(),
+            champion_and_challenger(),
             panel(
                 "Model versions",
                 data_table(
@@ -83,7 +91,49 @@ def layout(**_query: Any) -> html.Div:
     )
 
 
+def savings_section() -> html.Section:
+    """Net savings by threshold on the live stream's labelled rows, the live threshold marked."""
+    return panel(
+        "Net savings by threshold (live, labelled rows)",
+        html.Div(id="model-savings-caption", className="muted small"),
+        graph("model-savings", height=340),
+    )
+
+
+def champion_and_challenger() -> html.Div:
+    """The shadow beside the champion on the same labelled rows (`/api/models/compare`)."""
+    return html.Div(
+        [
+            panel(
+                "Champion vs shadow (same rows, last 24 h of data)",
+                html.Div(id="model-compare-summary", className="compare-summary"),
+                graph("model-compare", height=340),
+            ),
+            panel(
+                "Alerts they disagree on (largest score difference first)",
+                data_table("model-disagreements", columns=DISAGREEMENT_COLUMNS, data=[]),
+            ),
+        ],
+        className="grid grid-2",
+    )
+
+
 # ---------------------------------------------------------------------------- callbacks
+
+
+@dash.callback(
+    Output("model-savings", "figure"),
+    Output("model-savings-caption", "children"),
+    Input("model-tick", "n_intervals"),
+)
+def update_savings(_n: int | None) -> tuple[Any, str]:
+    try:
+        curve = api().savings(bins=200)
+    except (ApiUnreachable, ApiError) as exc:
+        if isinstance(exc, ApiError) and exc.status == 409:
+            return empty_figure(NO_COST, height=340), ""
+        return empty_figure(problem_text(exc), height=340), ""
+    return savings_figure(curve), savings_caption(curve)
 
 
 @dash.callback(
@@ -130,3 +180,25 @@ def update_versions(_n: int | None) -> Any:
         return version_rows(api().models())
     except (ApiUnreachable, ApiError):
         return dash.no_update
+
+
+@dash.callback(
+    Output("model-compare", "figure"),
+    Output("model-compare-summary", "children"),
+    Output("model-disagreements", "data"),
+    Input("model-tick", "n_intervals"),
+)
+def update_comparison(_n: int | None) -> tuple[Any, ...]:
+    try:
+        comparison = api().compare()
+    except ApiError as exc:
+        if exc.status == 409:  # no shadow: say how to set one
+            text = (
+                "No shadow model is set: `fraudstream model shadow VERSION` scores one beside the champion."
+            )
+            return empty_figure(text, height=340), notice(text, "info"), []
+        return empty_figure(problem_text(exc), height=340), notice(problem_text(exc), "error"), []
+    except ApiUnreachable as exc:
+        return empty_figure(problem_text(exc), height=340), notice(problem_text(exc), "error"), []
+    summary = [html.P(line) for line in comparison_summary(comparison)]
+    return comparison_figure(comparison), summary, disagreement_rows(comparison)

@@ -45,6 +45,17 @@ def kpi_values(stats: dict[str, Any]) -> tuple[list[str], list[str]]:
     return values, subs
 
 
+def review_precision(summary: dict[str, Any]) -> tuple[str, str]:
+    """(value, sub-line) of the live precision from reviews, from `/api/feedback/summary`."""
+    overall = summary.get("overall") or {}
+    reviewed = overall.get("reviewed") or 0
+    value = fmt_pct(overall.get("precision"), 1)
+    return (
+        value,
+        f"{fmt_int(overall.get('confirmed_fraud'))} fraud of {fmt_int(reviewed)} reviewed · backlog {fmt_int(summary.get('backlog'))}",
+    )
+
+
 def timeseries_figure(series: dict[str, Any]) -> go.Figure:
     """Scored transactions per second (area) and alerts per bucket (bars) over the last minutes."""
     points = series.get("points") or []

@@ -199,3 +199,101 @@ def version_rows(models: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+# ---------------------------------------------------------------------- champion and challenger
+
+COMPARED = (("auprc", "AUPRC"), ("precision", "precision"), ("recall", "recall"))
+DISAGREEMENT_COLUMNS = [
+    {"name": "transaction", "id": "id"},
+    {"name": "time (s)", "id": "time", "type": "numeric"},
+    {"name": "amount", "id": "amount", "type": "numeric"},
+    {"name": "fraud", "id": "label"},
+    {"name": "champion score", "id": "score_a", "type": "numeric"},
+    {"name": "shadow score", "id": "score_b", "type": "numeric"},
+    {"name": "alerted by", "id": "alerted_by"},
+]
+
+
+def _interval_text(values: list[float] | None) -> str:
+    return f"[{values[0]:+.3f}, {values[1]:+.3f}]" if values else "[n/a]"
+
+
+def comparison_figure(comparison: dict[str, Any]) -> go.Figure:
+    """AUPRC, precision and recall of a and b on the same rows, each with its 95% bootstrap interval."""
+    if not comparison.get("rows") or not comparison.get("frauds"):
+        return empty_figure(
+            "No labelled fraud scored by both versions outside their training data yet.", height=340
+        )
+    fig = go.Figure()
+    for side, color in (("a", COLORS["offline"]), ("b", COLORS["alert"])):
+        version = comparison[side]
+        values = [version.get(key) for key, _ in COMPARED]
+        intervals = [version.get(f"{key}_interval") for key, _ in COMPARED]
+        role = version.get("role") or "version"
+        fig.add_trace(
+            go.Bar(
+                x=[label for _, label in COMPARED],
+                y=values,
+                name=f"{role} {short_version(version['version'])}",
+                marker_color=color,
+                text=[f"{v:.3f}" if v is not None else "" for v in values],
+                textposition="outside",
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": [
+                        (i[1] - v) if i and v is not None else 0
+                        for v, i in zip(values, intervals, strict=True)
+                    ],
+                    "arrayminus": [
+                        (v - i[0]) if i and v is not None else 0
+                        for v, i in zip(values, intervals, strict=True)
+                    ],
+                    "color": COLORS["muted"],
+                },
+            )
+        )
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(range=[0, 1.15], title_text="")
+    return styled(fig, height=340)
+
+
+def comparison_summary(comparison: dict[str, Any]) -> list[str]:
+    """Lines saying what was compared and what the paired bootstrap says of the difference."""
+    a, b = comparison["a"], comparison["b"]
+    lines = [
+        f"{a.get('role') or 'a'} {short_version(a['version'])} against "
+        f"{b.get('role') or 'b'} {short_version(b['version'])}: {fmt_int(comparison['rows'])} labelled rows "
+        f"scored by both ({fmt_int(comparison['frauds'])} frauds), "
+        f"{fmt_int(comparison['left_out_in_sample'])} left out as in-sample.",
+    ]
+    if comparison.get("auprc_difference") is not None:
+        share = comparison.get("b_better_share")
+        lines.append(
+            f"AUPRC difference (shadow − champion) {comparison['auprc_difference']:+.3f}, 95% paired interval "
+            f"{_interval_text(comparison.get('auprc_difference_interval'))} over {fmt_int(comparison['resamples'])} "
+            "resamples" + (f"; the shadow is better in {share:.0%} of them." if share is not None else ".")
+        )
+    lines.append(
+        f"They disagree on {fmt_int(comparison['only_a_alerts'] + comparison['only_b_alerts'])} alerts: "
+        f"{fmt_int(comparison['only_a_alerts'])} only the champion raises ({fmt_int(comparison['only_a_frauds'])} "
+        f"frauds), {fmt_int(comparison['only_b_alerts'])} only the shadow would ({fmt_int(comparison['only_b_frauds'])} frauds)."
+    )
+    # the in-sample count is in the first line already
+    return lines + [note for note in comparison.get("notes") or [] if "in-sample" not in note]
+
+
+def disagreement_rows(comparison: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": d["id"][:16],
+            "time": round(d["time"]),
+            "amount": round(d["amount"], 2),
+            "label": "yes" if d["label"] == 1 else "no",
+            "score_a": round(d["score_a"], 4),
+            "score_b": round(d["score_b"], 4),
+            "alerted_by": "champion" if d["alert_a"] else "shadow",
+        }
+        for d in comparison.get("top_disagreements") or []
+    ]

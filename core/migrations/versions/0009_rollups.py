@@ -33,7 +33,7 @@ TRUNCATE of either table empties the rollups. DELETEs are not subtracted: the ro
 rows scored, not rows still stored. Existing rows are counted once here.
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0011
 Create Date: 2026-11-30 18:00:00
 """
 
@@ -44,7 +44,7 @@ from sqlalchemy.dialects import postgresql
 from core.bins import BINS_VERSION, LATENCY_BINS, QUANTITY_BINS
 
 revision = "0009"
-down_revision = "0007"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 

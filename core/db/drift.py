@@ -1,0 +1,134 @@
+"""Drift counts per hour of data: the live rows of one model version, counted into its reference bins.
+
+    hours = await drift_counts(conn, version=v, reference=manifest["reference"], time_from=0, time_to=7200)
+    core.drift.hour_drift(manifest["reference"], hours[0].counts, hours[0].rows, hours[0].alerts)
+
+This is the one boundary drift is computed through. Today it counts stored rows: one
+statement over a bounded window of data time (at most `MAX_WINDOW_HOURS`), read through
+the `(run_id, time)` index of `transactions` and the scores' primary key, binned in
+PostgreSQL with `width_bucket` (the same bins as `core.drift.bin_counts`). Its answer has
+the shape of a drift rollup (hour, quantity, bin, count), so the rollups kept by triggers
+(per run, version, data hour, quantity and reference bin) can replace the statement
+without changing any caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from core.db.schema import LIVE_RUN
+
+#: The widest window one call reads (96 hours of data: four days).
+MAX_WINDOW_HOURS = 96
+#: The longest live window (by when rows were scored): three hours.
+MAX_RECENT_MINUTES = 180
+SECONDS_PER_HOUR = 3600.0
+#: Each watched input and the column it is stored in.
+_FEATURE_COLUMNS = {**{f"V{i}": f"v{i}" for i in range(1, 29)}, "Amount": "amount"}
+#: Every quantity drift is counted for (only these names ever reach the statement).
+QUANTITY_COLUMNS = {**_FEATURE_COLUMNS, "recon_error": "recon_error", "score": "score"}
+
+
+@dataclass(frozen=True, slots=True)
+class HourCounts:
+    """One hour of data: its rows and alerts, and each quantity's counts in the reference bins."""
+
+    hour: int
+    rows: int = 0
+    alerts: int = 0
+    counts: dict[str, list[int]] = field(default_factory=dict)
+
+
+#: Which rows one statement counts, and how it names their bucket: hours of data in a window
+#: (index `ix_transactions_run_time`), or every row scored in the last minutes (index
+#: `ix_scores_run_scored`), as bucket 0.
+_BY_DATA_HOUR = (
+    f"floor(t.time / {SECONDS_PER_HOUR})::int",
+    "t.run_id = $1 AND t.time >= $2 AND t.time < $3 AND s.model_version = $4",
+    5,
+)
+_RECENT = (
+    "0",
+    "s.run_id = $1 AND s.scored_at >= now() - make_interval(secs => $2) AND s.model_version = $3",
+    4,
+)
+
+
+def _statement(quantities: list[tuple[str, str]], bucket: str, where: str, first_edge: int) -> str:
+    values = ", ".join(
+        f"('{name}', width_bucket({column}, ${i + first_edge}::float8[]))"
+        for i, (name, column) in enumerate(quantities)
+    )
+    return f"""
+WITH rows AS (
+    SELECT {bucket} AS hour, {", ".join(f"t.{c}" for c in _FEATURE_COLUMNS.values())},
+           s.score, s.recon_error, s.alert
+    FROM transactions t JOIN scores s ON s.run_id = t.run_id AND s.id = t.id
+    WHERE {where}
+)
+SELECT hour, q.quantity, q.bin, count(*) AS n
+FROM rows CROSS JOIN LATERAL (VALUES ('_alert', alert::int), {values}) AS q(quantity, bin)
+GROUP BY hour, q.quantity, q.bin
+"""
+
+
+def _histograms(reference: Mapping[str, Any]) -> dict[str, Any]:
+    """The reference's histograms of the quantities drift is counted for (only those names reach SQL)."""
+    every = {**reference["features"], "recon_error": reference["recon_error"], "score": reference["score"]}
+    return {name: histogram for name, histogram in every.items() if name in QUANTITY_COLUMNS}
+
+
+async def _count(
+    conn: asyncpg.Connection, histograms: dict[str, Any], shape: tuple[str, str, int], *arguments: Any
+) -> list[HourCounts]:
+    quantities = [(name, QUANTITY_COLUMNS[name]) for name in histograms]
+    edges = [list(histograms[name]["edges"]) for name in histograms]
+    records = await conn.fetch(_statement(quantities, *shape), *arguments, *edges)
+    hours: dict[int, HourCounts] = {}
+    for record in records:
+        hour = hours.setdefault(record["hour"], HourCounts(record["hour"]))
+        name, position, n = record["quantity"], record["bin"], record["n"]
+        if name == "_alert":
+            hours[hour.hour] = HourCounts(
+                hour.hour, hour.rows + n, hour.alerts + (n if position == 1 else 0), hour.counts
+            )
+            continue
+        bins = hour.counts.setdefault(name, [0] * (len(histograms[name]["edges"]) + 1))
+        bins[position] += n
+    return [hours[h] for h in sorted(hours)]
+
+
+async def recent_counts(
+    conn: asyncpg.Connection,
+    *,
+    version: str,
+    reference: Mapping[str, Any],
+    minutes: float,
+    run_id: str = LIVE_RUN,
+) -> HourCounts:
+    """Every row `version` scored in the last `minutes` (wall clock), as one bucket (hour 0)."""
+    if not 0 < minutes <= MAX_RECENT_MINUTES:
+        raise ValueError(f"the live window is 0 to {MAX_RECENT_MINUTES} minutes, got {minutes}")
+    counted = await _count(conn, _histograms(reference), _RECENT, run_id, minutes * 60.0, version)
+    return counted[0] if counted else HourCounts(0)
+
+
+async def drift_counts(
+    conn: asyncpg.Connection,
+    *,
+    version: str,
+    reference: Mapping[str, Any],
+    time_from: float,
+    time_to: float,
+    run_id: str = LIVE_RUN,
+) -> list[HourCounts]:
+    """Per hour of data in `[time_from, time_to)`: rows, alerts and reference-bin counts (hours with rows)."""
+    if not time_to > time_from:
+        raise ValueError(f"time_to must be after time_from, got [{time_from}, {time_to})")
+    if time_to - time_from > MAX_WINDOW_HOURS * SECONDS_PER_HOUR:
+        raise ValueError(f"a drift window is at most {MAX_WINDOW_HOURS} hours of data")
+    return await _count(conn, _histograms(reference), _BY_DATA_HOUR, run_id, time_from, time_to, version)
