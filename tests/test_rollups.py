@@ -27,6 +27,7 @@ RUN = "rollup-run"
 REGISTERED = "a1" * 32  # has reference bins
 UNREGISTERED = "b2" * 32  # scored rows of a version the registry does not know: no drift counts
 INPUTS = [f"v{i}" for i in range(1, 29)] + ["amount"]
+IN_SAMPLE_UNTIL = 86_400.5
 
 
 def _batch(rng: np.random.Generator, ids: list[str], version: str, run_id: str | None = RUN) -> ScoredRows:
@@ -68,7 +69,9 @@ def _manifest(rng: np.random.Generator) -> dict:
             "features": features,
             "recon_error": reference_histogram(rng.lognormal(-1, 2, 500), quantiles=DECILES_AND_TAIL),
             "score": reference_histogram(rng.uniform(0, 1, 500), quantiles=DECILES_AND_TAIL),
-        }
+        },
+        # the data hours 0..24 are in-sample: only those keep score counts per hour
+        "training": {"data": {"in_sample": {"time_from": 0.0, "time_to": IN_SAMPLE_UNTIL}}},
     }
 
 
@@ -108,7 +111,11 @@ async def _expected(
             key = (quantity, r["model_version"], r["class"], int(b))
             out["histograms"][(*key, "n")] += 1
             out["histograms"][(*key, "alerts")] += int(r["alert"])
-            if quantity == "score":
+            if (
+                quantity == "score"
+                and r["model_version"] == REGISTERED
+                and 0 <= hour <= IN_SAMPLE_UNTIL // 3600
+            ):
                 out["score_hours"][(r["model_version"], int(hour), r["class"], int(b), "n")] += 1
                 out["score_hours"][(r["model_version"], int(hour), r["class"], int(b), "alerts")] += int(
                     r["alert"]

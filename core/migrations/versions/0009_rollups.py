@@ -20,7 +20,8 @@ writes both in one statement; the trigger runs after it) and adds, per statement
   bins of `core.bins` (copied into `analytics_bins`): distributions and model curves read
   a few thousand rows whatever the history;
 - `rollup_score_hours`: rows and alerts per (run, model version, data hour, class, score
-  bin): the hours inside a version's in-sample stretch are subtracted from its curves;
+  bin), kept only for the data hours inside the version's in-sample stretch
+  (`manifest["training"]["data"]["in_sample"]`): subtracted from its curves;
 - `rollup_drift`: rows per (run, model version, data hour, quantity, bin) in the version's
   own reference bins (`model_reference_bins`, filled from `manifest["reference"]` when a
   version is inserted into `model_versions`, and backfilled here): drift per hour is one
@@ -30,7 +31,16 @@ Bins are numbered as `width_bucket(x, edges)` (= `numpy.searchsorted(edges, x, "
 A label change (`UPDATE transactions SET label`) moves the row's counts from its old class
 to its new one (`rollup_relabel`, set-based, also callable by other label sources). A
 TRUNCATE of either table empties the rollups. DELETEs are not subtracted: the rollups count
-rows scored, not rows still stored. Existing rows are counted once here.
+rows scored, not rows still stored. Existing rows are counted once here. The reference
+bins and in-sample hours are those of the version when its rows are stored: rows stored
+before their version is registered have no drift or in-sample counts.
+
+Cost per statement: for each (run, model version) in it, the version's reference edges
+and in-sample hours are read into PL/pgSQL variables once; each new score reads its
+transaction through the primary key; one grouped pass per quantity (width_bucket on the
+inlined analytics edges and on the version's reference edges) gives the groups both the
+histograms and the drift counts are summed from; then one upsert per touched rollup row.
+`make bench-scale` measures it beside the write without the trigger.
 
 Revision ID: 0009
 Revises: 0011
@@ -61,11 +71,9 @@ _ROLLUPS = (
     "rollup_score_hours",
     "rollup_drift",
 )
-_MINUTE = "date_bin('1 minute', scored_at, timestamptz '2000-01-01 00:00:00+00')"
-_HOUR = "floor(time / 3600)::int4"
-
-
-_UNION = "\n    UNION ALL "
+_MINUTE = "date_bin('1 minute', r.scored_at, timestamptz '2000-01-01 00:00:00+00')"
+#: Quantity names by their position in the statement (1-based, as SQL arrays).
+_NAMES = "ARRAY[" + ", ".join(f"'{name}'" for name in _QUANTITIES) + "]"
 
 
 def _edges(quantity: str) -> str:
@@ -75,62 +83,79 @@ def _edges(quantity: str) -> str:
     return "'{" + ",".join(repr(float(e)) for e in bins.edges) + "}'::float8[]"
 
 
-def _histogram(quantity: str) -> str:
-    """One quantity's counts per (run, version, class, analytics bin) of the statement's rows."""
-    return f"""(SELECT r.run_id, '{quantity}' AS quantity, r.model_version, r.class,
-           width_bucket(r.{quantity}, {_edges(quantity)})::int2 AS bin,
-           sum(r.sign), coalesce(sum(r.sign) FILTER (WHERE r.alert), 0), sum(r.sign * r.{quantity}),
-           coalesce(sum(r.sign * r.{quantity}) FILTER (WHERE r.alert), 0)
-    FROM r GROUP BY 1, 2, 3, 4, 5)"""
+def _sums(value: str | None, *, signed: bool) -> str:
+    """Rows and alerts (and the value's sums over them): `sign`-weighted for a relabel, plain counts otherwise."""
+    if signed:
+        out = "sum(r.sign), coalesce(sum(r.sign) FILTER (WHERE r.alert), 0)"
+        if value:
+            out += f", sum(r.sign * {value}), coalesce(sum(r.sign * {value}) FILTER (WHERE r.alert), 0)"
+        return out
+    out = "count(*), count(*) FILTER (WHERE r.alert)"
+    if value:
+        out += f", sum({value}), coalesce(sum({value}) FILTER (WHERE r.alert), 0)"
+    return out
 
 
-def _drift(quantity: str) -> str:
-    """One quantity's counts per (run, version, data hour, reference bin of that version)."""
-    return f"""(SELECT r.run_id, r.model_version, {_HOUR.replace("time", "r.time")} AS hour, '{quantity}' AS quantity,
-           width_bucket(r.{quantity}, mb.edges)::int2 AS bin, sum(r.sign)
-    FROM r JOIN model_reference_bins mb ON mb.version = r.model_version AND mb.quantity = '{quantity}'
-    GROUP BY 1, 2, 3, 4, 5)"""
+def _grouped(position: int, name: str, *, drift: bool) -> str:
+    """One quantity's rows grouped by (class, analytics bin[, data hour, reference bin]): one hash
+    aggregate over the statement's rows, whose few hundred groups feed both the histograms and
+    (summed over class and analytics bin) the drift counts. `e_<name>` is the version's
+    reference edges (a PL/pgSQL variable: NULL for a version without them)."""
+    by_drift = f", r.hour, width_bucket(r.{name}, e_{name})::int2" if drift else ", 0, NULL::int2"
+    return f"""(SELECT {position}::int2, r.class, width_bucket(r.{name}, {_edges(name)})::int2{by_drift},
+           {_sums(f"r.{name}", signed=not drift)}
+    FROM r GROUP BY 2, 3, 4, 5)"""
 
 
 def _apply(source: str, *, labelled_only: bool) -> str:
-    """One statement adding `sign` times the rows of `source` to the rollups.
+    """One statement adding the rows of `source` (one run `rid`, one model version `ver`) to the
+    rollups, each `sign` times for a relabel.
 
-    `source` yields run_id, model_version, alert, scored_at, latency_ms, recon_error, score,
-    time, v1..v28, amount, class, sign. With `labelled_only`, only the rollups keyed by class
-    (a relabel moves nothing else). Every upsert is grouped (one row per key) and ordered, so
-    concurrent writers lock rollup rows in one order and never deadlock.
+    `source` yields run_id, alert, scored_at, latency_ms, recon_error, score, time, v1..v28,
+    amount, class, sign. With `labelled_only`, only the rollups keyed by class (a relabel
+    moves nothing else). The PL/pgSQL variables `rid`, `ver`, `e_<quantity>` (reference edges) and
+    `in_from`/`in_to` (the version's in-sample data hours) are set by `_body`. Cost: one
+    grouped pass per quantity over the statement's rows (width_bucket on inlined edges) and
+    one upsert per touched rollup row. Every upsert is grouped (one row per key) and ordered,
+    so concurrent writers lock rollup rows in one order and never deadlock.
     """
+    sums = _sums(None, signed=labelled_only)
+    union = "\n    UNION ALL ".join(
+        _grouped(i, name, drift=not labelled_only) for i, name in enumerate(_QUANTITIES, start=1)
+    )
     parts = [
-        f"r AS MATERIALIZED ({source})",
-        f"""minutes AS (
-    INSERT INTO rollup_minutes AS m (run_id, minute, model_version, class, scored, alerts)
-    SELECT run_id, {_MINUTE}, model_version, class, sum(sign), coalesce(sum(sign) FILTER (WHERE alert), 0)
-    FROM r GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
-    ON CONFLICT (run_id, minute, model_version, class)
-    DO UPDATE SET scored = m.scored + EXCLUDED.scored, alerts = m.alerts + EXCLUDED.alerts
-)""",
-        f"""hours AS (
-    INSERT INTO rollup_hours AS h (run_id, hour, model_version, class, scored, alerts)
-    SELECT run_id, {_HOUR}, model_version, class, sum(sign), coalesce(sum(sign) FILTER (WHERE alert), 0)
-    FROM r GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
-    ON CONFLICT (run_id, hour, model_version, class)
-    DO UPDATE SET scored = h.scored + EXCLUDED.scored, alerts = h.alerts + EXCLUDED.alerts
-)""",
+        f"r AS MATERIALIZED (SELECT x.*, floor(x.time / 3600)::int4 AS hour FROM ({source}) AS x)",
+        f"g (qi, class, bin, hour, dbin, n, alerts, total, alert_total) AS MATERIALIZED (\n    {union}\n)",
         f"""histograms AS (
     INSERT INTO rollup_histograms AS h (run_id, quantity, model_version, class, bin, n, alerts, total, alert_total)
-    SELECT * FROM ({_UNION.join(_histogram(name) for name in _QUANTITIES)}) AS x
+    SELECT rid, ({_NAMES})[g.qi], ver, g.class, g.bin, sum(g.n), sum(g.alerts), sum(g.total), sum(g.alert_total)
+    FROM g GROUP BY g.qi, g.class, g.bin
     ORDER BY 1, 2, 3, 4, 5
     ON CONFLICT (run_id, quantity, model_version, class, bin)
     DO UPDATE SET n = h.n + EXCLUDED.n, alerts = h.alerts + EXCLUDED.alerts, total = h.total + EXCLUDED.total,
                   alert_total = h.alert_total + EXCLUDED.alert_total
 )""",
+        f"""minutes AS (
+    INSERT INTO rollup_minutes AS m (run_id, minute, model_version, class, scored, alerts)
+    SELECT rid, {_MINUTE}, ver, r.class, {sums}
+    FROM r GROUP BY 2, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (run_id, minute, model_version, class)
+    DO UPDATE SET scored = m.scored + EXCLUDED.scored, alerts = m.alerts + EXCLUDED.alerts
+)""",
+        f"""hours AS (
+    INSERT INTO rollup_hours AS h (run_id, hour, model_version, class, scored, alerts)
+    SELECT rid, r.hour, ver, r.class, {sums}
+    FROM r GROUP BY 2, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (run_id, hour, model_version, class)
+    DO UPDATE SET scored = h.scored + EXCLUDED.scored, alerts = h.alerts + EXCLUDED.alerts
+)""",
+        # score histograms per data hour only inside the version's in-sample stretch: the only
+        # hours anything reads them for (the curves come from rollup_histograms, less these)
         f"""score_hours AS (
     INSERT INTO rollup_score_hours AS h (run_id, model_version, hour, class, bin, n, alerts)
-    SELECT r.run_id, r.model_version, {_HOUR.replace("time", "r.time")}, r.class,
-           width_bucket(r.score, {_edges("score")})::int2, sum(r.sign),
-           coalesce(sum(r.sign) FILTER (WHERE r.alert), 0)
-    FROM r
-    GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
+    SELECT rid, ver, r.hour, r.class, width_bucket(r.score, {_edges("score")})::int2, {sums}
+    FROM r WHERE r.hour >= in_from AND r.hour <= in_to
+    GROUP BY 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
     ON CONFLICT (run_id, model_version, hour, class, bin)
     DO UPDATE SET n = h.n + EXCLUDED.n, alerts = h.alerts + EXCLUDED.alerts
 )""",
@@ -139,38 +164,88 @@ def _apply(source: str, *, labelled_only: bool) -> str:
         return "WITH " + ",\n".join(parts) + "\nSELECT count(*) FROM r"
     parts.append(f"""latency AS (
     INSERT INTO rollup_latency AS l (run_id, minute, bin, n)
-    SELECT r.run_id, {_MINUTE.replace("scored_at", "r.scored_at")},
-           width_bucket(r.latency_ms, {_edges("latency_ms")})::int2, sum(r.sign)
+    SELECT rid, {_MINUTE}, width_bucket(r.latency_ms, {_edges("latency_ms")})::int2, count(*)
     FROM r
     WHERE r.latency_ms IS NOT NULL
-    GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    GROUP BY 2, 3 ORDER BY 1, 2, 3
     ON CONFLICT (run_id, minute, bin) DO UPDATE SET n = l.n + EXCLUDED.n
 )""")
     drift = f"""
 INSERT INTO rollup_drift AS d (run_id, model_version, hour, quantity, bin, n)
-SELECT * FROM ({_UNION.join(_drift(name) for name in _QUANTITIES)}) AS x
+SELECT rid, ver, g.hour, ({_NAMES})[g.qi], g.dbin, sum(g.n)
+FROM g WHERE g.dbin IS NOT NULL
+GROUP BY g.hour, g.qi, g.dbin
 ORDER BY 1, 2, 3, 4, 5
 ON CONFLICT (run_id, model_version, hour, quantity, bin) DO UPDATE SET n = d.n + EXCLUDED.n"""
     return "WITH " + ",\n".join(parts) + drift
 
 
-#: A new score with its transaction (the class is the inline label).
-_NEW_SCORES = f"""
-SELECT s.run_id, s.model_version, s.alert, s.scored_at, s.latency_ms, s.recon_error, s.score, {_T_COLUMNS},
-       coalesce(t.label, -1)::int2 AS class, 1 AS sign
-FROM new_rows s JOIN transactions t ON t.run_id = s.run_id AND t.id = s.id"""
+def _body(versions: str, source: str, *, labelled_only: bool, counted: str = "") -> str:
+    """PL/pgSQL: for each (run, model version) among `versions`, the version's reference edges and
+    in-sample hours into variables (read once per statement, not joined per row), then `_apply`
+    on that run's and version's rows (`rid`, `ver`): the grouping keys are then small integers."""
+    declare = "\n".join(f"    e_{name} float8[];" for name in _QUANTITIES)
+    edges = ", ".join(
+        f"(SELECT mb.edges FROM model_reference_bins mb WHERE mb.version = ver AND mb.quantity = '{name}')"
+        for name in _QUANTITIES
+    )
+    into = ", ".join(f"e_{name}" for name in _QUANTITIES)
+    hour = "CASE WHEN jsonb_typeof(ins -> '{0}') = 'number' THEN floor((ins ->> '{0}')::float8 / 3600) END"
+    return f"""
+DECLARE
+    rid text;
+    ver text;
+    ins jsonb;
+    in_from int4;
+    in_to int4;
+    n bigint;
+    total bigint := 0;
+{declare}
+BEGIN
+    FOR rid, ver IN {versions} LOOP
+        SELECT {edges} INTO {into};
+        ins := (SELECT m.manifest -> 'training' -> 'data' -> 'in_sample' FROM model_versions m WHERE m.version = ver);
+        in_from := {hour.format("time_from")};
+        in_to := {hour.format("time_to")};
+        {_apply(source, labelled_only=labelled_only)} {"INTO n" if labelled_only else ""};
+        total := total + coalesce(n, 0);
+    END LOOP;
+    {counted}
+END"""
 
-_ALL_SCORES = _NEW_SCORES.replace("new_rows", "scores")
+
+#: One transaction by its key, read through the primary key (never a join planned as a scan
+#: of the whole table: the planner does not know the transition table's size).
+_TRANSACTION = f"""CROSS JOIN LATERAL (
+    SELECT {_T_COLUMNS}, t.label FROM transactions t WHERE t.run_id = {{run}} AND t.id = {{id}} OFFSET 0) AS t"""
+
+_COLUMNS = f"s.run_id, s.alert, s.scored_at, s.latency_ms, s.recon_error, s.score, {_T_COLUMNS}"
+
+#: New scores of one version with their transactions (the class is the inline label).
+_NEW_SCORES = f"""
+SELECT {_COLUMNS}, coalesce(t.label, -1)::int2 AS class, 1 AS sign
+FROM new_rows s {_TRANSACTION.format(run="s.run_id", id="s.id")}
+WHERE s.run_id = rid AND s.model_version = ver"""
+_NEW_VERSIONS = "SELECT DISTINCT run_id, model_version FROM new_rows"
+
+_ALL_SCORES = f"""
+SELECT {_COLUMNS}, coalesce(t.label, -1)::int2 AS class, 1 AS sign
+FROM scores s JOIN transactions t ON t.run_id = s.run_id AND t.id = s.id
+WHERE s.run_id = rid AND s.model_version = ver"""
+_ALL_VERSIONS = "SELECT DISTINCT run_id, model_version FROM scores"
 
 #: The changed rows of `rollup_relabel`, each twice: out of its old class, into its new one.
-_RELABELLED = f"""
-SELECT s.run_id, s.model_version, s.alert, s.scored_at, s.latency_ms, s.recon_error, s.score, {_T_COLUMNS},
-       c.class, c.sign
+_CHANGED = """
 FROM unnest(run_ids, ids, old_labels, new_labels) AS k(run_id, id, old_label, new_label)
-JOIN scores s ON s.run_id = k.run_id AND s.id = k.id
-JOIN transactions t ON t.run_id = k.run_id AND t.id = k.id
+JOIN scores s ON s.run_id = k.run_id AND s.id = k.id"""
+_RELABELLED = f"""
+SELECT {_COLUMNS}, c.class, c.sign {_CHANGED}
+{_TRANSACTION.format(run="k.run_id", id="k.id")}
 CROSS JOIN LATERAL (VALUES (coalesce(k.old_label, -1)::int2, -1), (coalesce(k.new_label, -1)::int2, 1)) AS c(class, sign)
-WHERE k.old_label IS DISTINCT FROM k.new_label"""
+WHERE k.old_label IS DISTINCT FROM k.new_label AND s.run_id = rid AND s.model_version = ver"""
+_RELABELLED_VERSIONS = (
+    f"SELECT DISTINCT s.run_id, s.model_version {_CHANGED} WHERE k.old_label IS DISTINCT FROM k.new_label"
+)
 
 #: Reference bin edges of the versions in `rows`: each input's and the outputs' `edges`.
 _REFERENCE_BINS = """
@@ -290,23 +365,12 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("run_id", "model_version", "hour", "quantity", "bin", name="pk_rollup_drift"),
     )
 
+    relabel = _body(_RELABELLED_VERSIONS, _RELABELLED, labelled_only=True, counted="RETURN total / 2;")
     op.execute(f"""
 CREATE FUNCTION rollup_relabel(run_ids text[], ids text[], old_labels int2[], new_labels int2[])
-RETURNS bigint LANGUAGE plpgsql AS $$
-DECLARE
-    moved bigint;
-BEGIN
-    {_apply(_RELABELLED, labelled_only=True)} INTO moved;
-    RETURN moved / 2;
-END
-$$""")
-    op.execute(f"""
-CREATE FUNCTION rollups_scores_insert() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    {_apply(_NEW_SCORES, labelled_only=False)};
-    RETURN NULL;
-END
-$$""")
+RETURNS bigint LANGUAGE plpgsql AS $${relabel}$$""")
+    insert = _body(_NEW_VERSIONS, _NEW_SCORES, labelled_only=False, counted="RETURN NULL;")
+    op.execute(f"CREATE FUNCTION rollups_scores_insert() RETURNS trigger LANGUAGE plpgsql AS $${insert}$$")
     op.execute("""
 CREATE FUNCTION rollups_transactions_update() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -349,7 +413,7 @@ $$""")
         "REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION model_reference_bins_insert()"
     )
     op.execute(_REFERENCE_BINS.format(rows="model_versions"))
-    op.execute(_apply(_ALL_SCORES, labelled_only=False))
+    op.execute(f"DO $${_body(_ALL_VERSIONS, _ALL_SCORES, labelled_only=False)}$$")
 
 
 def downgrade() -> None:
