@@ -303,7 +303,7 @@ def test_the_migration_counts_existing_rows_once(database_url: str) -> None:
     from core.db.migrate import downgrade, upgrade
 
     rng = np.random.default_rng(9)
-    downgrade(database_url, "0007")
+    downgrade(database_url, "0011")
 
     async def before() -> None:
         conn = await asyncpg.connect(database_url)
@@ -332,3 +332,62 @@ def test_the_migration_counts_existing_rows_once(database_url: str) -> None:
     asyncio.run(before())
     upgrade(database_url)
     assert asyncio.run(after()) == {"scored": 300, "drift": 300 * 31, "latency": pytest.approx(300, rel=0.2)}
+
+
+def test_drift_counts_read_the_rollups_and_count_partial_hours_from_the_rows(database_url: str) -> None:
+    """`core.db.drift.drift_counts` answers whole hours from `rollup_drift` (the rows themselves
+    may be gone: deleted here, as a dropped partition would be), exactly what counting the stored
+    rows gives; a window's partial hours are counted from the rows."""
+    from core.db.drift import _BY_DATA_HOUR, _count, _histograms, drift_counts
+
+    rng = np.random.default_rng(14)
+    manifest = _manifest(rng)
+    reference = manifest["reference"]
+    histograms = _histograms(reference)
+
+    async def run() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(
+                "INSERT INTO model_versions (version, bundle_path, threshold, manifest) "
+                "VALUES ($1, 'x', 0.8, $2::jsonb)",
+                REGISTERED,
+                json.dumps(manifest),
+            )
+            await store_new(conn, _batch(rng, [f"d{i}" for i in range(3000)], REGISTERED), {})
+            await store_new(conn, _batch(rng, [f"u{i}" for i in range(300)], UNREGISTERED), {})
+
+            async def from_rows(low: float, high: float, version: str = REGISTERED) -> list:
+                return await _count(conn, histograms, _BY_DATA_HOUR, RUN, low, high, version)
+
+            window = (1800.0, 30 * 3600.0 + 900.0)  # partial hours at both ends
+            expected = await from_rows(*window)
+            assert [h.hour for h in expected] == list(range(31)) and sum(h.rows for h in expected) > 1000
+            answered = await drift_counts(
+                conn,
+                version=REGISTERED,
+                reference=reference,
+                time_from=window[0],
+                time_to=window[1],
+                run_id=RUN,
+            )
+            assert answered == expected
+            assert await drift_counts(
+                conn, version=UNREGISTERED, reference=reference, time_from=0, time_to=7200, run_id=RUN
+            ) == await from_rows(0, 7200, UNREGISTERED)  # no reference bins stored: counted from the rows
+
+            # the whole hours come from the rollups: gone rows still count there, partial hours do not
+            await conn.execute("DELETE FROM scores WHERE run_id = $1", RUN)
+            after = await drift_counts(
+                conn,
+                version=REGISTERED,
+                reference=reference,
+                time_from=window[0],
+                time_to=window[1],
+                run_id=RUN,
+            )
+            assert after == [h for h in expected if h.hour not in (0, 30)]
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
