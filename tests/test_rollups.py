@@ -86,7 +86,9 @@ async def _expected(
     """Every rollup, counted by numpy over the stored rows of the run."""
     rows = await conn.fetch(
         f"SELECT s.model_version, s.alert, s.scored_at, s.latency_ms, s.recon_error, s.score, t.time, "
-        f"{', '.join(f't.{q}' for q in INPUTS)}, coalesce(t.label, -1) AS class "
+        f"{', '.join(f't.{q}' for q in INPUTS)}, "
+        # the class is the known label (reviews and chargebacks, else replayed, else inline)
+        "coalesce((SELECT k.label FROM known_labels k WHERE k.run_id = s.run_id AND k.id = s.id), -1) AS class "
         "FROM scores s JOIN transactions t USING (run_id, id) WHERE s.run_id = $1",
         RUN,
     )
@@ -387,6 +389,91 @@ def test_drift_counts_read_the_rollups_and_count_partial_hours_from_the_rows(dat
                 run_id=RUN,
             )
             assert after == [h for h in expected if h.hour not in (0, 30)]
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def test_rollup_classes_follow_the_known_label(database_url: str) -> None:
+    """Verdicts (stored by the label write path into `feedback`) move rollup counts to the known
+    label's class: before or after their transaction, newest first, reviews and chargebacks over
+    replayed labels, redelivered or stale verdicts changing nothing; inline label changes move
+    only the transactions without a verdict."""
+    from core.db.labels import store_labels
+    from core.labels import LabelEvent, LabelSource
+
+    rng = np.random.default_rng(12)
+    manifest = _manifest(rng)
+    now = datetime.now(UTC).timestamp()
+
+    def verdict(tx: str, label: int, source: str, age: float, suffix: str = "") -> LabelEvent:
+        return LabelEvent(
+            f"{source}-{tx}{suffix}", tx, RUN, label, LabelSource(source), "ann", None, now - age
+        )
+
+    async def run() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(
+                "INSERT INTO model_versions (version, bundle_path, threshold, manifest) VALUES ($1, 'x', 0.8, $2::jsonb)",
+                REGISTERED,
+                json.dumps(manifest),
+            )
+            edges = {
+                r["quantity"]: list(r["edges"])
+                for r in await conn.fetch("SELECT quantity, edges FROM model_reference_bins")
+            }
+            references = {REGISTERED: edges}
+            await store_new(conn, _batch(rng, [f"k{i}" for i in range(800)], REGISTERED), {})
+            inline = {
+                r["id"]: r["label"]
+                for r in await conn.fetch("SELECT id, label FROM transactions WHERE run_id = $1", RUN)
+            }
+            # verdicts after their transaction, one before it (k900), some flipping the inline label
+            first = [verdict(f"k{i}", 1 - (inline[f"k{i}"] or 0), "analyst", 300) for i in range(0, 100)]
+            first += [
+                verdict(f"k{i}", 1, "chargeback", 200) for i in range(50, 150)
+            ]  # over k50..k99's review
+            first += [
+                verdict(f"k{i}", 0, "replay", 100) for i in range(140, 220)
+            ]  # k140..k149: chargeback wins
+            first += [verdict("k900", 1, "chargeback", 100)]
+            assert await store_labels(conn, first) == []
+            await _check(conn, references)
+            await store_new(conn, _batch(rng, [f"k{i}" for i in range(800, 1000)], REGISTERED), {})
+            counts = await _check(conn, references)
+            assert counts["scored"] == 1000
+            known = await conn.fetchval(
+                "SELECT class FROM rollup_known_classes WHERE run_id = $1 AND transaction_id = 'k900'", RUN
+            )
+            assert known == 1
+
+            # a newer review overrides, an older one and a redelivery change nothing
+            newer = [verdict(f"k{i}", 0, "analyst", 10, "-again") for i in range(60, 80)]
+            stale = [verdict(f"k{i}", 1, "analyst", 10_000, "-old") for i in range(0, 20)]
+            before = await _actual(conn)
+            assert len(await store_labels(conn, first[:30])) == 30  # redelivered: stored already
+            assert await _actual(conn) == before
+            assert await store_labels(conn, newer + stale) == []
+            await _check(conn, references)
+
+            # inline label changes: only transactions without a verdict move
+            await conn.execute(
+                "UPDATE transactions SET label = CASE WHEN label = 1 THEN 0 ELSE 1 END "
+                "WHERE run_id = $1 AND id IN (SELECT 'k' || g FROM generate_series(0, 400) g)",
+                RUN,
+            )
+            counts = await _check(conn, references)
+            assert counts["scored"] == 1000
+            moved = await conn.fetchval(
+                "SELECT sum(scored) FROM rollup_hours WHERE run_id = $1 AND class = 1", RUN
+            )
+            assert moved == await conn.fetchval(
+                "SELECT count(*) FROM scores s JOIN known_labels k USING (run_id, id) "
+                "WHERE s.run_id = $1 AND k.label = 1",
+                RUN,
+            )
         finally:
             await conn.close()
 

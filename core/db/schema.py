@@ -383,3 +383,15 @@ rollup_drift = Table(
     Column("n", BigInteger, nullable=False),
     PrimaryKeyConstraint("run_id", "model_version", "hour", "quantity", "bin", name="pk_rollup_drift"),
 )
+
+#: The class the rollups count a transaction under, for each transaction with a verdict
+#: (migration 0012): its known label (`known_labels`), kept by triggers on `feedback`.
+#: Transactions without a row here are counted under their inline label.
+rollup_known_classes = Table(
+    "rollup_known_classes",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("transaction_id", Text, nullable=False),
+    Column("class", SmallInteger, nullable=False),
+    PrimaryKeyConstraint("run_id", "transaction_id", name="pk_rollup_known_classes"),
+)
