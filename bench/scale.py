@@ -6,9 +6,10 @@
 One embedded PostgreSQL (migrated) is filled through the scorer's write path
 (`core.db.store.store_new`, batches of the scorer's size, 4,000) with the Kaggle rows
 repeated: each pass over the file is shifted by two days of data time and gets fresh ids,
-so every batch covers a few minutes of data like a replay. The scores are synthetic
-(beta-distributed, a fixed threshold) from one registered version whose reference bins are
-the data's deciles: the bench measures the database, not the model.
+so every batch covers a few minutes of data like a replay. A model bundle (`--model`, the
+default one, or a quick one trained on the shipped sample) is registered as the champion,
+so its reference bins are the drift rollup's; the scores stored are synthetic
+(beta-distributed, its threshold): the bench measures the database, not the model.
 
 At each step N (cumulative):
 
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import tempfile
@@ -43,21 +43,20 @@ import asyncpg
 import numpy as np
 from tqdm import tqdm
 
-from bench.api import _request, _start_api, load
+from bench.api import _bundle, _request, _start_api, load
 from bench.machine import LoadSampler, measure_machine
 from bench.tables import markdown_table, ratio
+from core.bundle_store import BundleStore
 from core.dataset import SAMPLE_PATH, load_csv
 from core.db.migrate import upgrade
+from core.db.registry import register_model
 from core.db.store import ScoredRows, store_new
-from core.drift import DECILES, DECILES_AND_TAIL, reference_histogram
-from core.features import RAW_FEATURES
+from core.ensemble import Ensemble
 from core.runtime.postgres import EmbeddedPostgres
 from core.runtime.processes import free_port, stop
 from core.settings import Settings, settings_env
 
 BATCH = 4000
-VERSION = "5ca1e" * 12 + "5ca1"  # 64 hex digits, as a bundle's content address
-THRESHOLD = 0.5
 TRIGGER = "rollups_scores_insert"
 OFF_RUN = "bench-scale-rollups-off"
 TWO_DAYS = 172_800.0
@@ -68,6 +67,7 @@ READ_ENDPOINTS: tuple[str, ...] = (
     "/api/distributions/feature/V14",
     "/api/distributions/feature/score",
     "/api/model/performance",
+    "/api/drift?hours=24",
 )
 
 
@@ -78,6 +78,8 @@ class Rows:
     raw: np.ndarray
     labels: np.ndarray
     rng: np.random.Generator
+    version: str
+    threshold: float
     written: int = 0  # rows handed out so far: the next id and the next pass's shift
 
     def batch(self, n: int, run_id: str | None) -> ScoredRows:
@@ -94,27 +96,11 @@ class Rows:
             labels=self.labels[index].tolist(),
             run_ids=[run_id] * n,
             produced_at=[time.time() - 0.05] * n,
-            model_version=VERSION,
+            model_version=self.version,
             score=score,
             recon_error=self.rng.lognormal(-1.0, 1.0, n),
-            alert=score >= THRESHOLD,
+            alert=score >= self.threshold,
         )
-
-
-def _manifest(rows: Rows) -> dict:
-    """A version's manifest with reference bins (the data's deciles), as a bundle would carry."""
-    features = {
-        name: reference_histogram(rows.raw[:, j], quantiles=DECILES)
-        for j, name in enumerate(RAW_FEATURES)
-        if name != "Time"
-    }
-    return {
-        "reference": {
-            "features": features,
-            "recon_error": reference_histogram(rows.rng.lognormal(-1, 1, 10_000), quantiles=DECILES_AND_TAIL),
-            "score": reference_histogram(rows.rng.beta(0.5, 20, 10_000), quantiles=DECILES_AND_TAIL),
-        }
-    }
 
 
 def _backend_cpu(pid: int) -> float:
@@ -194,7 +180,9 @@ def run(args: argparse.Namespace) -> int:
     postgres = EmbeddedPostgres(work / "postgres", work / "postgres.log")
     api = None
     data = load_csv(args.data)
-    rows = Rows(data.raw, data.labels, np.random.default_rng(0))
+    bundle = _bundle(args.model, work)
+    ensemble = Ensemble.load(bundle)
+    rows = Rows(data.raw, data.labels, np.random.default_rng(0), ensemble.version, ensemble.threshold)
     results = []
     begun = time.perf_counter()
     try:
@@ -203,10 +191,20 @@ def run(args: argparse.Namespace) -> int:
         settings = Settings(
             database_url=url,
             kafka_bootstrap_servers="127.0.0.1:9",  # nothing is published
+            model_path=bundle,
             state_dir=work / "state",
             _env_file=None,
         )
         port = free_port()
+
+        async def register() -> None:
+            conn = await asyncpg.connect(url)
+            try:
+                await register_model(conn, ensemble, bundle, activate=True, store=BundleStore(work / "store"))
+            finally:
+                await conn.close()
+
+        asyncio.run(register())
         api = _start_api(
             {**os.environ, **settings_env(settings)}, port, work / "api.log", workers=1, cache=False
         )
@@ -214,13 +212,6 @@ def run(args: argparse.Namespace) -> int:
         async def steps() -> None:
             conn = await asyncpg.connect(url)
             try:
-                await conn.execute(
-                    "INSERT INTO model_versions (version, bundle_path, threshold, manifest) "
-                    "VALUES ($1, 'bench', $2, $3::jsonb)",
-                    VERSION,
-                    THRESHOLD,
-                    json.dumps(_manifest(rows)),
-                )
                 with LoadSampler() as loadavg:
                     for n in args.steps:
                         await _fill(conn, rows, n)
@@ -299,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=200_000,
         help="rows written per step to measure the write cost (half each way)",
+    )
+    parser.add_argument(
+        "--model", type=Path, default=None, help="model bundle (default: settings.model_path)"
     )
     parser.add_argument("--requests", type=int, default=100, help="GETs per endpoint per step (default 100)")
     args = parser.parse_args(argv)
