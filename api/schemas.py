@@ -589,6 +589,11 @@ class ComparedVersion(_Model):
     precision_interval: list[float] | None
     recall: float | None
     recall_interval: list[float] | None
+    net_savings: float | None = Field(
+        default=None,
+        description="fraud amount caught by its alerts minus cost_per_alert per alert; "
+        "null without FRAUDSTREAM_COST_PER_ALERT",
+    )
 
 
 class DisagreementOut(_Model):
@@ -608,6 +613,7 @@ class ModelComparison(_Model):
     a: ComparedVersion
     b: ComparedVersion
     label_source: str = Field(description="where the known label comes from")
+    cost_per_alert: float | None = Field(default=None, description="FRAUDSTREAM_COST_PER_ALERT, if set")
     time_from: float | None = Field(
         description="the window's start (data time, s); null when nothing to read"
     )

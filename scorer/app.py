@@ -49,7 +49,7 @@ from core.db.urls import asyncpg_dsn
 from core.kafka import ensure_topics, scorer_group_id
 from core.runtime.stack import resolve_database_url, resolve_endpoints, topic_partitions
 from core.settings import Settings, get_settings
-from scorer.batches import ChunkBatch, InOrderWrites, full_batches
+from scorer.batches import ChunkBatch, InOrderWrites, event_batches, full_batches
 from scorer.faults import Fault
 from scorer.health import OK, WorkerHealth
 from scorer.heartbeat import WorkerMonitor
@@ -235,7 +235,7 @@ async def store_verdicts(stream: faust.StreamT) -> None:
     try:
         async with LabelWorker.running(label_worker_config()) as worker:
             size, within = settings.scorer_batch_size, settings.scorer_batch_timeout
-            async for events in full_batches(stream, size, within, on_taken=_ignore):
+            async for events in event_batches(stream, size, within, on_taken=_ignore):
                 await worker.write_then_ack(events, stream.ack)
     except Exception:
         log.critical(

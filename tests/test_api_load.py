@@ -4,10 +4,10 @@ The API runs as its own process (`python -m api.cli`, a prediction queue of 32) 
 keep-alive HTTP/1.1 load generator here drives it at rising concurrency, each request a
 new transaction. Every figure is a ratio of rates and latencies measured in this same
 test, never a wall-clock bound: past capacity (concurrency 64) the accepted throughput
-stays within 20% of the peak, the p99 of accepted requests stays within a generous factor
-of the uncongested p99, the excess is refused with 503 + Retry-After (and the refused
-clients wait as told), and nothing is half-stored: every 200 is in the database with its
-score and version, no 503 is.
+stays within 25% of the peak (without shedding it would collapse), the p99 of accepted
+requests stays near concurrency 32's (the queue's bound; without it, it would double),
+the excess is refused with 503 + Retry-After (and the refused clients wait as told), and
+nothing is half-stored: every 200 is in the database with its score and version, no 503 is.
 """
 
 from __future__ import annotations
@@ -170,13 +170,13 @@ def test_predict_past_capacity_sheds_load_and_stores_all_or_nothing(
             for c, p in phases.items()
         )
     )
-    assert past.rate >= 0.8 * peak, (past.rate, peak)
+    assert past.rate >= 0.75 * peak, (past.rate, peak)
     assert past.refused > 0 and past.retry_after == {"1"}
     assert all(phases[c].refused == 0 for c in (1, 8, 32))  # within the queue's bound nothing is refused
-    # Latency of what is accepted stays bounded (32 in progress, not 64: without the bound it
-    # doubles again from concurrency 32, ~4-5x the uncongested p99 here), and the excess is
-    # refused without waiting in the queue: faster than what is accepted beside it.
-    assert past.p99() <= 4 * phases[8].p99(), (past.p99(), phases[8].p99())
+    # Latency of what is accepted stays bounded: past the queue's bound (32 in progress, not
+    # 64) it stays near concurrency 32's, where without the bound it would double again; and
+    # the excess is refused without waiting in the queue: faster than what is accepted beside it.
+    assert past.p99() <= 1.6 * phases[32].p99(), (past.p99(), phases[32].p99())
     refused_p99 = float(np.percentile(past.refused_ms, 99))
     assert refused_p99 <= past.p99(), (refused_p99, past.p99())
 

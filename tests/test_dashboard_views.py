@@ -524,6 +524,15 @@ def test_comparison_panel_shows_both_versions_with_their_intervals_and_the_paire
     assert "-0.100" in lines[1] and "[-0.200, +0.010]" in lines[1] and "4%" in lines[1]
     assert "4 alerts" in lines[2]
     assert lines[3:] == ["the cap was hit"]  # the in-sample note is in the first line already
+    costed = {
+        **body,
+        "cost_per_alert": 2.5,
+        "a": {**body["a"], "net_savings": 1200.0},
+        "b": {**body["b"], "net_savings": 950.5},
+    }
+    assert model.comparison_summary(costed)[3] == (
+        "Net savings at 2.5 per alert: champion 1,200.00, shadow 950.50 (-249.50)."
+    )
     assert model.disagreement_rows(body) == [
         {
             "id": "x" * 16,

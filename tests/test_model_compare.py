@@ -52,7 +52,7 @@ def stored(infra, model_bundle: Path, challenger_bundle: Path, tmp_path_factory)
     data, ids, got = asyncio.run(
         fill_with_shadow(url, champion, shadow, model_bundle, challenger_bundle, tmp / "store")
     )
-    settings = api_settings(infra, url, model_bundle, tmp)
+    settings = api_settings(infra, url, model_bundle, tmp, cost_per_alert=COST)
     try:
         with serve(settings) as base_url:
             yield Stored(
@@ -71,6 +71,9 @@ def stored(infra, model_bundle: Path, challenger_bundle: Path, tmp_path_factory)
             )
     finally:
         infra.drop_database(name)
+
+
+COST = 2.5  # FRAUDSTREAM_COST_PER_ALERT of the API under test
 
 
 def get(stored: Stored, **params) -> httpx.Response:
@@ -145,6 +148,13 @@ def test_compare_equals_the_numbers_worked_out_from_the_stored_rows(stored: Stor
     assert [d["id"] for d in body["top_disagreements"]] == want["top"]
     assert [d["amount"] for d in body["top_disagreements"]] == pytest.approx(want["top_amounts"])
     assert any("in-sample" in note for note in body["notes"])
+    kept = window & ~inside  # net savings: the amount its alerts caught minus their review cost
+    frauds, amounts = stored.label[kept] == 1, stored.amount[kept]
+    for side, alert in (("a", stored.champion_alert[kept]), ("b", stored.shadow_alert[kept])):
+        flags = alert.astype(bool)
+        want_net = float(amounts[flags & frauds].sum()) - COST * int(flags.sum())
+        assert body[side]["net_savings"] == pytest.approx(want_net, rel=1e-9, abs=1e-6)
+    assert body["cost_per_alert"] == COST
 
     # The same request again: the same numbers (seeded); the versions swapped: the difference too.
     assert get(stored, hours=24, resamples=400, seed=3).json() == body

@@ -7,10 +7,12 @@ import asyncio
 import re
 from pathlib import Path
 
+import asyncpg
 import numpy as np
 import pytest
 
 from core.dataset import SAMPLE_PATH, load_csv
+from core.db.registry import registry_head
 from core.ensemble import Ensemble
 from tests.streaming_fixtures import register_run
 from tests.test_dashboard_browser import score_rows, store
@@ -85,3 +87,41 @@ def test_a_cost_is_required(monkeypatch, capsys) -> None:
     assert threshold_cli.main([]) == 2 and "--cost-per-alert" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         threshold_cli.main(["--cost-per-alert", "-1"])
+
+
+def test_activate_makes_the_best_threshold_live_as_a_new_version(
+    model_bundle: Path, database_url: str, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("FRAUDSTREAM_DATABASE_URL", database_url)
+    source = Ensemble.load(model_bundle)
+    out = tmp_path / "rethresholded"
+    args = ["--cost-per-alert", str(COST), "--model", str(model_bundle), "--plot", str(tmp_path / "c.png")]
+    assert threshold_cli.main([*args, "--activate", "--out", str(out)]) == 0
+    best = printed_best(capsys.readouterr().out)
+
+    live = Ensemble.load(out)  # a verified bundle: files and manifest hash as written
+    assert live.version != source.version and live.threshold == pytest.approx(best, abs=5e-5)
+    for name in source.manifest["files"]:  # the same models, byte for byte
+        assert (out / name).read_bytes() == (model_bundle / name).read_bytes()
+    assert live.manifest["threshold_by_cost"]["from_version"] == source.version
+    assert live.manifest["threshold_by_cost"]["cost_per_alert"] == COST
+    raw = load_csv(SAMPLE_PATH).raw[:500]
+    before, after = source.score(raw), live.score(raw)
+    assert np.array_equal(before.score, after.score)  # only the alert flags move
+    assert np.array_equal(after.alert, before.score >= live.threshold)
+
+    async def champion() -> str | None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return (await registry_head(conn)).champion.version
+        finally:
+            await conn.close()
+
+    assert asyncio.run(champion()) == live.version  # promoted: scorers and the API follow it
+
+    # A second activation into the same folder is refused; without a database nothing goes live.
+    assert threshold_cli.main([*args, "--activate", "--out", str(out)]) == 1
+    assert "is not empty" in capsys.readouterr().err
+    monkeypatch.delenv("FRAUDSTREAM_DATABASE_URL")
+    assert threshold_cli.main([*args, "--activate", "--out", str(tmp_path / "other")]) == 1
+    assert "not registered" in capsys.readouterr().out

@@ -30,6 +30,8 @@ from core.db.urls import asyncpg_dsn
 from core.ensemble import BundleError, Ensemble
 from core.runtime.stack import NotConfigured, resolve_database_url
 from core.settings import Settings
+from training.cli import register
+from training.rethreshold import rethresholded
 from training.split import time_split
 
 #: Rows of the table either side of the best and the current threshold.
@@ -54,6 +56,7 @@ class Labelled:
     amounts: np.ndarray
     times: np.ndarray
     current: float | None
+    bundle: Path | None = None  # the bundle that scored them (what --activate re-thresholds)
 
 
 def _non_negative(text: str) -> float:
@@ -94,6 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--backtest", metavar="RUN", help="sweep a finished backtest run's stored rows")
     parser.add_argument("--model", type=Path, help="bundle scoring --data (default: FRAUDSTREAM_MODEL_PATH)")
     parser.add_argument("--plot", type=Path, default=Path("threshold-savings.png"), help="where the PNG goes")
+    parser.add_argument(
+        "--activate",
+        action="store_true",
+        help="make the best threshold live: a new model version differing only in its threshold, "
+        "registered and promoted (the scorer and the API follow without a restart)",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="where --activate writes the new bundle (default: beside the model's)"
+    )
     return parser
 
 
@@ -108,15 +120,17 @@ def validation_rows(data_path: Path, model: Path) -> Labelled:
         part.raw[:, -1],
         part.raw[:, 0],
         ensemble.threshold,
+        model,
     )
 
 
 async def backtest_rows(database_url: str, run_id: str) -> Labelled:
     conn = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
-        threshold = await conn.fetchval("SELECT threshold FROM backtest_runs WHERE id = $1", run_id)
-        if threshold is None:
+        run = await conn.fetchrow("SELECT threshold, bundle_path FROM backtest_runs WHERE id = $1", run_id)
+        if run is None:
             raise LookupError(f"no backtest run {run_id!r} (fraudstream backtest --list)")
+        threshold = run["threshold"]
         rows = await conn.fetch(_BACKTEST_ROWS, run_id)
     finally:
         await conn.close()
@@ -128,6 +142,7 @@ async def backtest_rows(database_url: str, run_id: str) -> Labelled:
         columns[:, 1],
         columns[:, 2],
         float(threshold),
+        Path(run["bundle_path"]),
     )
 
 
@@ -232,7 +247,40 @@ def main(argv: list[str] | None = None) -> int:
             f"({point.frauds_caught:,} of {curve.frauds:,} frauds)"
         )
     print(f"curve saved to {save_plot(curve, args.plot, current=rows.current, best=best, capacity=capacity)}")
-    return 0
+    if not args.activate:
+        return 0
+    if best is None:
+        print("error: nothing to activate: no threshold saves more than it costs", file=sys.stderr)
+        return 1
+    return activate(rows, curve, best, cost, capacity, args.out)
+
+
+def activate(
+    rows: Labelled, curve: SavingsCurve, best: int, cost: float, capacity: int | None, out: Path | None
+) -> int:
+    """Write the re-thresholded bundle and promote it; 0 when it is live."""
+    point = curve.at(best)
+    source = rows.bundle
+    if source is None:
+        print("error: --activate needs the bundle that scored these rows", file=sys.stderr)
+        return 1
+    target = out or source.parent / f"{source.name}-threshold-{point.threshold:.6f}"
+    why = {
+        "threshold": point.threshold,
+        "cost_per_alert": cost,
+        "capacity_per_day": capacity,
+        "net_savings": point.net_savings,
+        "alerts": point.alerts,
+        "swept": rows.what,
+    }
+    try:
+        manifest = rethresholded(source, target, point.threshold, why)
+    except (BundleError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    registered, message = register(target, activate=True)
+    print(f"new version {manifest['version']} (threshold {point.threshold:.6f}) in {target}: {message}")
+    return 0 if registered else 1
 
 
 if __name__ == "__main__":

@@ -16,9 +16,10 @@ import asyncpg
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, status
 
-from api.deps import PoolConnection
+from api.deps import AppSettings, PoolConnection
 from api.schemas import ComparedVersion, DisagreementOut, ModelComparison, Problem
 from core.comparison import ComparedRows, Comparison, InSample, VersionResult, compare
+from core.costs import savings_at
 from core.db.comparison import newest_shadow_time, read_pair
 from core.db.registry import UnknownVersion, resolve_version
 
@@ -46,7 +47,17 @@ def _pair(values: tuple[float, float] | None) -> list[float] | None:
     return [float(values[0]), float(values[1])] if values is not None else None
 
 
-def _version_out(version: str, registry: dict[str, Any], result: VersionResult) -> ComparedVersion:
+def net_savings(rows: ComparedRows, alert: np.ndarray, cost_per_alert: float | None) -> float | None:
+    """Fraud amount caught by these alert flags minus their review cost (`core.costs`' definition)."""
+    if cost_per_alert is None or not len(rows):
+        return None
+    flags = alert.astype(np.float64)  # alerting = flag >= 1: the stored flag, at its own threshold
+    return savings_at(rows.label.astype(bool), flags, rows.amount, 1.0, cost_per_alert).net_savings
+
+
+def _version_out(
+    version: str, registry: dict[str, Any], result: VersionResult, savings: float | None
+) -> ComparedVersion:
     row = registry[version]
     stretch = row["in_sample"]
     return ComparedVersion(
@@ -62,6 +73,7 @@ def _version_out(version: str, registry: dict[str, Any], result: VersionResult) 
         precision_interval=_pair(result.precision_interval),
         recall=result.recall,
         recall_interval=_pair(result.recall_interval),
+        net_savings=savings,
     )
 
 
@@ -94,6 +106,7 @@ async def _registry(conn: asyncpg.Connection, versions: list[str]) -> dict[str, 
 )
 async def compare_versions(
     conn: PoolConnection,
+    settings: AppSettings,
     a: VersionQuery = None,
     b: VersionQuery = None,
     hours: Annotated[float, Query(gt=0, le=MAX_HOURS, description="window of data time, hours")] = 24.0,
@@ -158,11 +171,11 @@ async def compare_versions(
     result: Comparison = compare(kept, resamples=resamples, seed=seed, top=top)
     if result.rows and not result.frauds:
         notes.append("no fraud among the compared rows: AUPRC and recall are undefined")
-    # Net savings (issue 13's cost settings and pure net-savings functions) belong here: from
-    # `kept` (labels, amounts, alert_a, alert_b) for each version, beside precision and recall.
+    cost = settings.cost_per_alert
     return ModelComparison(
-        a=_version_out(a_version, registry, result.a),
-        b=_version_out(b_version, registry, result.b),
+        a=_version_out(a_version, registry, result.a, net_savings(kept, kept.alert_a, cost)),
+        b=_version_out(b_version, registry, result.b, net_savings(kept, kept.alert_b, cost)),
+        cost_per_alert=cost,
         label_source="known_labels",  # reviews and chargebacks first, else the replayed label
         time_from=start,
         time_to=end,

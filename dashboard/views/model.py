@@ -280,6 +280,12 @@ def comparison_summary(comparison: dict[str, Any]) -> list[str]:
         f"{fmt_int(comparison['only_a_alerts'])} only the champion raises ({fmt_int(comparison['only_a_frauds'])} "
         f"frauds), {fmt_int(comparison['only_b_alerts'])} only the shadow would ({fmt_int(comparison['only_b_frauds'])} frauds)."
     )
+    if a.get("net_savings") is not None and b.get("net_savings") is not None:
+        lines.append(
+            f"Net savings at {comparison.get('cost_per_alert'):g} per alert: champion "
+            f"{a['net_savings']:,.2f}, shadow {b['net_savings']:,.2f} "
+            f"({b['net_savings'] - a['net_savings']:+,.2f})."
+        )
     # the in-sample count is in the first line already
     return lines + [note for note in comparison.get("notes") or [] if "in-sample" not in note]
 
