@@ -445,7 +445,20 @@ def _in_sample_hour(key: str) -> ColumnElement:
 
 def in_sample_score_rollup(run_id: str) -> Select:
     """The same counts for the data hours that overlap each version's in-sample stretch (the
-    rows it was trained or validated on): subtracted from its live metrics. Reads only those hours."""
+    rows it was trained or validated on): subtracted from its live metrics. Reads only those hours.
+
+    Each version's in-sample hours are read from its manifest once (a materialized CTE), not
+    once per rollup row: a manifest with its evaluation curves is large, and reading it per
+    row took seconds."""
+    hours = (
+        select(
+            model_versions.c.version,
+            _in_sample_hour("time_from").label("hour_from"),
+            _in_sample_hour("time_to").label("hour_to"),
+        )
+        .cte("in_sample_hours")
+        .prefix_with("MATERIALIZED")
+    )
     return (
         select(
             rs.model_version,
@@ -454,12 +467,8 @@ def in_sample_score_rollup(run_id: str) -> Select:
             func.sum(rs.n).label("n"),
             func.sum(rs.alerts).label("alerts"),
         )
-        .select_from(rollup_score_hours.join(model_versions, model_versions.c.version == rs.model_version))
-        .where(
-            rs.run_id == run_id,
-            rs.hour >= _in_sample_hour("time_from"),
-            rs.hour <= _in_sample_hour("time_to"),
-        )
+        .select_from(rollup_score_hours.join(hours, hours.c.version == rs.model_version))
+        .where(rs.run_id == run_id, rs.hour >= hours.c.hour_from, rs.hour <= hours.c.hour_to)
         .group_by(rs.model_version, rs["class"], rs.bin)
     )
 
