@@ -151,6 +151,35 @@ def savings_at(labels, scores, amounts, threshold: float, cost_per_alert: float)
     )
 
 
+def _curve(
+    thresholds: np.ndarray,
+    alerts: np.ndarray,
+    caught: np.ndarray,
+    amount_caught: np.ndarray,
+    cost: float,
+    *,
+    rows: int,
+    frauds: int,
+    fraud_amount: float,
+    days: float | None,
+) -> SavingsCurve:
+    """The curve from cumulative counts, highest threshold first: missed, cost and net follow."""
+    return SavingsCurve(
+        thresholds=thresholds,
+        alerts=alerts,
+        frauds_caught=caught,
+        amount_caught=amount_caught,
+        amount_missed=fraud_amount - amount_caught,
+        review_cost=alerts * cost,
+        net_savings=amount_caught - alerts * cost,
+        cost_per_alert=cost,
+        rows=rows,
+        frauds=frauds,
+        fraud_amount=fraud_amount,
+        days=days,
+    )
+
+
 def sweep(labels, scores, amounts, cost_per_alert: float, *, days: float | None = None) -> SavingsCurve:
     """Net savings at every distinct score as the threshold, highest first (one sort, cumulative sums)."""
     labels, scores, amounts = _arrays(labels, scores, amounts)
@@ -163,19 +192,15 @@ def sweep(labels, scores, amounts, cost_per_alert: float, *, days: float | None 
     alerts = (last + 1).astype(np.int64)
     caught = np.cumsum(fraud)[last].astype(np.int64) if s.size else np.empty(0, dtype=np.int64)
     amount_caught = np.cumsum(fraud_amount)[last] if s.size else np.empty(0)
-    total_amount = float(fraud_amount.sum())
-    return SavingsCurve(
-        thresholds=s[last],
-        alerts=alerts,
-        frauds_caught=caught,
-        amount_caught=amount_caught,
-        amount_missed=total_amount - amount_caught,
-        review_cost=alerts * cost,
-        net_savings=amount_caught - alerts * cost,
-        cost_per_alert=cost,
+    return _curve(
+        s[last],
+        alerts,
+        caught,
+        amount_caught,
+        cost,
         rows=int(s.size),
         frauds=int(fraud.sum()),
-        fraud_amount=total_amount,
+        fraud_amount=float(fraud_amount.sum()),
         days=days,
     )
 
@@ -205,19 +230,15 @@ def sweep_binned(
     alerts = np.cumsum(counts[keep])
     caught = np.cumsum(frauds[keep])
     amount_caught = np.cumsum(amounts[keep])
-    total_amount = float(amounts.sum())
-    return SavingsCurve(
-        thresholds=edges[keep],
-        alerts=alerts,
-        frauds_caught=caught,
-        amount_caught=amount_caught,
-        amount_missed=total_amount - amount_caught,
-        review_cost=alerts * cost,
-        net_savings=amount_caught - alerts * cost,
-        cost_per_alert=cost,
+    return _curve(
+        edges[keep],
+        alerts,
+        caught,
+        amount_caught,
+        cost,
         rows=int(counts.sum()),
         frauds=int(frauds.sum()),
-        fraud_amount=total_amount,
+        fraud_amount=float(amounts.sum()),
         days=days,
     )
 

@@ -281,19 +281,24 @@ def _check_transaction(fields: Mapping[str, object], require_id: bool) -> Parsed
     return event_id, values, label, run_id, produced_at  # type: ignore[return-value]
 
 
-def parse_event(event: object) -> tuple[str, Sequence[float], int | None, str | None, float | None]:
-    """Validate one decoded event; raise `EventError` naming the first problem found."""
+def check_envelope(event: object, what: str, schema_version: int) -> dict:
+    """A decoded message is a JSON object of a supported schema version (every topic's first check)."""
     if type(event) is not dict:
         raise EventError(
-            DeadLetterKind.NOT_AN_OBJECT, f"event must be a JSON object, got {type(event).__name__}"
+            DeadLetterKind.NOT_AN_OBJECT, f"{what} must be a JSON object, got {type(event).__name__}"
         )
     version = event.get("schema_version")
-    if version != SCHEMA_VERSION or type(version) is not int:
+    if version != schema_version or type(version) is not int:
         raise EventError(
             DeadLetterKind.SCHEMA_VERSION,
-            f"unknown schema_version {version!r:.40} (supported: {SCHEMA_VERSION})",
+            f"unknown schema_version {version!r:.40} (supported: {schema_version})",
         )
-    return _check_transaction(event, True)  # type: ignore[return-value]
+    return event
+
+
+def parse_event(event: object) -> tuple[str, Sequence[float], int | None, str | None, float | None]:
+    """Validate one decoded event; raise `EventError` naming the first problem found."""
+    return _check_transaction(check_envelope(event, "event", SCHEMA_VERSION), True)  # type: ignore[return-value]
 
 
 def decode_batch(messages: Iterable[bytes]) -> tuple[EventBatch, list[DeadLetter]]:

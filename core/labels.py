@@ -51,6 +51,7 @@ from core.events import (
     DeadLetter,
     DeadLetterKind,
     EventError,
+    check_envelope,
     check_text,
 )
 
@@ -177,17 +178,7 @@ def check_label(fields: Mapping[str, object]) -> LabelEvent:
 
 def parse_label(event: object) -> LabelEvent:
     """Validate one decoded message; raise `EventError` naming the first problem found."""
-    if type(event) is not dict:
-        raise EventError(
-            DeadLetterKind.NOT_AN_OBJECT, f"label event must be a JSON object, got {type(event).__name__}"
-        )
-    version = event.get("schema_version")
-    if version != LABEL_SCHEMA_VERSION or type(version) is not int:
-        raise EventError(
-            DeadLetterKind.SCHEMA_VERSION,
-            f"unknown schema_version {version!r:.40} (supported: {LABEL_SCHEMA_VERSION})",
-        )
-    return check_label(event)
+    return check_label(check_envelope(event, "label event", LABEL_SCHEMA_VERSION))
 
 
 def decode_labels(messages: Iterable[bytes]) -> tuple[LabelBatch, list[DeadLetter]]:

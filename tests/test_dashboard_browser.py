@@ -14,6 +14,7 @@ Screenshots go to artifacts/screenshots/.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -237,21 +238,13 @@ def api(
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def dashboard(api: ApiServer, tmp_path_factory) -> Iterator[str]:
-    """`python -m dashboard` as its own process, pointed at the API, refreshing every second."""
+@contextlib.contextmanager
+def running_dashboard(log: Path, settings: dict[str, str]) -> Iterator[str]:
+    """`python -m dashboard` as its own process on a free loopback port, with only these
+    FRAUDSTREAM_* settings, refreshing every second; yields its URL, and checks it stopped cleanly."""
     port = free_port()
-    log = tmp_path_factory.mktemp("dash-log") / "dashboard.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSTREAM_")}
-    env.update(
-        {
-            "FRAUDSTREAM_API_URL": api.url,
-            "FRAUDSTREAM_REFRESH_MS": "1000",
-            "FRAUDSTREAM_API_TOKEN": WRITE_TOKEN,
-            "FRAUDSTREAM_API_READ_TOKEN": READ_TOKEN,
-            "FRAUDSTREAM_DASHBOARD_PASSWORD": PASSWORD,
-        }
-    )
+    env.update({"FRAUDSTREAM_REFRESH_MS": "1000", **settings})
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "dashboard", "--host", "127.0.0.1", "--port", str(port)],
@@ -271,6 +264,22 @@ def dashboard(api: ApiServer, tmp_path_factory) -> Iterator[str]:
             process.kill()
             process.wait()
     assert process.returncode == 0, log.read_text()
+
+
+@pytest.fixture(scope="module")
+def dashboard(api: ApiServer, tmp_path_factory) -> Iterator[str]:
+    """The dashboard pointed at the API, with the write and read tokens and a password."""
+    log = tmp_path_factory.mktemp("dash-log") / "dashboard.log"
+    with running_dashboard(
+        log,
+        {
+            "FRAUDSTREAM_API_URL": api.url,
+            "FRAUDSTREAM_API_TOKEN": WRITE_TOKEN,
+            "FRAUDSTREAM_API_READ_TOKEN": READ_TOKEN,
+            "FRAUDSTREAM_DASHBOARD_PASSWORD": PASSWORD,
+        },
+    ) as url:
+        yield url
 
 
 def sign_in(driver: Any, dashboard: str, secret: str) -> None:

@@ -6,9 +6,6 @@ the API under uvicorn, the dashboard as its own process. The panel shows the API
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,10 +14,17 @@ import pytest
 from selenium.webdriver.common.by import By
 
 from core.ensemble import Ensemble
-from core.settings import PROJECT_ROOT, Settings
+from core.settings import Settings
 from tests.browser import chromium, chromium_available, screenshot, wait_for
 from tests.shadow_fixtures import fill_with_shadow
-from tests.test_dashboard_browser import SCREENSHOTS, ApiServer, free_port, sign_in, wait_port, wait_traces
+from tests.test_dashboard_browser import (
+    SCREENSHOTS,
+    ApiServer,
+    free_port,
+    running_dashboard,
+    sign_in,
+    wait_traces,
+)
 
 pytestmark = pytest.mark.skipif(
     not chromium_available(),
@@ -53,34 +57,10 @@ def api(infra, model_bundle: Path, challenger_bundle: Path, tmp_path_factory) ->
 
 @pytest.fixture(scope="module")
 def dashboard(api: ApiServer, tmp_path_factory) -> Iterator[str]:
-    port = free_port()
     log = tmp_path_factory.mktemp("dash-compare-log") / "dashboard.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSTREAM_")}
-    env.update(
-        {
-            "FRAUDSTREAM_API_URL": api.url,
-            "FRAUDSTREAM_REFRESH_MS": "1000",
-            "FRAUDSTREAM_DASHBOARD_PASSWORD": PASSWORD,
-        }
-    )
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dashboard", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_port(port)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    settings = {"FRAUDSTREAM_API_URL": api.url, "FRAUDSTREAM_DASHBOARD_PASSWORD": PASSWORD}
+    with running_dashboard(log, settings) as url:
+        yield url
 
 
 def test_model_page_compares_the_champion_with_the_shadow(dashboard: str, api: ApiServer) -> None:

@@ -13,9 +13,6 @@ worker, takes that alert off the page too. A screenshot goes to docs/screenshots
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import httpx
@@ -34,7 +31,7 @@ from core.settings import PROJECT_ROOT
 from tests.browser import chromium, chromium_available, screenshot, wait_for
 from tests.bundles import register
 from tests.streaming_fixtures import fetch, publish
-from tests.test_dashboard_browser import ApiServer, free_port, sign_in, wait_port, wait_traces
+from tests.test_dashboard_browser import ApiServer, free_port, running_dashboard, sign_in, wait_traces
 
 pytestmark = [
     pytest.mark.timeout(600),
@@ -84,35 +81,18 @@ def dashboard(settings, scored, tmp_path) -> Iterator[str]:
         settings.model_copy(update={"api_token": WRITE_TOKEN, "api_read_token": READ_TOKEN}), free_port()
     )
     api.start()
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSTREAM_")}
-    env.update(
-        {
-            "FRAUDSTREAM_API_URL": api.url,
-            "FRAUDSTREAM_REFRESH_MS": "1000",
-            "FRAUDSTREAM_API_TOKEN": WRITE_TOKEN,
-            "FRAUDSTREAM_API_READ_TOKEN": READ_TOKEN,
-            "FRAUDSTREAM_DASHBOARD_PASSWORD": PASSWORD,
-        }
-    )
-    with (tmp_path / "dashboard.log").open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dashboard", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
     try:
-        wait_port(port)
-        yield f"http://127.0.0.1:{port}"
+        with running_dashboard(
+            tmp_path / "dashboard.log",
+            {
+                "FRAUDSTREAM_API_URL": api.url,
+                "FRAUDSTREAM_API_TOKEN": WRITE_TOKEN,
+                "FRAUDSTREAM_API_READ_TOKEN": READ_TOKEN,
+                "FRAUDSTREAM_DASHBOARD_PASSWORD": PASSWORD,
+            },
+        ) as url:
+            yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
         api.stop()
 
 
