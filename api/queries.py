@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import (
+    BigInteger,
     Select,
     and_,
     case,
+    cast,
     column,
     false,
     func,
@@ -34,6 +36,8 @@ from core.db.schema import (
     model_versions,
     rollup_histograms,
     rollup_hours,
+    rollup_latency,
+    rollup_minutes,
     rollup_score_hours,
     scores,
     transactions,
@@ -43,6 +47,8 @@ from core.features import PCA_COLUMNS
 
 t = transactions.c
 s = scores.c
+rm = rollup_minutes.c
+rl = rollup_latency.c
 
 _JOIN = transactions.join(scores, and_(t.run_id == s.run_id, t.id == s.id))
 
@@ -109,46 +115,48 @@ def run_totals(run_id: str) -> Select:
     )
 
 
-def window_totals(run_id: str, since: datetime) -> Select:
-    """Counts and latency percentiles of the rows scored since `since`: a range scan of the index.
+def _count(total: ColumnElement) -> ColumnElement:
+    """A sum of counters as a bigint (PostgreSQL sums bigints as numeric), 0 when nothing is summed."""
+    return cast(func.coalesce(total, 0), BigInteger)
 
-    `since` is a bound value (not `now() - interval`) so the planner sees how narrow the range is.
-    """
-    latency = s.latency_ms
+
+def window_rollup(run_id: str, since: datetime) -> Select:
+    """Rows, alerts and frauds (known label) scored in the whole minutes from `since` (migration 0009's
+    `rollup_minutes`): a primary-key range scan of a few rows per minute, whatever the history.
+
+    `since` is a bound value on a minute boundary (not `now() - interval`), so the planner sees
+    how narrow the range is."""
     return select(
-        func.count().label("scored"),
-        func.count().filter(s.alert).label("alerts"),
-        func.min(s.scored_at).label("first"),
-        func.count(latency).label("latency_count"),
-        *(func.percentile_cont(q).within_group(latency).label(f"p{int(q * 100)}") for q in (0.5, 0.95, 0.99)),
-        func.max(latency).label("latency_max"),
-    ).where(s.run_id == run_id, s.scored_at >= since)
+        _count(func.sum(rm.scored)).label("scored"),
+        _count(func.sum(rm.alerts)).label("alerts"),
+        _count(func.sum(rm.scored).filter(rm["class"] == 1)).label("frauds"),
+    ).where(rm.run_id == run_id, rm.minute >= since)
+
+
+def latency_rollup(run_id: str, since: datetime, bucket: timedelta | None = None) -> Select:
+    """Rows per latency bin (`core.bins.LATENCY_BINS`) scored in the whole minutes from `since`, per
+    bucket of `bucket` (a whole number of minutes) if given: a primary-key range scan of `rollup_latency`."""
+    columns = [rl.bin, _count(func.sum(rl.n)).label("n")]
+    group = [rl.bin]
+    if bucket is not None:
+        start = func.date_bin(bucket, rl.minute, literal(BUCKET_ORIGIN)).label("bucket_start")
+        columns.insert(0, start)
+        group.insert(0, start)
+    return select(*columns).where(rl.run_id == run_id, rl.minute >= since).group_by(*group)
 
 
 def timeseries(run_id: str, since: datetime, bucket: timedelta) -> Select:
-    """Scored rows, alerts and latency per bucket since `since`: scores alone, one range scan."""
-    bucket_start = func.date_bin(bucket, s.scored_at, literal(BUCKET_ORIGIN)).label("bucket_start")
-    latency = s.latency_ms
+    """Scored rows, alerts and frauds (known label) per bucket of whole minutes from `since`: the
+    minute rollup's rows summed per bucket (date_bin on the minute; buckets align with minutes)."""
+    bucket_start = func.date_bin(bucket, rm.minute, literal(BUCKET_ORIGIN)).label("bucket_start")
     return (
         select(
             bucket_start,
-            func.count().label("scored"),
-            func.count().filter(s.alert).label("alerts"),
-            func.percentile_cont(0.5).within_group(latency).label("p50"),
-            func.percentile_cont(0.99).within_group(latency).label("p99"),
+            _count(func.sum(rm.scored)).label("scored"),
+            _count(func.sum(rm.alerts)).label("alerts"),
+            _count(func.sum(rm.scored).filter(rm["class"] == 1)).label("frauds"),
         )
-        .where(s.run_id == run_id, s.scored_at >= since)
-        .group_by(bucket_start)
-    )
-
-
-def timeseries_frauds(run_id: str, since: datetime, bucket: timedelta) -> Select:
-    """Frauds per bucket: the run's frauds (partial index on label = 1) probed for scored_at."""
-    bucket_start = func.date_bin(bucket, s.scored_at, literal(BUCKET_ORIGIN)).label("bucket_start")
-    return (
-        select(bucket_start, func.count().label("frauds"))
-        .select_from(_JOIN)
-        .where(t.run_id == run_id, t.label == 1, s.scored_at >= since)
+        .where(rm.run_id == run_id, rm.minute >= since)
         .group_by(bucket_start)
     )
 

@@ -62,7 +62,7 @@ OFF_RUN = "bench-scale-rollups-off"
 TWO_DAYS = 172_800.0
 READ_ENDPOINTS: tuple[str, ...] = (
     "/api/stats",
-    "/api/stats/timeseries?minutes=5&bucket_seconds=5",
+    "/api/stats/timeseries?minutes=60&bucket_seconds=60",
     "/api/distributions/amount",
     "/api/distributions/feature/V14",
     "/api/distributions/feature/score",

@@ -395,7 +395,7 @@ def test_live_page_shows_the_api_numbers_and_explains_an_alert(
 
     wait_for(browser, p99_as_the_api_says, 30, "the p99 KPI never matched the API's")
     traces = wait_traces(browser, "live-timeseries", 2)
-    assert [t["name"] for t in traces] == ["scored / s", "alerts / 5 s"]
+    assert [t["name"] for t in traces] == ["scored / s", "alerts / 1 min"]
 
     alerts = api.get("/api/alerts", limit=15)["items"]
     rows = wait_for(
