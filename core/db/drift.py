@@ -49,20 +49,27 @@ class HourCounts:
 
 #: Which rows one statement counts, and how it names their bucket: hours of data in a window
 #: (index `ix_transactions_run_time`), or every row scored in the last minutes (index
-#: `ix_scores_run_scored`), as bucket 0.
+#: `ix_scores_run_scored`), as bucket 0. The other table is read per row by its primary key
+#: (a lateral probe: a plain join is planned as a scan of the whole other table).
 _BY_DATA_HOUR = (
     f"floor(t.time / {SECONDS_PER_HOUR})::int",
+    """transactions t CROSS JOIN LATERAL (
+        SELECT s.score, s.recon_error, s.alert, s.model_version FROM scores s
+        WHERE s.run_id = t.run_id AND s.id = t.id OFFSET 0) AS s""",
     "t.run_id = $1 AND t.time >= $2 AND t.time < $3 AND s.model_version = $4",
     5,
 )
 _RECENT = (
     "0",
+    f"""scores s CROSS JOIN LATERAL (
+        SELECT {", ".join(f"t.{c}" for c in _FEATURE_COLUMNS.values())} FROM transactions t
+        WHERE t.run_id = s.run_id AND t.id = s.id OFFSET 0) AS t""",
     "s.run_id = $1 AND s.scored_at >= now() - make_interval(secs => $2) AND s.model_version = $3",
     4,
 )
 
 
-def _statement(quantities: list[tuple[str, str]], bucket: str, where: str, first_edge: int) -> str:
+def _statement(quantities: list[tuple[str, str]], bucket: str, rows: str, where: str, first_edge: int) -> str:
     values = ", ".join(
         f"('{name}', width_bucket({column}, ${i + first_edge}::float8[]))"
         for i, (name, column) in enumerate(quantities)
@@ -71,7 +78,7 @@ def _statement(quantities: list[tuple[str, str]], bucket: str, where: str, first
 WITH rows AS (
     SELECT {bucket} AS hour, {", ".join(f"t.{c}" for c in _FEATURE_COLUMNS.values())},
            s.score, s.recon_error, s.alert
-    FROM transactions t JOIN scores s ON s.run_id = t.run_id AND s.id = t.id
+    FROM {rows}
     WHERE {where}
 )
 SELECT hour, q.quantity, q.bin, count(*) AS n
@@ -87,7 +94,7 @@ def _histograms(reference: Mapping[str, Any]) -> dict[str, Any]:
 
 
 async def _count(
-    conn: asyncpg.Connection, histograms: dict[str, Any], shape: tuple[str, str, int], *arguments: Any
+    conn: asyncpg.Connection, histograms: dict[str, Any], shape: tuple[str, str, str, int], *arguments: Any
 ) -> list[HourCounts]:
     quantities = [(name, QUANTITY_COLUMNS[name]) for name in histograms]
     edges = [list(histograms[name]["edges"]) for name in histograms]
