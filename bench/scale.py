@@ -21,6 +21,9 @@ At each step N (cumulative):
   run totals, review queue) is in both figures;
 - **reads**: each analytics GET against a real API process with its result cache off
   (`--requests` each, one at a time, after a warm-up): p50 and p99;
+- **refresh cost**: the CPU seconds PostgreSQL (all its processes) spends per minute keeping
+  the Live page fresh: its four requests every 1.5 s (its default refresh), cache off, for
+  `--refresh-seconds`, less the idle server's CPU over as long;
 - the database's size on disk.
 
 The machine line and the load average come first and last: the machine is shared, and a
@@ -44,6 +47,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.api import _bundle, _request, _start_api, load
+from bench.cpu import CpuMeter
 from bench.machine import LoadSampler, measure_machine
 from bench.tables import markdown_table, ratio
 from core.bundle_store import BundleStore
@@ -60,15 +64,38 @@ BATCH = 4000
 TRIGGER = "rollups_scores_insert"
 OFF_RUN = "bench-scale-rollups-off"
 TWO_DAYS = 172_800.0
+#: Every analytics GET (the dashboard's pages ask for these), read with the API's result cache off.
 READ_ENDPOINTS: tuple[str, ...] = (
     "/api/stats",
+    "/api/stats?minutes=60",
     "/api/stats/timeseries?minutes=60&bucket_seconds=60",
+    "/api/stats/timeseries?minutes=1440&bucket_seconds=900",
+    "/api/alerts?limit=15",
+    "/api/transactions?limit=100",
+    "/api/transactions?limit=100&label=1",
+    "/api/anomalies?limit=100",
+    "/api/review/queue?limit=20",
+    "/api/feedback/summary?hours=24",
     "/api/distributions/amount",
     "/api/distributions/feature/V14",
+    "/api/distributions/feature/Time",
     "/api/distributions/feature/score",
+    "/api/scatter?x=V14&y=V17&n=500",
     "/api/model/performance",
+    "/api/model/savings?cost_per_alert=5",
+    "/api/models",
     "/api/drift?hours=24",
+    "/api/backtests",
 )
+#: What the Live page asks for on each refresh (`dashboard/pages/live.py`: its four callbacks,
+#: fired together), and its default refresh period (`FRAUDSTREAM_DASHBOARD_REFRESH_MS`).
+LIVE_PAGE: tuple[str, ...] = (
+    "/api/stats",
+    "/api/stats/timeseries",
+    "/api/alerts?limit=15",
+    "/api/feedback/summary?hours=24",
+)
+LIVE_REFRESH_SECONDS = 1.5
 
 
 @dataclass
@@ -162,6 +189,29 @@ async def _write_cost(
     return off, on
 
 
+async def _refresh_cost(port: int, postgres_pid: int, seconds: float) -> float:
+    """PostgreSQL CPU seconds per minute spent answering the Live page (its requests every
+    `LIVE_REFRESH_SECONDS`, the API's cache off), less what the server spends idle over as long.
+
+    Every PostgreSQL process counts (the postmaster's tree: backends, background workers),
+    so work a request leaves behind (e.g. a sort spilled to disk) is in the figure too."""
+    meter = CpuMeter({"postgres": (postgres_pid, True)})
+    before = meter.sample()
+    await asyncio.sleep(seconds)
+    idle = meter.sample().seconds["postgres"] - before.seconds["postgres"]
+    requests = [_request("GET", path, port) for path in LIVE_PAGE]
+    before = meter.sample()
+    started = time.perf_counter()
+    ticks = 0
+    while (elapsed := time.perf_counter() - started) < seconds:
+        await asyncio.sleep(max(0.0, ticks * LIVE_REFRESH_SECONDS - elapsed))
+        await load(port, requests, len(requests), total=len(requests))  # as the page's callbacks: at once
+        ticks += 1
+    busy = meter.sample().seconds["postgres"] - before.seconds["postgres"]
+    wall = time.perf_counter() - started
+    return max(0.0, busy - idle * wall / seconds) * 60.0 / wall
+
+
 async def _reads(port: int, requests: int) -> dict[str, tuple[float, float, int]]:
     """Per endpoint: p50 and p99 (ms) of `requests` GETs one at a time, and the errors."""
     out = {}
@@ -218,8 +268,9 @@ def run(args: argparse.Namespace) -> int:
                         await conn.execute("VACUUM ANALYZE")
                         off, on = await _write_cost(conn, rows, args.write_rows)
                         reads = await _reads(port, args.requests)
+                        refresh = await _refresh_cost(port, postgres.process.pid, args.refresh_seconds)
                         disk = await conn.fetchval("SELECT pg_database_size(current_database())")
-                        results.append((n, off, on, reads, disk, os.getloadavg()[0]))
+                        results.append((n, off, on, reads, refresh, disk, os.getloadavg()[0]))
                         print(f"step {n:,}: done, load {os.getloadavg()[0]:.2f}", flush=True)
                 results.append(loadavg.describe())
             finally:
@@ -240,6 +291,7 @@ def run(args: argparse.Namespace) -> int:
                 "rows/s without / with rollups",
                 "PostgreSQL CPU s per 100k rows without / with",
                 "with ÷ without",
+                "Live page refresh: PostgreSQL CPU s per minute",
                 "disk",
                 "load at end",
             ],
@@ -249,10 +301,11 @@ def run(args: argparse.Namespace) -> int:
                     f"{off.per_second:,.0f} / {on.per_second:,.0f}",
                     f"{off.cpu_per_100k:.2f} / {on.cpu_per_100k:.2f}",
                     f"**{ratio(on.cpu_per_100k, off.cpu_per_100k)}**",
+                    f"{refresh:.2f}",
                     f"{disk / 2**30:.2f} GiB",
                     f"{load:.2f}",
                 )
-                for n, off, on, _, disk, load in results
+                for n, off, on, _, refresh, disk, load in results
             ],
         )
     )
@@ -266,7 +319,7 @@ def run(args: argparse.Namespace) -> int:
                     *(
                         f"{reads[path][0]:.1f} / {reads[path][1]:.1f}"
                         + (f" ({reads[path][2]} errors)" if reads[path][2] else "")
-                        for _, _, _, reads, _, _ in results
+                        for _, _, _, reads, _, _, _ in results
                     ),
                 )
                 for path in READ_ENDPOINTS
@@ -295,6 +348,12 @@ def main(argv: list[str] | None = None) -> int:
         "--model", type=Path, default=None, help="model bundle (default: settings.model_path)"
     )
     parser.add_argument("--requests", type=int, default=100, help="GETs per endpoint per step (default 100)")
+    parser.add_argument(
+        "--refresh-seconds",
+        type=float,
+        default=60.0,
+        help="how long the Live page's refreshes are measured per step (and the idle server before)",
+    )
     args = parser.parse_args(argv)
     args.data = args.data or SAMPLE_PATH
     if not args.data.exists():
