@@ -9,8 +9,11 @@ processes, and (without `--model`) trains a small bundle on the shipped sample. 
    committed row (the newest `scored_at` in PostgreSQL); reading and checking the CSV
    comes before the first produce, so it is outside the clock and the CPU figures;
 2. latency: empties the tables and replays at a steady `--rate` (2,000/s) for `--seconds`,
-   then reads the per-row end-to-end latency (producer timestamp → row written) from
-   PostgreSQL: p50/p95/p99;
+   then reads the workers' stage histograms over that window (`fraudstream_stage_seconds`:
+   producer timestamp → fetched, taken, scored, write started, stored = committed, acked;
+   p50/p95/p99 of each, the headline is p99 → stored) and, beside them, `scores.latency_ms`
+   from PostgreSQL (stamped at the INSERT, before its commit). `--phases latency` runs only
+   this, after a short warm-up at the same rate;
 3. for scale, a bare aiokafka consumer reads the same topic from the start;
 4. Faust's own cost: the whole file is published to a second topic first (pre-filled,
    same partitions), then two processes of a plain aiokafka loop doing the scorer's work
