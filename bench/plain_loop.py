@@ -35,6 +35,7 @@ from scorer.health import WorkerHealth
 from scorer.heartbeat import WorkerMonitor
 from scorer.metrics import ScorerMetrics
 from scorer.pipeline import Origin
+from scorer.stages import BatchStamps
 from scorer.worker import ScorerWorker, WorkerConfig
 
 log = logging.getLogger("bench.plain_loop")
@@ -99,6 +100,7 @@ async def run(group: str) -> None:
     async with ScorerWorker.running(config) as worker, InOrderWrites() as writes:
         consumer.subscribe([settings.topic_transactions], listener=_SayAssignment(health))
         await consumer.start()
+        written = 0
         try:
             while True:
                 fetched = await consumer.getmany(timeout_ms=1000, max_records=settings.scorer_batch_size)
@@ -107,7 +109,7 @@ async def run(group: str) -> None:
                     continue
                 health.taken(len(records))
                 offsets = {tp: part[-1].offset + 1 for tp, part in fetched.items() if part}
-                prepared = await worker.prepare(records)
+                prepared = await worker.prepare(records, BatchStamps.fetched_together(len(records)))
 
                 async def commit(offsets: dict = offsets) -> None:
                     try:
@@ -117,6 +119,10 @@ async def run(group: str) -> None:
 
                 next_offsets = {tp.partition: offset for tp, offset in offsets.items()}
                 await writes.submit(worker.write_then(prepared, _origin(records), commit, next_offsets))
+                written += 1
+                print(
+                    f"batches {written}", flush=True
+                )  # `bench.stream` reads the last one (the one before is written)
         finally:
             await consumer.stop()
 

@@ -9,8 +9,11 @@ processes, and (without `--model`) trains a small bundle on the shipped sample. 
    committed row (the newest `scored_at` in PostgreSQL); reading and checking the CSV
    comes before the first produce, so it is outside the clock and the CPU figures;
 2. latency: empties the tables and replays at a steady `--rate` (2,000/s) for `--seconds`,
-   then reads the per-row end-to-end latency (producer timestamp → row written) from
-   PostgreSQL: p50/p95/p99;
+   then reads the workers' stage histograms over that window (`fraudstream_stage_seconds`:
+   producer timestamp → fetched, taken, scored, write started, stored = committed, acked;
+   p50/p95/p99 of each, the headline is p99 → stored) and, beside them, `scores.latency_ms`
+   from PostgreSQL (stamped at the INSERT, before its commit). `--phases latency` runs only
+   this, after a short warm-up at the same rate;
 3. for scale, a bare aiokafka consumer reads the same topic from the start;
 4. Faust's own cost: the whole file is published to a second topic first (pre-filled,
    same partitions), then two processes of a plain aiokafka loop doing the scorer's work
@@ -53,6 +56,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from bench.cpu import CpuMeter, per_100k
 from bench.machine import LoadSampler, measure_machine
 from bench.stack import REPO_ROOT, sample_bundle
+from bench.stages import StageCounts, stage_rows
 from bench.tables import markdown_table, ratio
 from core.bundle_store import BundleStore
 from core.dataset import SAMPLE_PATH
@@ -138,6 +142,24 @@ async def _bare_consumer(bootstrap_servers: str, topic: str, expected: int) -> f
         await consumer.stop()
 
 
+#: What PostgreSQL did, from its own statistics: transactions, rows inserted / updated / deleted.
+DATABASE_WORK = (
+    "SELECT xact_commit + xact_rollback AS transactions, tup_inserted AS inserted, "
+    "tup_updated AS updated, tup_deleted AS deleted FROM pg_stat_database WHERE datname = current_database()"
+)
+
+
+async def _database_work(database_url: str) -> dict[str, int]:
+    """PostgreSQL's counters for this database (`pg_stat_database`, refreshed for this read)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = await conn.fetchrow(DATABASE_WORK)
+        return {key: int(value) for key, value in row.items()}
+    finally:
+        await conn.close()
+
+
 @dataclass(frozen=True)
 class ConsumerRun:
     """One pair of consumer processes on the pre-filled topic: first → last stored row, and their CPU."""
@@ -147,6 +169,8 @@ class ConsumerRun:
     seconds: float
     cpu: dict[str, float]  # CPU s per 100k events, per process group
     load: float  # 1-minute load average at the end
+    batches: float  # batches written (the workers' `fraudstream_batch_size_count`)
+    database: dict[str, int]  # PostgreSQL's counters over the run (`DATABASE_WORK`)
 
     @property
     def rate(self) -> float:
@@ -205,10 +229,20 @@ def _assigned_from_log(log_path: Path) -> int:
     return int(lines[-1].split()[1]) if lines else -1
 
 
+def _batches_from_log(log_path: Path) -> float:
+    """The plain loop's last `batches N` line (it says one after each write; -1 before the first)."""
+    try:
+        lines = [line for line in log_path.read_text().splitlines() if line.startswith("batches ")]
+    except OSError:
+        return -1.0
+    return float(lines[-1].split()[1]) if lines else -1.0
+
+
 def _run_pair(
     name: str,
     argvs: list[list[str]],
     assigned: list,  # one callable per process: its partitions now (-1: not joined)
+    batches: list,  # one callable per process: batches written so far (read before it stops)
     *,
     env: dict[str, str],
     logs: list[Path],
@@ -268,9 +302,12 @@ def _run_pair(
                     )
                 )
         before = meter.sample()
+        work_before = asyncio.run(_database_work(database_url))
         loop.run_until_complete(gate.open())
         asyncio.run(_wait_stored(database_url, expected, timeout=900))
         after = meter.sample()
+        work = asyncio.run(_database_work(database_url))
+        written = sum(max(0.0, count()) for count in batches)
         for profiler in profilers:  # py-spy writes its flame graph on SIGINT
             stop(profiler, timeout=60, sig=signal.SIGINT)
         rows, seconds = asyncio.run(_stored_span(database_url))
@@ -280,7 +317,15 @@ def _run_pair(
         for process in processes:
             stop(process, timeout=30)
         loop.close()
-    return ConsumerRun(name, rows, seconds, per_100k(before, after, rows), after.load)
+    return ConsumerRun(
+        name,
+        rows,
+        seconds,
+        per_100k(before, after, rows),
+        after.load,
+        written,
+        {key: work[key] - work_before[key] for key in work},
+    )
 
 
 def _prefilled(
@@ -303,6 +348,7 @@ def _prefilled(
                 for _ in range(args.workers)
             ],
             [lambda path=path: _assigned_from_log(path) for path in plain_logs],
+            [lambda path=path: _batches_from_log(path) for path in plain_logs],
             env=pair_env,
             logs=plain_logs,
             infra=infra,
@@ -322,6 +368,7 @@ def _prefilled(
             "faust scorer",
             [[sys.executable, "-m", "scorer.cli", "--web-port", str(port)] for port in ports],
             [lambda port=port: int(_metric(port, "fraudstream_assigned_partitions")) for port in ports],
+            [lambda port=port: _metric(port, "fraudstream_batch_size_count") for port in ports],
             env=faust_env,
             logs=[root / f"faust-{round_}-{i}.log" for i in range(args.workers)],
             infra=infra,
@@ -358,6 +405,10 @@ def run(args: argparse.Namespace) -> int:
                 stream_ratios, stream_rows = _streaming(args, root, settings, infra, env)
                 ratios += stream_ratios
                 rows += stream_rows
+            if "latency" in args.phases and "stream" not in args.phases:  # stream measures it too
+                latency_ratios, latency_rows = _latency_only(args, root, settings, infra, env)
+                ratios += latency_ratios
+                rows += latency_rows
             if "prefilled" in args.phases:
                 runs = _prefilled(args, root, settings, infra, env)
                 plain = [r for r in runs if r.name == "plain loop"]
@@ -385,6 +436,17 @@ def run(args: argparse.Namespace) -> int:
                     rows += [
                         (f"CPU s per 100k events, pre-filled, {name}", f"{value:.2f}")
                         for name, value in r.cpu.items()
+                    ]
+                for r in runs:
+                    work = ", ".join(
+                        f"{value * 100_000 / max(r.rows, 1):,.0f} {key}" for key, value in r.database.items()
+                    )
+                    rows += [
+                        (
+                            f"pre-filled, {r.name}: batches written, mean batch",
+                            f"{r.batches:,.0f}, {r.rows / max(r.batches, 1):,.0f} rows",
+                        ),
+                        (f"pre-filled, {r.name}: PostgreSQL's work per 100k rows (pg_stat_database)", work),
                     ]
         finally:
             infra.stop()
@@ -493,14 +555,98 @@ async def _count(database_url: str, sql: str) -> int:
         await conn.close()
 
 
-def _streaming(
-    args: argparse.Namespace, root: Path, settings: Settings, infra: Infra, env: dict[str, str]
-) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
-    """Throughput, latency at a steady rate and the bare consumer: the end-to-end figures."""
-    endpoints = infra.endpoints
+@dataclass(frozen=True)
+class LatencyRun:
+    """The steady-rate replay: per-row latency from PostgreSQL, the workers' stage histograms, CPU."""
+
+    sent: int
+    rate_achieved: float
+    inserted: tuple[
+        int, list[float]
+    ]  # rows, p50/p95/p99 of `latency_ms` (stamped at the INSERT, before commit)
+    stages: StageCounts  # the window's `fraudstream_stage_seconds`, summed over the workers
+    batches: float  # scorer batches written in the window
+    cpu: dict[str, float]  # CPU s per 100k events, per process group
+    load: tuple[float, float]  # 1-minute load average at start / end
+
+    def headline(self, rate: float) -> tuple[str, str, str]:
+        p50, p95, p99 = (1000 * self.stages.quantile("stored", q) for q in (0.5, 0.95, 0.99))
+        return (
+            f"p99 produce → durably stored (committed) at a steady {rate:,.0f} tx/s",
+            f"**{p99:.1f} ms** (p50 {p50:.1f}, p95 {p95:.1f}; {self.stages.count('stored'):,} rows)",
+            "< 100 ms",
+        )
+
+    def rows(self, rate: float) -> list[tuple[str, str]]:
+        measured, (p50, p95, p99) = self.inserted
+        rows = [
+            (f"achieved steady rate (asked {rate:g}/s)", f"{self.rate_achieved:,.0f} tx/s"),
+            (
+                f"latency produce → row inserted (`scores.latency_ms`, before its commit), {measured:,} rows, "
+                "p50 / p95 / p99",
+                f"{p50:.1f} / {p95:.1f} / {p99:.1f} ms",
+            ),
+            *stage_rows(self.stages, f"latency at {rate:g}/s"),
+            ("mean scorer batch, latency run", f"{self.sent / max(self.batches, 1):,.0f} events"),
+            (
+                "load average (1 min) at start / end of latency run",
+                f"{self.load[0]:.2f} / {self.load[1]:.2f}",
+            ),
+        ]
+        rows += [
+            (f"CPU s per 100k events, latency run: {name}", f"{value:.2f}")
+            for name, value in self.cpu.items()
+        ]
+        return rows
+
+
+def _steady(
+    args: argparse.Namespace, endpoints, settings: Settings, meter: CpuMeter, ports: list[int]
+) -> LatencyRun:
+    """Empty the tables, replay `--rate` events per second for `--seconds`, wait until all are stored."""
+    asyncio.run(_truncate(endpoints.database_url))
+    started = []
+    stages_before = StageCounts.read(ports)
+    batches_before = _sum_metric(ports, "fraudstream_batch_size_count")
+    steady = asyncio.run(
+        replay(
+            args.data,
+            bootstrap_servers=endpoints.bootstrap_servers,
+            topic=settings.topic_transactions,
+            rate=args.rate,
+            limit=int(args.rate * args.seconds),
+            progress=True,
+            on_first_send=lambda: started.append(meter.sample()),
+        )
+    )
+    (steady_start,) = started
+    asyncio.run(_wait_stored(endpoints.database_url, steady.sent, timeout=120))
+    steady_end = meter.sample()
+    # The last batch's acknowledgement follows its commit by a moment: wait for its stage counts too.
+    wait_until(
+        lambda: (StageCounts.read(ports) - stages_before).count("acked") >= steady.sent,
+        timeout=30,
+        what="the workers' stage histograms counting every row",
+    )
+    stages = StageCounts.read(ports) - stages_before
+    return LatencyRun(
+        sent=steady.sent,
+        rate_achieved=steady.rate_achieved,
+        inserted=asyncio.run(_latencies(endpoints.database_url)),
+        stages=stages,
+        batches=_sum_metric(ports, "fraudstream_batch_size_count") - batches_before,
+        cpu=per_100k(steady_start, steady_end, steady.sent),
+        load=(steady_start.load, steady_end.load),
+    )
+
+
+def _start_workers(
+    args: argparse.Namespace, root: Path, settings: Settings, env: dict[str, str]
+) -> tuple[list, list[int]]:
+    """`--workers` scorer processes, returned once they hold every partition between them."""
+    ports = [settings.scorer_web_port + 100 + i for i in range(args.workers)]
     workers = []
     try:
-        ports = [settings.scorer_web_port + 100 + i for i in range(args.workers)]
         for i, port in enumerate(ports):
             workers.append(
                 spawn(
@@ -520,6 +666,58 @@ def _streaming(
             process=workers[0],
             log_path=root / "worker-0.log",
         )
+    except BaseException:
+        for process in workers:
+            stop(process, timeout=30)
+        raise
+    return workers, ports
+
+
+#: Events replayed at the steady rate before a latency-only run is measured (model and caches warm).
+WARMUP_SECONDS = 5.0
+
+
+def _latency_only(
+    args: argparse.Namespace, root: Path, settings: Settings, infra: Infra, env: dict[str, str]
+) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
+    """`--phases latency`: the steady-rate run alone, after a short warm-up at the same rate."""
+    endpoints = infra.endpoints
+    workers, ports = _start_workers(args, root, settings, env)
+    try:
+        groups = {f"scorer worker {i}": (process.pid, True) for i, process in enumerate(workers)}
+        groups["postgres (server + backends)"] = (infra.postgres.process.pid, True)
+        groups["broker"] = (infra.broker.process.pid, True)
+        groups["producer (this process)"] = (os.getpid(), False)
+        meter = CpuMeter(groups)
+        print(
+            f"{args.workers} worker(s) ready; warming up at {args.rate:g}/s for {WARMUP_SECONDS:g} s",
+            flush=True,
+        )
+        warm = asyncio.run(
+            replay(
+                args.data,
+                bootstrap_servers=endpoints.bootstrap_servers,
+                topic=settings.topic_transactions,
+                rate=args.rate,
+                limit=int(args.rate * WARMUP_SECONDS),
+            )
+        )
+        asyncio.run(_wait_stored(endpoints.database_url, warm.sent, timeout=120))
+        print(f"now latency at {args.rate:g}/s for {args.seconds:g} s", flush=True)
+        latency = _steady(args, endpoints, settings, meter, ports)
+    finally:
+        for process in workers:
+            stop(process, timeout=30)
+    return [latency.headline(args.rate)], latency.rows(args.rate)
+
+
+def _streaming(
+    args: argparse.Namespace, root: Path, settings: Settings, infra: Infra, env: dict[str, str]
+) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
+    """Throughput, latency at a steady rate and the bare consumer: the end-to-end figures."""
+    endpoints = infra.endpoints
+    workers, ports = _start_workers(args, root, settings, env)
+    try:
         print(f"{args.workers} worker(s) ready; replaying {args.data}", flush=True)
         groups = {f"scorer worker {i}": (process.pid, True) for i, process in enumerate(workers)}
         groups["postgres (server + backends)"] = (infra.postgres.process.pid, True)
@@ -547,26 +745,10 @@ def _streaming(
             flush=True,
         )
 
-        asyncio.run(_truncate(endpoints.database_url))
-        started.clear()
-        steady = asyncio.run(
-            replay(
-                args.data,
-                bootstrap_servers=endpoints.bootstrap_servers,
-                topic=settings.topic_transactions,
-                rate=args.rate,
-                limit=int(args.rate * args.seconds),
-                progress=True,
-                on_first_send=lambda: started.append(meter.sample()),
-            )
-        )
-        (steady_start,) = started
-        asyncio.run(_wait_stored(endpoints.database_url, steady.sent, timeout=120))
-        steady_end = meter.sample()
-        measured, (p50, p95, p99) = asyncio.run(_latencies(endpoints.database_url))
+        latency = _steady(args, endpoints, settings, meter, ports)
         bare = asyncio.run(
             _bare_consumer(
-                endpoints.bootstrap_servers, settings.topic_transactions, report.sent + steady.sent
+                endpoints.bootstrap_servers, settings.topic_transactions, report.sent + latency.sent
             )
         )
         shadowed = None
@@ -598,24 +780,16 @@ def _streaming(
         ("end-to-end throughput (first produce → last commit)", f"{throughput:,.0f} tx/s"),
         ("produce rate (as fast as possible)", f"{report.rate_achieved:,.0f} tx/s"),
         ("mean scorer batch, throughput run", f"{report.sent / max(batches, 1):,.0f} events"),
-        (f"latency p50 at {args.rate:g}/s ({measured:,} rows)", f"{p50:.1f} ms"),
-        (f"latency p95 at {args.rate:g}/s", f"{p95:.1f} ms"),
-        (f"latency p99 at {args.rate:g}/s", f"{p99:.1f} ms"),
-        (f"achieved steady rate (asked {args.rate:g}/s)", f"{steady.rate_achieved:,.0f} tx/s"),
         ("bare aiokafka consumer, same topic", f"{bare:,.0f} msg/s"),
         (
             "load average (1 min) at start / end of throughput run",
             f"{cpu_start.load:.2f} / {cpu_end.load:.2f}",
         ),
-        (
-            "load average (1 min) at start / end of latency run",
-            f"{steady_start.load:.2f} / {steady_end.load:.2f}",
-        ),
     ]
     fast = per_100k(cpu_start, cpu_end, report.sent)
-    slow = per_100k(steady_start, steady_end, steady.sent)
     rows += [(f"CPU s per 100k events, throughput run: {name}", f"{fast[name]:.2f}") for name in fast]
-    rows += [(f"CPU s per 100k events, latency run: {name}", f"{slow[name]:.2f}") for name in slow]
+    ratios.append(latency.headline(args.rate))
+    rows += latency.rows(args.rate)
     if shadowed is not None:
         rows += [
             (
@@ -641,9 +815,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--phases",
         nargs="+",
-        choices=("stream", "prefilled"),
+        choices=("stream", "latency", "prefilled"),
         default=["stream", "prefilled"],
-        help="stream: throughput, latency, bare consumer; prefilled: the Faust scorer ÷ the plain loop",
+        help="stream: throughput, latency, bare consumer; latency: the steady-rate run alone (after a "
+        "short warm-up), with its stage breakdown; prefilled: the Faust scorer ÷ the plain loop",
     )
     parser.add_argument(
         "--rounds", type=int, default=1, help="plain loop / Faust pairs on the pre-filled topic"

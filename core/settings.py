@@ -74,8 +74,8 @@ class Settings(BaseSettings):
 
     #: Most events per scorer batch; a backlog is gathered into batches of this size.
     scorer_batch_size: int = Field(default=4000, ge=1, le=100_000)
-    #: Longest a partial batch waits (s) while the stream keeps up: it sets latency at low
-    #: rates (p50 29 ms / p99 50 ms at 2,000/s); a backlog does not wait for it.
+    #: Longest a partial batch of verdicts (the labels agent) waits (s). Transactions never
+    #: wait to fill a batch: their batch is what has already arrived (`scorer.batches`).
     scorer_batch_timeout: float = Field(default=0.02, gt=0, le=10)
 
     # --- scorer: health and fault injection (issue 11) ---

@@ -20,7 +20,7 @@ against the known Faust traps:
   unacknowledged) can commit an offset past an unstored event (plain `take` acks the
   buffer when the generator is closed, even if the batch was never stored);
 - agent concurrency is 1, and one write at a time, so acknowledgements are in order;
-- `within` bounds how long a partial batch waits, so a quiet topic never stalls;
+- a batch never waits to fill up (what has arrived is the batch), so a quiet topic never stalls;
 - the PostgreSQL write is idempotent and alerts wait in an outbox until the broker has
   them (Faust's exactly-once covers Kafka only);
 - an error the worker does not understand ends the process (non-zero) instead of leaving
@@ -201,12 +201,9 @@ async def score_transactions(stream: faust.StreamT) -> None:
     try:
         async with ScorerWorker.running(worker_config()) as worker, InOrderWrites() as writes:
             freeze_startup_heap()
-            size, within = settings.scorer_batch_size, settings.scorer_batch_timeout
-            batches = full_batches(
-                stream, size, within, records_per_chunk=RECORDS_PER_CHUNK, on_taken=health.taken
-            )
+            batches = full_batches(stream, settings.scorer_batch_size, on_taken=health.taken)
             async for batch in batches:
-                prepared = await worker.prepare(batch.records)
+                prepared = await worker.prepare(batch.records, batch.stamps())
                 write = worker.write_then(
                     prepared, batch.origin, partial(acknowledge, stream, batch), batch.next_offsets()
                 )

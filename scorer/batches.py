@@ -3,11 +3,12 @@
 Two policies the agent's loop relies on, each small enough to read at once:
 
 - `full_batches`: take the chunks of records (`scorer.transport.RecordChunk`, one Faust
-  event each) the stream offers within `within` seconds, but while the rest of a batch is
-  already waiting in the stream's queue, take it too (a backlog goes in full batches of
-  at most `size` records; a stream that keeps up is cut after `within`, so latency is
-  unchanged). Nothing taken here is acknowledged: the agent acknowledges after writing,
-  the whole `ChunkBatch` at once.
+  event each) one at a time, as soon as each is there, and cut the batch when no further
+  chunk is waiting in the stream's queue or the batch is full (`pipeline.gather_more`):
+  no timer holds a batch back to fill up (a backlog goes in full batches of at most
+  `size` records; a stream that keeps up goes in what each fetch brought, or what
+  arrived while the write before was in flight). Nothing taken here is acknowledged: the
+  agent acknowledges after writing, the whole `ChunkBatch` at once.
 - `InOrderWrites`: batch n+1 is prepared (decoded, scored) while batch n is written, but
   a write starts only when the one before it has finished, so acknowledgements stay in
   offset order; on the way out a write in flight is cancelled unacknowledged (its batch
@@ -17,6 +18,7 @@ Two policies the agent's loop relies on, each small enough to read at once:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -24,9 +26,14 @@ from types import TracebackType
 from typing import Any
 
 import faust
+import numpy as np
 from aiokafka.structs import ConsumerRecord
 
-from scorer.pipeline import Origin, keep_gathering
+from scorer.pipeline import Origin, gather_more, keep_gathering
+from scorer.stages import BatchStamps
+
+#: How often an agent waiting for its first chunk wakes up (s): a stop ends the wait anyway.
+IDLE_WAKE = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,30 +55,33 @@ class ChunkBatch:
         record = self.records[position]
         return Origin(record.topic, record.partition, record.offset, record.key)
 
+    def stamps(self) -> BatchStamps:
+        """The batch's stage stamps so far: each record's fetch time, and taken now."""
+        fetched = np.repeat(
+            np.asarray([event.value.fetched_at for event in self.events], dtype=np.float64),
+            [len(event.value) for event in self.events],
+        )
+        return BatchStamps(fetched=fetched, taken=time.time())
+
     def next_offsets(self) -> dict[int, int]:
         """Partition -> the offset after the batch's last record there."""
         return {event.value.partition: event.value.last_offset + 1 for event in self.events}
 
 
 async def full_batches(
-    stream: faust.StreamT,
-    size: int,
-    within: float,
-    *,
-    records_per_chunk: int,
-    on_taken: Callable[[int], None],
+    stream: faust.StreamT, size: int, *, on_taken: Callable[[int], None]
 ) -> AsyncIterator[ChunkBatch]:
     """Unacknowledged chunks in batches of at most `size` records; `on_taken(n)` as records are taken.
 
     A chunk is never split (its one acknowledgement covers all its records), so a batch
-    is cut before a chunk that would take it past `size` (chunks hold at most
-    `records_per_chunk` <= `size` records).
+    is cut before a chunk that would take it past `size` (chunks hold fewer records than
+    `size`). Chunks are taken one by one: `noack_take(1)` returns as soon as one is
+    there, and its timeout (`IDLE_WAKE`) only wakes an idle agent, never delays an event.
     """
     gathered: list[faust.EventT] = []
     records = 0
     queue = stream.channel.queue
-    # Taken by count of chunks: as many as make a full batch when they are full.
-    async with aclosing(stream.noack_take(max(1, size // records_per_chunk), within=within)) as takes:
+    async with aclosing(stream.noack_take(1, within=IDLE_WAKE)) as takes:
         async for events in takes:
             for event in events:
                 count = len(event.value)
@@ -81,7 +91,7 @@ async def full_batches(
                     gathered, records = [], 0
                 gathered.append(event)
                 records += count
-            if gathered and not keep_gathering(records, _waiting_records(queue, size - records), size):
+            if gathered and not gather_more(records, _waiting_records(queue, 1), size):
                 yield ChunkBatch.of(gathered)
                 gathered, records = [], 0
 

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from scorer.stages import StageLatency
+
 #: Batch latency buckets (seconds): a batch takes milliseconds at 2,000/s, ~0.1-0.3 s when full.
 _BATCH_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
-#: End-to-end latency buckets (seconds, producer timestamp to stored row).
-_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 60.0)
 
 
 @dataclass
@@ -123,12 +123,6 @@ class ScorerMetrics:
             buckets=(1, 10, 100, 500, 1000, 2000, 4000, 8000, 16000),
             registry=r,
         )
-        self.end_to_end_seconds = Histogram(
-            "fraudstream_end_to_end_seconds",
-            "Producer timestamp to the batch's commit in PostgreSQL",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
         self.assigned_partitions = Gauge(
             "fraudstream_assigned_partitions",
             "Partitions of the transactions topic this worker reads",
@@ -155,6 +149,10 @@ class ScorerMetrics:
             ["partition"],
             registry=r,
         )
+
+        #: Per stage of a batch, the time since each event was produced (`scorer.stages`).
+        self.stages = StageLatency()
+        r.register(self.stages)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -84,6 +84,18 @@ def keep_gathering(gathered: int, waiting: int, batch_size: int) -> bool:
     return gathered < batch_size and waiting >= batch_size - gathered
 
 
+def gather_more(gathered: int, waiting: int, batch_size: int) -> bool:
+    """Whether a batch of chunks takes another chunk before it is scored: only one that is already
+    waiting (fetched, in the stream's queue), and only while the batch is not full.
+
+    A batch never waits for events that have not arrived: what the last fetch brought is the
+    batch. Batching still happens by itself: while one batch is written, the next fetches
+    pile up in the queue and become the next batch (a backlog: full batches; 2,000/s: what
+    arrived during one write). A timer that waits for more only adds its wait to every event.
+    """
+    return gathered < batch_size and waiting > 0
+
+
 def decode(messages: Sequence[bytes]) -> tuple[EventBatch, list[DeadLetter]]:
     """Valid events column-wise plus the refused ones with their kinds and reasons (never raises)."""
     return decode_batch(messages)

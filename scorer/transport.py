@@ -31,6 +31,7 @@ Three changes to faust-streaming's aiokafka consumer, everything else is Faust's
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Coroutine, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -89,6 +90,7 @@ class RecordChunk:
     topic: str
     partition: int
     records: Sequence[ConsumerRecord]
+    fetched_at: float = 0.0  # wall clock when the consumer's fetch returned them (`scorer.stages`)
 
     @property
     def first_offset(self) -> int:
@@ -139,10 +141,12 @@ class RecordChunkSchema(faust.Schema):
         return message.value
 
 
-def chunks(topic: str, partition: int, records: Sequence[ConsumerRecord], size: int) -> Iterator[RecordChunk]:
+def chunks(
+    topic: str, partition: int, records: Sequence[ConsumerRecord], size: int, fetched_at: float = 0.0
+) -> Iterator[RecordChunk]:
     """`records` in chunks of at most `size`, in order."""
     for start in range(0, len(records), size):
-        yield RecordChunk(topic, partition, records[start : start + size])
+        yield RecordChunk(topic, partition, records[start : start + size], fetched_at)
 
 
 class LowLatencyConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -175,6 +179,7 @@ class LowLatencyConsumer(faust_aiokafka.Consumer):
         sizes = self._chunk_sizes
         if not sizes or not records:
             return records
+        fetched_at = time.time()
         for tp, fetched in records.items():
             size = sizes.get(tp.topic)
             if size is None or not fetched:
@@ -182,7 +187,7 @@ class LowLatencyConsumer(faust_aiokafka.Consumer):
             read = self._read_offset.get(tp)
             if read is not None and fetched[0].offset < read:
                 fetched = [record for record in fetched if record.offset >= read]
-            records[tp] = list(chunks(tp.topic, tp.partition, fetched, size))
+            records[tp] = list(chunks(tp.topic, tp.partition, fetched, size, fetched_at))
         return records
 
     def _to_message(self, tp: TP, record: Any) -> ConsumerMessage:

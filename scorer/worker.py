@@ -34,6 +34,7 @@ from scorer.metrics import ScorerMetrics
 from scorer.pipeline import Origin, by_model, decode, score_group
 from scorer.resolution import ModelResolution
 from scorer.resources import Resources
+from scorer.stages import BatchStamps
 from scorer.writer import BatchWriter, PreparedBatch
 
 log = logging.getLogger(__name__)
@@ -145,14 +146,15 @@ class ScorerWorker:
         finally:
             await run_to_the_end(_close(background, resources, heartbeat, config.monitor))
 
-    async def prepare(self, events: Sequence[Any]) -> PreparedBatch:
+    async def prepare(self, events: Sequence[Any], stamps: BatchStamps | None = None) -> PreparedBatch:
         """Decode, validate, resolve models, score and explain a batch, and score its live rows
         with the shadow too when the registry names one: nothing written yet.
 
         `events` are anything with the raw bytes in `.value`: Faust events, or the Kafka
         records of the chunks the agent takes (`scorer.transport.RecordChunk`). The agent
         prepares batch n+1 while batch n is being written, so the worker's CPU and
-        PostgreSQL's work overlap instead of taking turns.
+        PostgreSQL's work overlap instead of taking turns. `stamps` carries the batch's
+        fetch and take times (`scorer.stages`); the rest are stamped on its way.
         """
         started = time.perf_counter()
         messages = [event.value or b"" for event in events]
@@ -168,7 +170,9 @@ class ScorerWorker:
             groups.append(group)
             refused += letters
         groups = self.models.shadow.attach(groups)
-        return PreparedBatch(messages, groups, refused, time.perf_counter() - started)
+        stamps = BatchStamps() if stamps is None else stamps
+        stamps.scored = time.time()
+        return PreparedBatch(messages, groups, refused, time.perf_counter() - started, stamps)
 
     async def write_then_ack(
         self,
@@ -199,6 +203,12 @@ class ScorerWorker:
         `origin(position)` names where the batch's message at `position` came from (for
         dead letters); `next_offsets` is partition -> the offset after the batch's last.
         """
+        stamps = prepared.stamps
+        stamps.write_started = time.time()
         await self.writer.write(prepared, origin)
         await acknowledge()
+        stamps.acked = time.time()
         self.health.acked(len(prepared.messages), next_offsets)
+        self.metrics.stages.observe_batch(
+            stamps, ((group.rows.produced_at, group.positions) for group in prepared.groups)
+        )

@@ -52,6 +52,7 @@ from scorer.faults import FaultInjector
 from scorer.health import WorkerHealth
 from scorer.metrics import ScorerMetrics
 from scorer.pipeline import Origin, ScoredGroup, dead_letter_headers, occurrence_rounds
+from scorer.stages import BatchStamps
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class PreparedBatch:
     groups: list[ScoredGroup]
     refused: list[DeadLetter]
     seconds: float  # time spent preparing, for the batch latency histogram
+    stamps: BatchStamps = field(default_factory=BatchStamps)  # the wall clock at each stage
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +141,7 @@ class BatchWriter:
                 for row in sorted(outcome.new & group.alerts.keys()):
                     alerts[(keys[row], group.rows.ids[row])] = group.alerts[row]
                 self._count_stored(group, outcome)
+        prepared.stamps.stored = time.time()  # every group committed: durable from here on
         await self._publish_alerts_and_letters(list(alerts.items()), letters, origin, recovered)
         self.metrics.batch_size.observe(len(prepared.messages))
         self.metrics.batch_seconds.observe(prepared.seconds + time.perf_counter() - started)
@@ -260,11 +263,6 @@ class BatchWriter:
             lost = sum(1 for row in outcome.new if shadow.scored[row] and row not in outcome.shadowed)
             if lost:
                 self.metrics.shadow_skipped.labels(version, "store").inc(lost)
-        stored_at = time.time()
-        for row in outcome.new:
-            produced = group.rows.produced_at[row]
-            if produced is not None:
-                self.metrics.end_to_end_seconds.observe(max(0.0, stored_at - produced))
 
     # -- 3, 4. publish, then forget published alerts -------------------------------------
 

@@ -37,6 +37,7 @@ from scorer.pipeline import (
     dead_letter_headers,
     decode,
     drop_unknown_runs,
+    gather_more,
     keep_gathering,
     occurrence_rounds,
     score_group,
@@ -240,6 +241,13 @@ def test_a_batch_waits_for_another_take_only_when_the_waiting_events_fill_it() -
     assert not keep_gathering(gathered=40, waiting=0, batch_size=4000)  # keeping up: score now
     assert not keep_gathering(gathered=4000, waiting=20_000, batch_size=4000)  # full
     assert not keep_gathering(gathered=5000, waiting=20_000, batch_size=4000)
+
+
+def test_a_chunk_batch_takes_only_chunks_already_waiting_and_never_waits_for_more() -> None:
+    assert gather_more(gathered=40, waiting=1, batch_size=4000)  # fetched already: same batch
+    assert gather_more(gathered=600, waiting=20_000, batch_size=4000)  # a backlog
+    assert not gather_more(gathered=40, waiting=0, batch_size=4000)  # nothing waiting: score now
+    assert not gather_more(gathered=4000, waiting=20_000, batch_size=4000)  # full
 
 
 # --------------------------------------------------------------------------- error policy

@@ -208,6 +208,11 @@ def test_two_workers_share_the_partitions(settings, workers) -> None:
     assert_exactly_once(settings.database_url, limit)
     consumed = [worker.metric("fraudstream_consumed_total") for worker in pair]
     assert all(count > 0 for count in consumed) and sum(consumed) == limit
+    # Every stored row passed every stage once, on the worker that stored it (`scorer.stages`).
+    pages = [f"http://127.0.0.1:{worker.port}/metrics" for worker in pair]
+    for stage in ("fetched", "taken", "scored", "write_started", "stored", "acked"):
+        counts = [read_metric(page, "fraudstream_stage_seconds_count", stage=stage) for page in pages]
+        assert counts == consumed, stage
 
 
 def test_a_backlog_is_scored_in_full_batches_never_above_the_batch_size(settings, workers) -> None:
