@@ -41,9 +41,16 @@ log = logging.getLogger(__name__)
 #: existing rows), the writer (`core.db.store`) and so the maintenance task (rows carry it).
 DATA_DAY_FUNCTION = """
 CREATE OR REPLACE FUNCTION data_day(data_time float8) RETURNS int4
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-RETURN floor(data_time / 86400.0)::int4
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN data_time >= 0 AND data_time < 86400 THEN 0
+            WHEN data_time < 0 AND data_time >= -86400 THEN -1
+            ELSE floor(data_time / 86400.0)::int4 END
 """
+# The first day apart: PostgreSQL refuses a division whose result underflows (a subnormal
+# time such as 5e-324, which validation lets through), and that would refuse the whole write.
+
+#: Seconds of data time in a data day (as in `DATA_DAY_FUNCTION`).
+DAY_SECONDS = 86_400
 
 #: The tables partitioned by data day, in the order rows are written.
 PARTITIONED: tuple[str, ...] = ("transactions", "scores", "shadow_scores")
@@ -305,3 +312,12 @@ async def retained_from(conn: asyncpg.Connection | asyncpg.Pool) -> int | None:
     """The first live data day still kept after a retention drop, None if no day was ever dropped."""
     dropped = await conn.fetchval("SELECT max(day) FROM data_days_dropped")
     return None if dropped is None else int(dropped) + 1
+
+
+def beyond_retention(first_kept_day: int) -> str:
+    """What the API says of live rows it no longer has because retention dropped their day."""
+    return (
+        f"beyond retention: the live run keeps row-level data from data day {first_kept_day} on "
+        f"(data time >= {first_kept_day * DAY_SECONDS} s, FRAUDSTREAM_RETENTION_DAYS); older days "
+        "were dropped (their counts stay in the rollups)"
+    )
