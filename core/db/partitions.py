@@ -187,6 +187,21 @@ async def newest_day(conn: asyncpg.Connection) -> int | None:
     return filled[-1]
 
 
+async def ensure_days(conn: asyncpg.Connection, days: Sequence[int]) -> list[str]:
+    """Create the partitions of `days` (live run) that are missing, in every table; their names.
+
+    For writers that know the days they are about to write (a bulk load, the benchmark):
+    without it their rows land in the default partitions until the next maintenance pass.
+    """
+    created = []
+    for table in PARTITIONED:
+        have = set(await live_days(conn, table))
+        for day in sorted(set(days) - have):
+            await conn.execute(create_day_sql(table, day))
+            created.append(day_table(table, day))
+    return created
+
+
 async def _ddl(
     conn: asyncpg.Connection, report: MaintenanceReport, step: str, statements: Sequence[str]
 ) -> bool:
