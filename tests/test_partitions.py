@@ -473,3 +473,52 @@ def test_no_retention_keeps_every_day(database_url: str, retention: int | None) 
 
     report, where = asyncio.run(run())
     assert report.dropped == [] and len(where) == 4
+
+
+async def _until(check, seconds: float = 60.0) -> None:  # noqa: ANN001
+    """Wait until `check()` holds (generous: the machine may be busy), failing after `seconds`."""
+    for _ in range(int(seconds / 0.05)):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the maintenance loop never got there")
+
+
+def test_the_scorers_task_says_when_it_last_ran_and_why_it_failed(database_url: str) -> None:
+    """The loop every scorer worker runs: its metrics and health say when a pass last acted, and a
+    failing pass is counted and reported, never raised into the worker."""
+    from scorer.health import WorkerHealth
+    from scorer.maintenance import MaintenanceLoop
+    from scorer.metrics import ScorerMetrics
+
+    metrics, health = ScorerMetrics(), WorkerHealth(stall_seconds=30)
+
+    async def run() -> dict:
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+        try:
+            await store_new(pool, _rows(["a", "b"], [0, 5]), {})
+            loop = MaintenanceLoop(pool, 1, 0.05, metrics, health)
+            task = asyncio.create_task(loop.forever())
+            await _until(lambda: health.maintenance_at is not None)
+            out = {"at": health.maintenance_at, "where": await _where(pool, "transactions")}
+            await pool.execute("DROP TABLE maintenance_state")  # the next pass fails on it
+            await _until(lambda: health.maintenance_problem is not None)
+            out["problem"] = health.maintenance_problem
+            out["running"] = not task.done()
+            task.cancel()
+            return out
+        finally:
+            await pool.close()
+
+    out = asyncio.run(asyncio.wait_for(run(), 120))
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.exposition().decode().splitlines()
+        if line.startswith("fraudstream_maintenance")
+    }
+    assert out["where"] == {"transactions_day_5": 1}  # moved out of the default; days 0..4 beyond retention
+    assert samples["fraudstream_maintenance_last_run_timestamp_seconds"] >= out["at"] > 0
+    assert samples['fraudstream_maintenance_partitions_total{action="dropped"}'] == 12  # days 0..3, 3 tables
+    assert samples["fraudstream_maintenance_rows_moved_total"] == 2  # the row and its score
+    assert "maintenance_state" in out["problem"] and out["running"]
+    assert samples["fraudstream_maintenance_failures_total"] >= 1
