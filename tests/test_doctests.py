@@ -11,7 +11,6 @@ import pytest
 @pytest.mark.parametrize(
     "module",
     [
-        "core.bins",
         "core.comparison",
         "core.drift",
         "core.metrics",
