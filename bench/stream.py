@@ -220,22 +220,23 @@ async def _rewind_group(bootstrap_servers: str, group: str, partitions: int) -> 
         await consumer.stop()
 
 
-def _assigned_from_log(log_path: Path) -> int:
-    """The plain loop's last `assigned N` line (-1 before the first)."""
+def _last_logged(log_path: Path, word: str) -> float:
+    """The number on the plain loop's last `<word> N` line (-1 before the first)."""
     try:
-        lines = [line for line in log_path.read_text().splitlines() if line.startswith("assigned ")]
-    except OSError:
-        return -1
-    return int(lines[-1].split()[1]) if lines else -1
-
-
-def _batches_from_log(log_path: Path) -> float:
-    """The plain loop's last `batches N` line (it says one after each write; -1 before the first)."""
-    try:
-        lines = [line for line in log_path.read_text().splitlines() if line.startswith("batches ")]
+        lines = [line for line in log_path.read_text().splitlines() if line.startswith(f"{word} ")]
     except OSError:
         return -1.0
     return float(lines[-1].split()[1]) if lines else -1.0
+
+
+def _assigned_from_log(log_path: Path) -> int:
+    """The plain loop's partitions now (its last `assigned N` line; -1 before the first)."""
+    return int(_last_logged(log_path, "assigned"))
+
+
+def _batches_from_log(log_path: Path) -> float:
+    """The plain loop's batches written so far (it says `batches N` after each write)."""
+    return _last_logged(log_path, "batches")
 
 
 def _run_pair(
