@@ -21,7 +21,7 @@ from scorer.stages import STAGES
 METRIC = "fraudstream_stage_seconds"
 STAGE_MEANING = {
     "fetched": "fetched by the worker's consumer (producer linger + broker + fetch wait)",
-    "taken": "taken by the agent into a batch (+ the batch timer `within`)",
+    "taken": "taken by the agent into a batch (+ waiting in the stream's queue)",
     "scored": "decoded and scored",
     "write_started": "its write begins (+ waiting for the write before it)",
     "stored": "committed in PostgreSQL: durably stored",

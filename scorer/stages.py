@@ -7,7 +7,7 @@ acknowledged. After the acknowledgement, `StageLatency.observe_batch` adds every
 time since its producer's `produced_at` at each stage to one histogram per stage,
 `fraudstream_stage_seconds{stage=...}`, vectorised (one numpy pass per stage and batch,
 not a Python call per row). The difference of two stages is the time spent between them:
-that is how to tell a fetch wait from a batch timer from a write queue from a commit.
+that is how to tell a fetch wait from a queue wait from a write queue from a commit.
 
 The producer's clock and the worker's are compared, so on separate machines their offset
 is in every figure (on one machine it is not).
