@@ -104,11 +104,9 @@ async def database_error(request: Request, error: Exception) -> JSONResponse:
     raise error
 
 
-#: Exception classes `database_error` is registered for (`api.main`).
-DATABASE_ERRORS: tuple[type[Exception], ...] = (
-    OSError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    sa_exc.DBAPIError,
-    sa_exc.TimeoutError,
+#: Exception classes `database_error` is registered for (`api.main`): every transient kind
+#: above (derived, so none can be left out: asyncpg's `InternalClientError` derives from
+#: nothing of asyncpg's and once answered a bare 500) and the server's and SQLAlchemy's errors.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = tuple(
+    dict.fromkeys([*(kind for kind, _ in _TRANSIENT), asyncpg.PostgresError, sa_exc.DBAPIError])
 )

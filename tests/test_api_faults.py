@@ -18,7 +18,7 @@ import httpx
 import pytest
 from sqlalchemy import exc as sa_exc
 
-from api.errors import is_data_error, transient_reason
+from api.errors import DATABASE_ERRORS, is_data_error, transient_reason
 from core.bundle_store import BundleStore
 from core.features import EVENT_FEATURES
 from tests.api_fixtures import api_settings, serve
@@ -59,6 +59,9 @@ def test_every_transient_failure_has_a_reason_also_when_sqlalchemy_wraps_it(
     error: Exception, words: str
 ) -> None:
     assert words in transient_reason(error)
+    # ... and reaches the handler that answers 503 (`api.main` registers it for DATABASE_ERRORS):
+    # a transient kind classified but not handled was still a bare 500.
+    assert isinstance(error, DATABASE_ERRORS)
     # SQLAlchemy's asyncpg dialect wraps the driver's error in its own DBAPI error, then in DBAPIError.
     adapted = RuntimeError("adapted")
     adapted.__cause__ = error
