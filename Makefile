@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 FULL_DATA ?= ../shared/data/creditcard.csv.gz
 
-.PHONY: up test lint bench bench-stream bench-train bench-api install install-test clean
+.PHONY: up test lint bench bench-stream bench-train bench-api bench-scale install install-test clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,9 @@ bench-stream: install
 
 bench-api: install
 	$(PY) -m bench.api --data $(FULL_DATA)
+
+bench-scale: install
+	$(PY) -m bench.scale --data $(FULL_DATA)
 
 clean:
 	rm -rf .fraudstream artifacts .pytest_cache

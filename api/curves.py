@@ -32,14 +32,23 @@ class BinnedMetrics:
     roc_auc: float | None
 
 
-def metrics_from_bins(positives: Sequence[int], negatives: Sequence[int]) -> BinnedMetrics:
-    """Curves from counts per equal-width score bin over [0, 1], bins ordered low to high."""
+def metrics_from_bins(
+    positives: Sequence[int], negatives: Sequence[int], lower_edges: Sequence[float] | None = None
+) -> BinnedMetrics:
+    """Curves from counts per score bin, bins ordered low to high; `lower_edges` (default: equal-width
+    bins over [0, 1]) are the thresholds."""
     pos = np.asarray(positives, dtype=np.int64)
     neg = np.asarray(negatives, dtype=np.int64)
     if pos.shape != neg.shape:
         raise ValueError("positives and negatives need one count per bin each")
     bins = pos.shape[0]
-    edges = np.arange(bins, dtype=np.float64) / bins  # lower edge of each bin
+    edges = (
+        np.arange(bins, dtype=np.float64) / bins
+        if lower_edges is None
+        else np.asarray(lower_edges, dtype=np.float64)
+    )
+    if edges.shape != pos.shape:
+        raise ValueError("one lower edge per bin")
     keep = (pos + neg) > 0
     # Walk from the highest bin down: predicting "fraud" for score >= edge.
     pos_d, neg_d, edge_d = pos[keep][::-1], neg[keep][::-1], edges[keep][::-1]

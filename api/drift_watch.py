@@ -4,7 +4,7 @@ Computed in the API because that is where the data are: every scorer worker sees
 own partitions, while PostgreSQL holds every stored row. Every
 `FRAUDSTREAM_DRIFT_REFRESH_SECONDS` the watcher counts the champion's rows of the last
 complete hour of data (the hour before the latest stored row's) through
-`core.db.drift.drift_counts` (one indexed hour: bounded work) and sets
+`core.db.drift.drift_counts` (one hour of the drift rollups: bounded work) and sets
 
 - `fraudstream_drift_psi{quantity}`: PSI of each input, `recon_error` and `score` (absent
   while the hour has too few rows, `core.drift.MIN_ROWS_FOR_PSI`);

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import (
+    BigInteger,
     Select,
     and_,
     case,
+    cast,
     column,
     false,
     func,
@@ -28,12 +30,25 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnElement
 
-from core.db.schema import FEATURE_COLUMNS, backtest_runs, model_versions, scores, transactions
+from core.db.schema import (
+    FEATURE_COLUMNS,
+    backtest_runs,
+    model_versions,
+    rollup_histograms,
+    rollup_hours,
+    rollup_latency,
+    rollup_minutes,
+    rollup_score_hours,
+    scores,
+    transactions,
+)
 from core.db.schema import run_totals as run_totals_table
 from core.features import PCA_COLUMNS
 
 t = transactions.c
 s = scores.c
+rm = rollup_minutes.c
+rl = rollup_latency.c
 
 _JOIN = transactions.join(scores, and_(t.run_id == s.run_id, t.id == s.id))
 
@@ -100,51 +115,48 @@ def run_totals(run_id: str) -> Select:
     )
 
 
-def window_totals(run_id: str, since: datetime) -> Select:
-    """Counts and latency percentiles of the rows scored since `since`: a range scan of the index.
+def _count(total: ColumnElement) -> ColumnElement:
+    """A sum of counters as a bigint (PostgreSQL sums bigints as numeric), 0 when nothing is summed."""
+    return cast(func.coalesce(total, 0), BigInteger)
 
-    `since` is a bound value (not `now() - interval`) so the planner sees how narrow the range is.
-    """
-    latency = s.latency_ms
+
+def window_rollup(run_id: str, since: datetime) -> Select:
+    """Rows, alerts and frauds (known label) scored in the whole minutes from `since` (migration 0009's
+    `rollup_minutes`): a primary-key range scan of a few rows per minute, whatever the history.
+
+    `since` is a bound value on a minute boundary (not `now() - interval`), so the planner sees
+    how narrow the range is."""
     return select(
-        func.count().label("scored"),
-        func.count().filter(s.alert).label("alerts"),
-        func.min(s.scored_at).label("first"),
-        func.count(latency).label("latency_count"),
-        *(func.percentile_cont(q).within_group(latency).label(f"p{int(q * 100)}") for q in (0.5, 0.95, 0.99)),
-        func.max(latency).label("latency_max"),
-    ).where(s.run_id == run_id, s.scored_at >= since)
+        _count(func.sum(rm.scored)).label("scored"),
+        _count(func.sum(rm.alerts)).label("alerts"),
+        _count(func.sum(rm.scored).filter(rm["class"] == 1)).label("frauds"),
+    ).where(rm.run_id == run_id, rm.minute >= since)
 
 
-def true_alerts(run_id: str) -> Select:
-    """Alerts that are frauds: the few alert rows (partial index) probed for their label."""
-    return select(func.count()).select_from(_JOIN).where(s.run_id == run_id, s.alert, t.label == 1)
+def latency_rollup(run_id: str, since: datetime, bucket: timedelta | None = None) -> Select:
+    """Rows per latency bin (`core.bins.LATENCY_BINS`) scored in the whole minutes from `since`, per
+    bucket of `bucket` (a whole number of minutes) if given: a primary-key range scan of `rollup_latency`."""
+    columns = [rl.bin, _count(func.sum(rl.n)).label("n")]
+    group = [rl.bin]
+    if bucket is not None:
+        start = func.date_bin(bucket, rl.minute, literal(BUCKET_ORIGIN)).label("bucket_start")
+        columns.insert(0, start)
+        group.insert(0, start)
+    return select(*columns).where(rl.run_id == run_id, rl.minute >= since).group_by(*group)
 
 
 def timeseries(run_id: str, since: datetime, bucket: timedelta) -> Select:
-    """Scored rows, alerts and latency per bucket since `since`: scores alone, one range scan."""
-    bucket_start = func.date_bin(bucket, s.scored_at, literal(BUCKET_ORIGIN)).label("bucket_start")
-    latency = s.latency_ms
+    """Scored rows, alerts and frauds (known label) per bucket of whole minutes from `since`: the
+    minute rollup's rows summed per bucket (date_bin on the minute; buckets align with minutes)."""
+    bucket_start = func.date_bin(bucket, rm.minute, literal(BUCKET_ORIGIN)).label("bucket_start")
     return (
         select(
             bucket_start,
-            func.count().label("scored"),
-            func.count().filter(s.alert).label("alerts"),
-            func.percentile_cont(0.5).within_group(latency).label("p50"),
-            func.percentile_cont(0.99).within_group(latency).label("p99"),
+            _count(func.sum(rm.scored)).label("scored"),
+            _count(func.sum(rm.alerts)).label("alerts"),
+            _count(func.sum(rm.scored).filter(rm["class"] == 1)).label("frauds"),
         )
-        .where(s.run_id == run_id, s.scored_at >= since)
-        .group_by(bucket_start)
-    )
-
-
-def timeseries_frauds(run_id: str, since: datetime, bucket: timedelta) -> Select:
-    """Frauds per bucket: the run's frauds (partial index on label = 1) probed for scored_at."""
-    bucket_start = func.date_bin(bucket, s.scored_at, literal(BUCKET_ORIGIN)).label("bucket_start")
-    return (
-        select(bucket_start, func.count().label("frauds"))
-        .select_from(_JOIN)
-        .where(t.run_id == run_id, t.label == 1, s.scored_at >= since)
+        .where(rm.run_id == run_id, rm.minute >= since)
         .group_by(bucket_start)
     )
 
@@ -349,31 +361,6 @@ def scatter_normals(x: Feature, y: Feature, run_id: str, n: int, percent: float 
 # --------------------------------------------------------------------------- model performance
 
 
-def _score_bucket(bins: int) -> ColumnElement:
-    return func.least(func.greatest(func.width_bucket(s.score, 0.0, 1.0, bins), 1), bins).label("bucket")
-
-
-def score_bins(run_id: str, bins: int) -> Select:
-    """All scored rows counted per (model version, score bin, alert flag): scores alone, one pass."""
-    bucket = _score_bucket(bins)
-    return (
-        select(s.model_version, bucket, s.alert, func.count().label("n"))
-        .where(s.run_id == run_id)
-        .group_by(s.model_version, bucket, s.alert)
-    )
-
-
-def score_bins_of_label(run_id: str, bins: int, label: int | None) -> Select:
-    """The same counts for the rows with one label (1: frauds via their partial index; None: unlabelled)."""
-    bucket = _score_bucket(bins)
-    return (
-        select(s.model_version, bucket, s.alert, func.count().label("n"))
-        .select_from(_JOIN)
-        .where(t.run_id == run_id, t.label.is_(None) if label is None else t.label == label)
-        .group_by(s.model_version, bucket, s.alert)
-    )
-
-
 def model_version_list() -> Select:
     """Model versions with the manifest parts the list shows, cut in SQL (no curves sent over)."""
     m = model_versions.c
@@ -395,6 +382,109 @@ def model_version_list() -> Select:
 
 def model_thresholds() -> Select:
     return select(model_versions.c.version, model_versions.c.threshold)
+
+
+# --------------------------------------------------------------------------- rollups (migration 0009)
+
+rh = rollup_histograms.c
+rs = rollup_score_hours.c
+rhours = rollup_hours.c
+#: `class` in the rollups: the known label, -1 for none.
+UNLABELLED = -1
+
+
+def histogram_rollup(run_id: str, quantity: str) -> Select:
+    """Rows, alerts and value sums per (class, analytics bin) of one quantity: O(bins), never O(rows)."""
+    return (
+        select(
+            rh["class"].label("cls"),
+            rh.bin,
+            func.sum(rh.n).label("n"),
+            func.sum(rh.alerts).label("alerts"),
+            func.sum(rh.total).label("total"),
+            func.sum(rh.alert_total).label("alert_total"),
+        )
+        .where(rh.run_id == run_id, rh.quantity == quantity)
+        .group_by(rh["class"], rh.bin)
+    )
+
+
+def hours_rollup(run_id: str) -> Select:
+    """Rows and alerts per (data hour, class): the Time histogram."""
+    return (
+        select(
+            rhours.hour,
+            rhours["class"].label("cls"),
+            func.sum(rhours.scored).label("n"),
+            func.sum(rhours.alerts).label("alerts"),
+        )
+        .where(rhours.run_id == run_id)
+        .group_by(rhours.hour, rhours["class"])
+    )
+
+
+def true_alerts_rollup(run_id: str) -> Select:
+    """Alerts whose known label is fraud, from the per-hour counters."""
+    return select(func.coalesce(func.sum(rhours.alerts), 0)).where(
+        rhours.run_id == run_id, rhours["class"] == 1
+    )
+
+
+def score_rollup(run_id: str) -> Select:
+    """Rows and alerts per (model version, class, score bin) of the run (all data hours)."""
+    return (
+        select(
+            rh.model_version,
+            rh["class"].label("cls"),
+            rh.bin,
+            func.sum(rh.n).label("n"),
+            func.sum(rh.alerts).label("alerts"),
+        )
+        .where(rh.run_id == run_id, rh.quantity == "score")
+        .group_by(rh.model_version, rh["class"], rh.bin)
+    )
+
+
+def _in_sample_hour(key: str) -> ColumnElement:
+    """The data hour of the registered version's in-sample `time_from`/`time_to` (NULL if unknown)."""
+    value = model_versions.c.manifest[("training", "data", "in_sample", key)]
+    return case((func.jsonb_typeof(value) == "number", func.floor(value.as_float() / 3600)))
+
+
+def in_sample_score_rollup(run_id: str) -> Select:
+    """The same counts for the data hours that overlap each version's in-sample stretch (the
+    rows it was trained or validated on): subtracted from its live metrics. Reads only those hours.
+
+    Each version's in-sample hours are read from its manifest once (a materialized CTE), not
+    once per rollup row: a manifest with its evaluation curves is large, and reading it per
+    row took seconds."""
+    hours = (
+        select(
+            model_versions.c.version,
+            _in_sample_hour("time_from").label("hour_from"),
+            _in_sample_hour("time_to").label("hour_to"),
+        )
+        .cte("in_sample_hours")
+        .prefix_with("MATERIALIZED")
+    )
+    return (
+        select(
+            rs.model_version,
+            rs["class"].label("cls"),
+            rs.bin,
+            func.sum(rs.n).label("n"),
+            func.sum(rs.alerts).label("alerts"),
+        )
+        .select_from(rollup_score_hours.join(hours, hours.c.version == rs.model_version))
+        .where(rs.run_id == run_id, rs.hour >= hours.c.hour_from, rs.hour <= hours.c.hour_to)
+        .group_by(rs.model_version, rs["class"], rs.bin)
+    )
+
+
+def in_sample_ranges() -> Select:
+    """Each registered version's in-sample stretch of data time, as the manifest says it."""
+    in_sample = model_versions.c.manifest[("training", "data", "in_sample")]
+    return select(model_versions.c.version, in_sample.label("in_sample"))
 
 
 # --------------------------------------------------------------------------- backtests

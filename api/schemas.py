@@ -89,13 +89,18 @@ class Problem(_Model):
 
 
 class LatencySummary(_Model):
-    """End-to-end latency (producer timestamp to stored row) in milliseconds."""
+    """End-to-end latency (producer timestamp to stored row) in milliseconds, read from the
+    latency rollup's log-spaced bins (20 per decade): each figure is the geometric middle of
+    the bin holding it (nearest rank), so within `within_factor` of the exact value."""
 
     count: int = Field(description="rows with a latency in the window")
     p50: float | None
     p95: float | None
     p99: float | None
-    max: float | None
+    max: float | None = Field(description="the middle of the highest bin holding a row")
+    within_factor: float = Field(
+        description="resolution: each figure is within this factor of the exact one (1.059: ±5.9%)"
+    )
 
 
 class Stats(_Model):
@@ -111,11 +116,14 @@ class Stats(_Model):
     fraud_rate: float = Field(description="frauds / labelled (0 when nothing is labelled)")
     first_scored_at: datetime | None
     last_scored_at: datetime | None
-    window_minutes: float
+    window_minutes: int
+    window_start: datetime = Field(
+        description="start of the window: `window_minutes` whole minutes before the current minute began"
+    )
     window_scored: int = Field(description="rows scored in the window")
     window_alerts: int
     throughput_per_s: float = Field(
-        description="rows scored per second over the window (from its first row in the window to now)"
+        description="rows scored per second over the window (from its start, or the run's first row if later, to now)"
     )
     latency_ms: LatencySummary
     generated_at: datetime
@@ -123,10 +131,13 @@ class Stats(_Model):
 
 class TimePoint(_Model):
     t: datetime = Field(description="bucket start (UTC)")
+    seconds: float = Field(
+        description="how much of the bucket has passed (less than its width for the current one)"
+    )
     scored: int
     alerts: int
-    frauds: int = Field(description="ground-truth frauds among the rows of the bucket")
-    latency_p50_ms: float | None
+    frauds: int = Field(description="rows of the bucket whose known label is fraud")
+    latency_p50_ms: float | None = Field(description="from the latency bins: within `latency_within_factor`")
     latency_p99_ms: float | None
 
 
@@ -134,8 +145,11 @@ class TimeSeries(_Model):
     """`GET /api/stats/timeseries`: per-bucket counts over the last `minutes` (empty buckets included)."""
 
     run_id: str
-    minutes: float
-    bucket_seconds: int
+    minutes: int
+    bucket_seconds: int = Field(description="a whole number of minutes: the rollups' grain")
+    latency_within_factor: float = Field(
+        description="each latency figure is within this factor of the exact one"
+    )
     points: list[TimePoint]
 
 
@@ -253,15 +267,23 @@ class VersionPerformance(_Model):
 
     model_version: str
     threshold: float | None = Field(description="the version's alert threshold (null if unknown)")
-    rows: int = Field(description="stored rows scored by this version")
+    rows: int = Field(description="rows scored by this version (in-sample ones included)")
+    in_sample_rows: int = Field(
+        default=0,
+        description="rows left out of the metrics: their data hour overlaps the version's in-sample stretch",
+    )
+    in_sample: dict[str, Any] | None = Field(
+        default=None,
+        description="the version's in-sample stretch of data time (manifest training.data.in_sample)",
+    )
     labelled: int
     frauds: int
     confusion: Confusion = Field(description="at the stored alert flag (score >= threshold)")
     precision: float | None
     recall: float | None
     f1: float | None
-    auprc: float | None = Field(description="average precision, over 1000 score bins")
-    roc_auc: float | None = Field(description="trapezoidal ROC AUC over 1000 score bins")
+    auprc: float | None = Field(description="average precision, over the score bins (out-of-sample rows)")
+    roc_auc: float | None = Field(description="trapezoidal ROC AUC over the score bins (out-of-sample rows)")
     roc: Curve
     pr: Curve
 

@@ -65,7 +65,7 @@ from core.settings import Settings, settings_env
 GET_ENDPOINTS: tuple[str, ...] = (
     "/",
     "/api/stats",
-    "/api/stats/timeseries?minutes=5&bucket_seconds=5",
+    "/api/stats/timeseries?minutes=60&bucket_seconds=60",
     "/api/transactions?limit=100",
     "/api/transactions?limit=100&label=1",
     "/api/transactions?limit=100&score_min=0.5",

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from api.curves import metrics_from_bins
+from core.bins import QUANTITY_BINS, SCORE_BINS
 from core.events import decode_batch
 from core.features import EVENT_FEATURES, PCA_COLUMNS
 from tests.api_fixtures import StoredSample, api_db_fixture, api_settings, serve  # noqa: F401
@@ -169,21 +170,25 @@ def test_anomalies_and_alerts(http: httpx.Client, api_db: StoredSample) -> None:
 # --------------------------------------------------------------------------- distributions and scatter
 
 
+def _binned_like_the_answer(values: np.ndarray, edges: list[float]) -> np.ndarray:
+    """Counts per answered bin [e_j, e_j+1); the outer bins open-ended, as the fixed bins are."""
+    return np.bincount(
+        np.searchsorted(np.asarray(edges[1:-1]), values, side="right"), minlength=len(edges) - 1
+    )
+
+
 def test_amount_distribution_matches_numpy(http: httpx.Client, api_db: StoredSample) -> None:
     dist = http.get("/api/distributions/amount", params={"bins": 30}).json()
-    assert dist["scale"] == "log" and len(dist["edges"]) == 31
+    assert dist["scale"] == "log" and 15 < len(dist["edges"]) <= 31 and dist["bins"] == len(dist["edges"]) - 1
+    assert set(dist["edges"][1:-1]) <= set(QUANTITY_BINS["amount"].edges)  # fixed edges, merged
     series = {s["name"]: s for s in dist["series"]}
     amount = api_db.raw[:, -1]
-    log_edges = np.log1p(np.asarray(dist["edges"]))
     for name, mask in (
         ("normal", api_db.labels == 0),
         ("fraud", api_db.labels == 1),
         ("alert", api_db.alert),
     ):
-        expected, _ = np.histogram(np.log1p(amount[mask]), bins=log_edges)
-        got = np.asarray(series[name]["counts"])
-        assert got.sum() == mask.sum()
-        assert np.abs(got - expected).sum() <= 2  # edge rounding only
+        assert series[name]["counts"] == _binned_like_the_answer(amount[mask], dist["edges"]).tolist()
         assert series[name]["mean"] == pytest.approx(amount[mask].mean())
     assert series["unlabelled"]["total"] == 0 and dist["rows"] == len(api_db.ids)
 
@@ -195,16 +200,24 @@ def test_feature_distributions(http: httpx.Client, api_db: StoredSample, name: s
     dist = response.json()
     assert dist["feature"].lower() == name.lower()
     assert sum(s["total"] for s in dist["series"] if s["name"] != "alert") == len(api_db.ids)
-    assert all(len(s["counts"]) == 20 for s in dist["series"])
+    assert all(len(s["counts"]) == dist["bins"] <= 20 for s in dist["series"])
+    columns = {f.lower(): api_db.raw[:, j] for j, f in enumerate(EVENT_FEATURES)}
+    columns |= {"recon_error": api_db.recon_error, "score": api_db.score}
+    column = columns[name.lower()]
+    fraud = {s["name"]: s for s in dist["series"]}["fraud"]
+    assert fraud["counts"] == _binned_like_the_answer(column[api_db.labels == 1], dist["edges"]).tolist()
 
 
 def test_v14_histogram_is_exact(http: httpx.Client, api_db: StoredSample) -> None:
-    dist = http.get("/api/distributions/feature/V14", params={"bins": 10}).json()
+    dist = http.get("/api/distributions/feature/V14", params={"bins": 200}).json()
     v14 = api_db.raw[:, 14]
-    assert dist["edges"][0] == v14.min() and dist["edges"][-1] == v14.max()
-    fraud = {s["name"]: s for s in dist["series"]}["fraud"]["counts"]
-    expected, _ = np.histogram(v14[api_db.labels == 1], bins=np.asarray(dist["edges"]))
-    assert np.abs(np.asarray(fraud) - expected).sum() <= 1
+    edges = dist["edges"]
+    assert edges[1] <= v14.min() or edges[0] == -18.25  # the occupied run of fixed bins
+    assert dist["bins"] <= 200 and set(edges[1:-1]) <= set(QUANTITY_BINS["v14"].edges)
+    for name, mask in (("fraud", api_db.labels == 1), ("normal", api_db.labels == 0)):
+        got = {s["name"]: s for s in dist["series"]}[name]
+        assert got["counts"] == _binned_like_the_answer(v14[mask], edges).tolist()
+        assert got["mean"] == pytest.approx(v14[mask].mean())
 
 
 def test_unknown_feature_names(http: httpx.Client) -> None:
@@ -232,24 +245,39 @@ def test_scatter_is_a_balanced_sample(http: httpx.Client, api_db: StoredSample) 
 # --------------------------------------------------------------------------- model
 
 
-def test_model_performance_matches_sklearn(http: httpx.Client, api_db: StoredSample) -> None:
+def test_model_performance_matches_sklearn_out_of_sample(http: httpx.Client, api_db: StoredSample) -> None:
+    """Live metrics leave out every data hour that overlaps the version's in-sample stretch."""
     perf = http.get("/api/model/performance").json()
     assert perf["active_version"] == api_db.ensemble.version
     (version,) = [v for v in perf["versions"] if v["model_version"] == api_db.ensemble.version]
-    y, alert = api_db.labels, api_db.alert
+    in_sample = api_db.ensemble.manifest["training"]["data"]["in_sample"]
+    assert version["in_sample"] == in_sample
+    hour = np.floor(api_db.raw[:, 0] / 3600)
+    inside = (hour >= math.floor(in_sample["time_from"] / 3600)) & (
+        hour <= math.floor(in_sample["time_to"] / 3600)
+    )
+    assert 0 < inside.sum() < len(inside)  # the fixture's bundle was trained on part of these rows
+    assert version["rows"] == len(inside) and version["in_sample_rows"] == int(inside.sum())
+    y, alert, score = api_db.labels[~inside], api_db.alert[~inside], api_db.score[~inside]
     tp = int((alert & (y == 1)).sum())
     fp = int((alert & (y == 0)).sum())
     fn = int((~alert & (y == 1)).sum())
     assert version["confusion"] == {"tp": tp, "fp": fp, "tn": len(y) - tp - fp - fn, "fn": fn}
     assert version["precision"] == pytest.approx(tp / (tp + fp))
     assert version["recall"] == pytest.approx(tp / (tp + fn))
-    assert version["auprc"] == pytest.approx(average_precision_score(y, api_db.score), abs=0.01)
-    assert version["roc_auc"] == pytest.approx(roc_auc_score(y, api_db.score), abs=0.005)
+    assert version["auprc"] == pytest.approx(average_precision_score(y, score), abs=0.01)
+    assert version["roc_auc"] == pytest.approx(roc_auc_score(y, score), abs=0.005)
     assert version["threshold"] == api_db.ensemble.threshold
     assert version["roc"]["x"][-1] == 1.0 and version["roc"]["y"][-1] == 1.0
     names = [f["feature"] for f in perf["feature_importance"]]
     assert set(names) <= set(api_db.ensemble.feature_names) and names
     assert perf["offline_evaluation"]["test"] == api_db.ensemble.manifest["evaluation"]["test"]
+    # merged bins: the same counts, thresholds at the merged bins' lower edges
+    coarse = http.get("/api/model/performance", params={"bins": 30}).json()
+    (merged,) = [v for v in coarse["versions"] if v["model_version"] == api_db.ensemble.version]
+    assert merged["confusion"] == version["confusion"] and coarse["score_bins"] == 30
+    firsts = np.searchsorted(np.arange(1080) * 30 // 1080, np.arange(30))
+    assert set(merged["roc"]["thresholds"]) <= {0.0, *(SCORE_BINS.edges[b - 1] for b in firsts[1:])}
 
 
 def test_binned_metrics_agree_with_sklearn() -> None:

@@ -151,13 +151,14 @@ def test_kpis_survive_an_empty_database() -> None:
 
 def test_timeseries_plots_rates_and_says_when_empty() -> None:
     points = [
-        {"t": f"2026-01-01T00:00:{s:02d}Z", "scored": 10 * s, "alerts": s % 3, "frauds": 0}
-        for s in range(0, 30, 5)
+        {"t": f"2026-01-01T00:{m:02d}:00Z", "seconds": 60.0, "scored": 600 * m, "alerts": m % 3, "frauds": 0}
+        for m in range(6)
     ]
-    fig = live.timeseries_figure({"minutes": 5, "bucket_seconds": 5, "points": points})
-    assert [trace.name for trace in fig.data] == ["scored / s", "alerts / 5 s"]
-    assert list(fig.data[0].y) == [p["scored"] / 5 for p in points]
-    empty = live.timeseries_figure({"minutes": 5, "bucket_seconds": 5, "points": []})
+    points[-1]["seconds"] = 12.0  # the current minute so far: its rate is over what has passed
+    fig = live.timeseries_figure({"minutes": 6, "bucket_seconds": 60, "points": points})
+    assert [trace.name for trace in fig.data] == ["scored / s", "alerts / 1 min"]
+    assert list(fig.data[0].y) == [10.0 * m for m in range(5)] + [3000 / 12]
+    empty = live.timeseries_figure({"minutes": 5, "bucket_seconds": 60, "points": []})
     assert not empty.data and "Nothing scored" in empty.layout.annotations[0].text
 
 

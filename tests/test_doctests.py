@@ -11,6 +11,7 @@ import pytest
 @pytest.mark.parametrize(
     "module",
     [
+        "core.bins",
         "core.comparison",
         "core.drift",
         "core.metrics",

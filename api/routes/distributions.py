@@ -1,10 +1,20 @@
-"""Histograms computed in PostgreSQL (width_bucket), split by ground-truth class and alert."""
+"""Histograms read from the rollups (migration 0009): fixed bins, split by known label and alert.
+
+Every stored row was counted into the fixed bins of `core.bins` as it arrived, so a
+histogram costs O(bins) whatever the history. `bins` is now an upper bound: the occupied
+run of fixed bins is merged, `ceil(occupied / bins)` consecutive bins at a time, into at
+most `bins` bins whose edges are fixed edges (so counts are exact: no row is split between
+bins). The outer fixed bins are open-ended (everything beyond the fixed range); their outer
+edge is drawn one bin out (0 for a non-negative quantity, 1 for the score). Time is binned
+by hour of data time.
+"""
 
 from __future__ import annotations
 
 import math
 from typing import Annotated, Literal
 
+import numpy as np
 from fastapi import APIRouter, Path, Query, Response, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -14,17 +24,23 @@ from api.cache import FULL_SCAN, ResultCache, cached_response
 from api.deps import Cache
 from api.params import DEFAULT_RUN, RunId
 from api.schemas import Distribution, HistogramSeries, Problem
-from api.totals import read_run_totals
-from core.db.schema import transactions
+from core.bins import QUANTITY_BINS, Bins
 
 router = APIRouter(prefix="/api/distributions", tags=["distributions"])
 
-Bins = Annotated[int, Query(ge=1, le=200, description="number of equal-width bins")]
+BinsParam = Annotated[
+    int, Query(ge=1, le=200, description="at most this many bins (consecutive fixed bins merged)")
+]
 Scale = Annotated[
     Literal["auto", "linear", "log"],
-    Query(description="log: equal bins in log(1 + x), for non-negative features; auto: log for Amount"),
+    Query(
+        description="the bins' spacing is fixed per feature (log for Amount and recon_error); "
+        "log is refused for features that can be negative"
+    ),
 ]
-_LOG_BY_DEFAULT = {"amount", "recon_error"}
+SERIES = ("normal", "fraud", "unlabelled", "alert")
+_CLASS_SERIES = {0: "normal", 1: "fraud", queries.UNLABELLED: "unlabelled"}
+SECONDS_PER_HOUR = 3600.0
 
 
 class UnknownFeature(Exception):
@@ -40,82 +56,90 @@ def unknown_feature_response(name: str, status_code: int) -> JSONResponse:
     return JSONResponse(problem.model_dump(), status_code=status_code)
 
 
-def _add(counts: dict[str, list[int]], sums: dict[str, float], name: str, rows, sign: int = 1) -> None:
-    for row in rows:
-        counts[name][row.bucket - 1] += sign * row.n
-        sums[name] += sign * (row.total or 0.0)
+def _outer_edges(bins: Bins, key: str) -> tuple[float, float]:
+    """Where to draw the open-ended outer bins: one bin width (or ratio, for log bins) out."""
+    first, last = bins.edges[0], bins.edges[-1]
+    if bins.scale == "log":
+        low, high = first / (bins.edges[1] / first), last * (last / bins.edges[-2])
+    else:
+        low, high = first - (bins.edges[1] - first), last + (last - bins.edges[-2])
+    if key in ("amount", "recon_error", "score"):
+        low = 0.0
+    return low, (1.0 if key == "score" else high)
 
 
-async def _counts(
-    conn: AsyncConnection, feature: queries.Feature, run_id: str, lo: float, hi: float, bins: int, log: bool
-) -> tuple[dict[str, list[int]], dict[str, float]]:
-    """Per-bin counts and sums per series, each from one pass over ONE table plus a few rare rows.
+async def _fixed_counts(
+    conn: AsyncConnection, key: str, run_id: str
+) -> tuple[list[float], dict[str, np.ndarray], dict[str, float | None], str]:
+    """Per fixed bin counts of each series, the fixed edges (outer ones drawn), the sums, the scale."""
+    if key == "time":
+        rows = (await conn.execute(queries.hours_rollup(run_id))).all()
+        first = min((row.hour for row in rows), default=0)
+        last = max((row.hour for row in rows), default=0)
+        counts = {name: np.zeros(last - first + 1, dtype=np.int64) for name in SERIES}
+        for row in rows:
+            counts[_CLASS_SERIES[row.cls]][row.hour - first] += row.n
+            counts["alert"][row.hour - first] += row.alerts
+        edges = [hour * SECONDS_PER_HOUR for hour in range(first, last + 2)]
+        return edges, counts, dict.fromkeys(SERIES), "linear"
+    bins = QUANTITY_BINS[key]
+    low, high = _outer_edges(bins, key)
+    edges = [low, *bins.edges, high]
+    counts = {name: np.zeros(bins.count, dtype=np.int64) for name in SERIES}
+    sums = dict.fromkeys(SERIES, 0.0)
+    for row in (await conn.execute(queries.histogram_rollup(run_id, key))).all():
+        name = _CLASS_SERIES[row.cls]
+        counts[name][row.bin] += row.n
+        counts["alert"][row.bin] += row.alerts
+        sums[name] += row.total
+        sums["alert"] += row.alert_total
+    return edges, counts, sums, bins.scale
 
-    A `transactions` feature: one pass grouped by label, and the alert rows (rare) joined.
-    A `scores` feature: one pass grouped by alert, and the frauds (rare, partial index) and
-    the unlabelled rows (only if the run has any) joined; normal = all - fraud - unlabelled.
-    """
-    counts = {name: [0] * bins for name in ("normal", "fraud", "unlabelled", "alert")}
-    sums = dict.fromkeys(counts, 0.0)
-    args = (feature, run_id, lo, hi, bins, log)
-    if feature.column.table is transactions:
-        for row in (await conn.execute(queries.histogram_by_label(*args))).all():
-            name = "unlabelled" if row.label is None else ("fraud" if row.label == 1 else "normal")
-            _add(counts, sums, name, [row])
-        _add(counts, sums, "alert", (await conn.execute(queries.histogram_alerts(*args))).all())
-        return counts, sums
-    everything = (await conn.execute(queries.histogram_by_alert(*args))).all()
-    _add(counts, sums, "normal", everything)
-    _add(counts, sums, "alert", [row for row in everything if row.alert])
-    labels: list[tuple[str, int | None]] = [("fraud", 1)]
-    if (await read_run_totals(conn, run_id)).unlabelled:
-        labels.append(("unlabelled", None))
-    for name, label in labels:
-        rows = (await conn.execute(queries.histogram_of_label(*args, label))).all()
-        _add(counts, sums, name, rows)
-        _add(counts, sums, "normal", rows, sign=-1)
-    return counts, sums
+
+def merge(
+    edges: list[float], counts: dict[str, np.ndarray], bins: int
+) -> tuple[list[float], dict[str, list[int]]]:
+    """At most `bins` bins: the occupied run of fixed bins, `ceil(run / bins)` at a time."""
+    occupied = np.flatnonzero(sum(counts.values()))
+    if occupied.size == 0:
+        return [edges[0], edges[-1]], {name: [0] for name in counts}
+    first, last = int(occupied[0]), int(occupied[-1])
+    size = math.ceil((last - first + 1) / bins)
+    starts = list(range(first, last + 1, size))
+    merged_edges = [edges[i] for i in starts] + [edges[min(starts[-1] + size, last + 1)]]
+    merged = {
+        name: [int(values[start : start + size].sum()) for start in starts] for name, values in counts.items()
+    }
+    return merged_edges, merged
 
 
 async def _distribution(
     cache: ResultCache, feature: queries.Feature, run_id: str, bins: int, scale: str
 ) -> Response:
     key = feature.name.lower()
-    log = scale == "log" or (scale == "auto" and key in _LOG_BY_DEFAULT)
-    if log and not feature.nonnegative:
+    if scale == "log" and not feature.nonnegative:
         problem = Problem(detail=f"scale=log needs a non-negative feature; {feature.name} can be negative")
         return JSONResponse(problem.model_dump(), status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
     async def compute(conn: AsyncConnection) -> Distribution:
-        lo, hi = (await conn.execute(queries.value_range(feature, run_id, log))).one()
-        if lo is None:
-            lo, hi = 0.0, 1.0
-        if hi <= lo:
-            hi = lo + 1.0
-        counts, sums = await _counts(conn, feature, run_id, lo, hi, bins, log)
+        edges, counts, sums, spacing = await _fixed_counts(conn, key, run_id)
+        merged_edges, merged = merge(edges, counts, bins)
         series = []
-        for name, values in counts.items():
+        for name, values in merged.items():
             total = sum(values)
-            series.append(
-                HistogramSeries(
-                    name=name, counts=values, total=total, mean=sums[name] / total if total else None
-                )
-            )
-        width = (hi - lo) / bins
-        edges = [lo + i * width for i in range(bins)] + [hi]
-        if log:
-            edges = [math.expm1(edge) for edge in edges]
+            mean = sums[name] / total if total and sums[name] is not None else None
+            series.append(HistogramSeries(name=name, counts=values, total=total, mean=mean))
         return Distribution(
             feature=feature.name,
             run_id=run_id,
-            scale="log" if log else "linear",
-            bins=bins,
-            edges=edges,
+            scale=spacing,
+            bins=len(merged_edges) - 1,
+            edges=merged_edges,
             series=series,
             rows=sum(s.total for s in series if s.name != "alert"),
         )
 
-    return await cached_response(cache, ("distribution", key, run_id, bins, log), run_id, compute, FULL_SCAN)
+    return await cached_response(cache, ("distribution", key, run_id, bins), run_id, compute, FULL_SCAN)
 
 
 @router.get(
@@ -125,7 +149,7 @@ async def _distribution(
     responses={422: {"model": Problem}},
 )
 async def amount(
-    cache: Cache, run_id: RunId = DEFAULT_RUN, bins: Bins = 50, scale: Scale = "auto"
+    cache: Cache, run_id: RunId = DEFAULT_RUN, bins: BinsParam = 50, scale: Scale = "auto"
 ) -> Response:
     return await _distribution(cache, queries.FEATURES["amount"], run_id, bins, scale)
 
@@ -143,7 +167,7 @@ async def feature(
     name: Annotated[str, Path(max_length=40)],
     cache: Cache,
     run_id: RunId = DEFAULT_RUN,
-    bins: Bins = 50,
+    bins: BinsParam = 50,
     scale: Scale = "auto",
 ) -> Response:
     """`name`: Time, V1..V28, Amount, recon_error or score (case-insensitive)."""

@@ -10,8 +10,8 @@ through the scores' `(run_id, scored_at)` index), so a shift shows before its ho
 PSI is not given for an hour with fewer than `core.drift.MIN_ROWS_FOR_PSI` rows: below
 that, chance alone nears the 0.1 threshold.
 
-The counts come from `core.db.drift.drift_counts`, one statement over an indexed window of
-at most 96 hours of data; it is the boundary the drift rollups will replace.
+The counts come from `core.db.drift.drift_counts`: the drift rollups (per data hour and
+reference bin, kept as rows are stored) for a window of at most 96 hours of data.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from api.curves import f1, metrics_from_bins, ratio
 from api.deps import Cache, Champion
 from api.params import DEFAULT_RUN, RunId
 from api.schemas import Confusion, Curve, FeatureImportance, ModelPerformance, VersionPerformance
-from api.totals import read_run_totals
+from core.bins import SCORE_BINS
 
 router = APIRouter(prefix="/api", tags=["model"])
 
@@ -34,53 +34,60 @@ async def performance(
     cache: Cache,
     ensemble: Champion,
     run_id: RunId = DEFAULT_RUN,
-    bins: Annotated[int, Query(ge=10, le=1000, description="score bins for the curves")] = 1000,
+    bins: Annotated[
+        int | None,
+        Query(ge=10, le=SCORE_BINS.count, description="score bins for the curves: the fixed bins, merged"),
+    ] = None,
     curves: Annotated[bool, Query(description="include the offline evaluation's curves")] = True,
 ) -> Response:
     """Precision/recall/F1 at the stored alert flag, AUPRC, ROC AUC and curves, per model version,
-    on the run's labelled rows; plus the served champion's feature importance and offline evaluation.
+    on the run's labelled rows outside the version's in-sample stretch; plus the served
+    champion's feature importance and offline evaluation.
 
-    PostgreSQL counts rows per (version, score bin, alert) in one pass over `scores`, and the
-    same for the frauds (partial index) and unlabelled rows (if any); negatives are the rest.
-    The curves come from cumulative sums over the bins (`api.curves`)."""
+    Read from the rollups (migration 0009), never the rows: counts per (version, class, score
+    bin) of the run, minus the data hours that overlap the version's
+    `manifest["training"]["data"]["in_sample"]` range (whole hours: an hour that holds one
+    in-sample row is left out), so a model is never scored on what it was trained on
+    (`in_sample_rows` says how many were left out). The score bins of `core.bins` (1080) are
+    used as they are, or merged into `bins` runs of consecutive bins; each bin's lower edge is
+    a threshold of the curves (`api.curves`). Pairs of a fraud and a normal row in one bin
+    count as ties: the curves' error is at most those pairs' share (half of it for ROC AUC)."""
 
     async def compute(conn: AsyncConnection) -> ModelPerformance:
-        everything = (await conn.execute(queries.score_bins(run_id, bins))).all()
-        frauds = (await conn.execute(queries.score_bins_of_label(run_id, bins, 1))).all()
-        unlabelled = []
-        if (await read_run_totals(conn, run_id)).unlabelled:
-            unlabelled = (await conn.execute(queries.score_bins_of_label(run_id, bins, None))).all()
+        everything = (await conn.execute(queries.score_rollup(run_id))).all()
+        in_sample = (await conn.execute(queries.in_sample_score_rollup(run_id))).all()
+        ranges = dict((await conn.execute(queries.in_sample_ranges())).all())
         thresholds = dict((await conn.execute(queries.model_thresholds())).all())
         thresholds[ensemble.version] = ensemble.threshold
+        merged = SCORE_BINS.count if bins is None else bins
+        group = np.arange(SCORE_BINS.count) * merged // SCORE_BINS.count
+        firsts = np.searchsorted(group, np.arange(merged), side="left")
+        lower_edges = [max(SCORE_BINS.lower(int(b)), 0.0) for b in firsts]
+        # counts[version][class + 1, alert, merged bin]
+        counts: dict[str, np.ndarray] = {}
         rows_per_version: dict[str, int] = {}
-        # counts[version][alert] -> per-bin arrays of positives and negatives
-        pos: dict[str, np.ndarray] = {}
-        neg: dict[str, np.ndarray] = {}
-        for row in everything:
-            rows_per_version[row.model_version] = rows_per_version.get(row.model_version, 0) + row.n
-            neg.setdefault(row.model_version, np.zeros((2, bins), dtype=np.int64))[
-                int(row.alert), row.bucket - 1
-            ] += row.n
-        for rows, is_fraud in ((frauds, True), (unlabelled, False)):
+        left_out: dict[str, int] = {}
+        for rows, sign, tally in ((everything, 1, rows_per_version), (in_sample, -1, left_out)):
             for row in rows:
-                neg[row.model_version][int(row.alert), row.bucket - 1] -= row.n
-                if is_fraud:
-                    pos.setdefault(row.model_version, np.zeros((2, bins), dtype=np.int64))[
-                        int(row.alert), row.bucket - 1
-                    ] += row.n
+                a = counts.setdefault(row.model_version, np.zeros((3, 2, merged), dtype=np.int64))
+                a[row.cls + 1, 1, group[row.bin]] += sign * row.alerts
+                a[row.cls + 1, 0, group[row.bin]] += sign * (row.n - row.alerts)
+                tally[row.model_version] = tally.get(row.model_version, 0) + row.n
         versions = []
-        for version in sorted(rows_per_version):
-            p = pos.get(version, np.zeros((2, bins), dtype=np.int64))
-            n = neg[version]
+        for version in sorted(v for v, n in rows_per_version.items() if n):
+            a = counts[version]
+            p, n = a[2], a[1]
             tp, fn = int(p[1].sum()), int(p[0].sum())
             fp, tn = int(n[1].sum()), int(n[0].sum())
-            m = metrics_from_bins(p.sum(axis=0), n.sum(axis=0))
+            m = metrics_from_bins(p.sum(axis=0), n.sum(axis=0), lower_edges=lower_edges)
             precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
             versions.append(
                 VersionPerformance(
                     model_version=version,
                     threshold=thresholds.get(version),
                     rows=rows_per_version[version],
+                    in_sample_rows=left_out.get(version, 0),
+                    in_sample=ranges.get(version),
                     labelled=tp + fp + tn + fn,
                     frauds=tp + fn,
                     confusion=Confusion(tp=tp, fp=fp, tn=tn, fn=fn),
@@ -100,7 +107,7 @@ async def performance(
         return ModelPerformance(
             run_id=run_id,
             active_version=ensemble.version,
-            score_bins=bins,
+            score_bins=merged,
             versions=versions,
             feature_importance=[FeatureImportance(feature=k, importance=float(v)) for k, v in ranked],
             importance_type=importance.get("type") if isinstance(importance, dict) else None,

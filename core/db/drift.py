@@ -3,17 +3,21 @@
     hours = await drift_counts(conn, version=v, reference=manifest["reference"], time_from=0, time_to=7200)
     core.drift.hour_drift(manifest["reference"], hours[0].counts, hours[0].rows, hours[0].alerts)
 
-This is the one boundary drift is computed through. Today it counts stored rows: one
-statement over a bounded window of data time (at most `MAX_WINDOW_HOURS`), read through
-the `(run_id, time)` index of `transactions` and the scores' primary key, binned in
-PostgreSQL with `width_bucket` (the same bins as `core.drift.bin_counts`). Its answer has
-the shape of a drift rollup (hour, quantity, bin, count), so the rollups kept by triggers
-(per run, version, data hour, quantity and reference bin) can replace the statement
-without changing any caller.
+This is the one boundary drift is computed through. `drift_counts` reads the rollups kept
+by triggers as rows are stored (migration 0009): `rollup_drift` (rows per run, version,
+data hour, quantity and bin of the version's registered reference edges) and
+`rollup_hours` (rows and alerts), two primary-key range reads whatever the history. Two
+cases are counted from the stored rows instead, with the same bins (PostgreSQL's
+`width_bucket`, as `core.drift.bin_counts`), through the `(run_id, time)` index of
+`transactions` and the scores' primary key: the parts of the window that are not whole
+hours, and hours the rollup cannot answer in full (rows stored before their version was
+registered, so no reference bins then). `recent_counts` (the last minutes, by when rows
+were scored) always counts stored rows: at most `MAX_RECENT_MINUTES` of them.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,20 +49,27 @@ class HourCounts:
 
 #: Which rows one statement counts, and how it names their bucket: hours of data in a window
 #: (index `ix_transactions_run_time`), or every row scored in the last minutes (index
-#: `ix_scores_run_scored`), as bucket 0.
+#: `ix_scores_run_scored`), as bucket 0. The other table is read per row by its primary key
+#: (a lateral probe: a plain join is planned as a scan of the whole other table).
 _BY_DATA_HOUR = (
     f"floor(t.time / {SECONDS_PER_HOUR})::int",
+    """transactions t CROSS JOIN LATERAL (
+        SELECT s.score, s.recon_error, s.alert, s.model_version FROM scores s
+        WHERE s.run_id = t.run_id AND s.id = t.id OFFSET 0) AS s""",
     "t.run_id = $1 AND t.time >= $2 AND t.time < $3 AND s.model_version = $4",
     5,
 )
 _RECENT = (
     "0",
+    f"""scores s CROSS JOIN LATERAL (
+        SELECT {", ".join(f"t.{c}" for c in _FEATURE_COLUMNS.values())} FROM transactions t
+        WHERE t.run_id = s.run_id AND t.id = s.id OFFSET 0) AS t""",
     "s.run_id = $1 AND s.scored_at >= now() - make_interval(secs => $2) AND s.model_version = $3",
     4,
 )
 
 
-def _statement(quantities: list[tuple[str, str]], bucket: str, where: str, first_edge: int) -> str:
+def _statement(quantities: list[tuple[str, str]], bucket: str, rows: str, where: str, first_edge: int) -> str:
     values = ", ".join(
         f"('{name}', width_bucket({column}, ${i + first_edge}::float8[]))"
         for i, (name, column) in enumerate(quantities)
@@ -67,7 +78,7 @@ def _statement(quantities: list[tuple[str, str]], bucket: str, where: str, first
 WITH rows AS (
     SELECT {bucket} AS hour, {", ".join(f"t.{c}" for c in _FEATURE_COLUMNS.values())},
            s.score, s.recon_error, s.alert
-    FROM transactions t JOIN scores s ON s.run_id = t.run_id AND s.id = t.id
+    FROM {rows}
     WHERE {where}
 )
 SELECT hour, q.quantity, q.bin, count(*) AS n
@@ -83,7 +94,7 @@ def _histograms(reference: Mapping[str, Any]) -> dict[str, Any]:
 
 
 async def _count(
-    conn: asyncpg.Connection, histograms: dict[str, Any], shape: tuple[str, str, int], *arguments: Any
+    conn: asyncpg.Connection, histograms: dict[str, Any], shape: tuple[str, str, str, int], *arguments: Any
 ) -> list[HourCounts]:
     quantities = [(name, QUANTITY_COLUMNS[name]) for name in histograms]
     edges = [list(histograms[name]["edges"]) for name in histograms]
@@ -117,6 +128,42 @@ async def recent_counts(
     return counted[0] if counted else HourCounts(0)
 
 
+#: Rows and alerts per data hour of one version (`rollup_hours`: primary key range on run, hour).
+_ROLLUP_HOURS = """
+SELECT hour, sum(scored) AS rows, sum(alerts) AS alerts FROM rollup_hours
+WHERE run_id = $1 AND hour >= $2 AND hour < $3 AND model_version = $4
+GROUP BY hour HAVING sum(scored) > 0"""
+#: Counts per data hour, quantity and reference bin of one version (`rollup_drift`'s primary key).
+_ROLLUP_DRIFT = """
+SELECT hour, quantity, bin, n FROM rollup_drift
+WHERE run_id = $1 AND model_version = $4 AND hour >= $2 AND hour < $3 AND quantity = ANY($5::text[]) AND n <> 0"""
+
+
+async def _from_rollups(
+    conn: asyncpg.Connection, histograms: dict[str, Any], run_id: str, version: str, first: int, end: int
+) -> tuple[list[HourCounts], list[int]]:
+    """The whole hours `[first, end)` from the rollups, and the hours they do not answer in full."""
+    columns = {QUANTITY_COLUMNS[name]: name for name in histograms}
+    totals = {r["hour"]: r for r in await conn.fetch(_ROLLUP_HOURS, run_id, first, end, version)}
+    counts: dict[int, dict[str, list[int]]] = {
+        hour: {name: [0] * (len(histograms[name]["edges"]) + 1) for name in histograms} for hour in totals
+    }
+    incomplete: set[int] = set()
+    for r in await conn.fetch(_ROLLUP_DRIFT, run_id, first, end, version, list(columns)):
+        bins = counts.get(r["hour"], {}).get(columns[r["quantity"]])
+        if bins is None or not 0 <= r["bin"] < len(bins):  # edges other than the reference's
+            incomplete.add(r["hour"])
+            continue
+        bins[r["bin"]] += r["n"]
+    complete = []
+    for hour, total in sorted(totals.items()):
+        if hour in incomplete or any(sum(bins) != total["rows"] for bins in counts[hour].values()):
+            incomplete.add(hour)
+            continue
+        complete.append(HourCounts(hour, int(total["rows"]), int(total["alerts"]), counts[hour]))
+    return complete, sorted(incomplete)
+
+
 async def drift_counts(
     conn: asyncpg.Connection,
     *,
@@ -131,4 +178,14 @@ async def drift_counts(
         raise ValueError(f"time_to must be after time_from, got [{time_from}, {time_to})")
     if time_to - time_from > MAX_WINDOW_HOURS * SECONDS_PER_HOUR:
         raise ValueError(f"a drift window is at most {MAX_WINDOW_HOURS} hours of data")
-    return await _count(conn, _histograms(reference), _BY_DATA_HOUR, run_id, time_from, time_to, version)
+    histograms = _histograms(reference)
+    first, end = math.ceil(time_from / SECONDS_PER_HOUR), math.floor(time_to / SECONDS_PER_HOUR)
+    if first >= end:  # no whole hour in the window
+        return await _count(conn, histograms, _BY_DATA_HOUR, run_id, time_from, time_to, version)
+    hours, recount = await _from_rollups(conn, histograms, run_id, version, first, end)
+    stretches = [(time_from, first * SECONDS_PER_HOUR), (end * SECONDS_PER_HOUR, time_to)]
+    stretches += [(h * SECONDS_PER_HOUR, (h + 1) * SECONDS_PER_HOUR) for h in recount]
+    for low, high in stretches:
+        if high > low:
+            hours += await _count(conn, histograms, _BY_DATA_HOUR, run_id, low, high, version)
+    return sorted(hours, key=lambda counted: counted.hour)  # the stretches are disjoint hours

@@ -26,7 +26,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP
 
 from core.features import PCA_COLUMNS
 
@@ -271,4 +271,127 @@ review_queue = Table(
     PrimaryKeyConstraint("transaction_id", name="pk_review_queue"),
     Index("ix_review_queue_score", text("score DESC"), text("transaction_id DESC")),
     Index("ix_review_queue_age", "scored_at", "transaction_id"),
+)
+
+# --------------------------------------------------------------------------- rollups (migration 0009)
+# Kept by statement-level triggers on `scores` (insert) and `transactions` (label update, via
+# `rollup_relabel`): see the migration. `class` is the known label: -1 unlabelled, 0 normal,
+# 1 fraud; `hour` is the hour of *data* time, floor(time / 3600); `bin` is
+# width_bucket(value, edges) with the edges of `analytics_bins` or `model_reference_bins`.
+
+#: The fixed analytics bins of `core.bins` (one row per quantity, latency_ms included).
+analytics_bins = Table(
+    "analytics_bins",
+    metadata,
+    Column("quantity", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("edges", ARRAY(Double), nullable=False),
+    PrimaryKeyConstraint("quantity", name="pk_analytics_bins"),
+)
+
+#: Each registered version's reference bin edges (`manifest["reference"]`), filled by a
+#: trigger when the version is inserted: the bins drift is counted in.
+model_reference_bins = Table(
+    "model_reference_bins",
+    metadata,
+    Column("version", Text, nullable=False),
+    Column("quantity", Text, nullable=False),
+    Column("edges", ARRAY(Double), nullable=False),
+    ForeignKeyConstraint(
+        ["version"], ["model_versions.version"], name="fk_model_reference_bins_version", ondelete="CASCADE"
+    ),
+    PrimaryKeyConstraint("version", "quantity", name="pk_model_reference_bins"),
+)
+
+#: Scored rows and alerts per (run, minute of scored_at, model version, class).
+rollup_minutes = Table(
+    "rollup_minutes",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("minute", TIMESTAMP(timezone=True), nullable=False),
+    Column("model_version", Text, nullable=False),
+    Column("class", SmallInteger, nullable=False),
+    Column("scored", BigInteger, nullable=False),
+    Column("alerts", BigInteger, nullable=False),
+    PrimaryKeyConstraint("run_id", "minute", "model_version", "class", name="pk_rollup_minutes"),
+)
+
+#: Scored rows and alerts per (run, hour of data time, model version, class).
+rollup_hours = Table(
+    "rollup_hours",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("hour", Integer, nullable=False),
+    Column("model_version", Text, nullable=False),
+    Column("class", SmallInteger, nullable=False),
+    Column("scored", BigInteger, nullable=False),
+    Column("alerts", BigInteger, nullable=False),
+    PrimaryKeyConstraint("run_id", "hour", "model_version", "class", name="pk_rollup_hours"),
+)
+
+#: Rows per (run, minute of scored_at, latency bin of `core.bins.LATENCY_BINS`).
+rollup_latency = Table(
+    "rollup_latency",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("minute", TIMESTAMP(timezone=True), nullable=False),
+    Column("bin", SmallInteger, nullable=False),
+    Column("n", BigInteger, nullable=False),
+    PrimaryKeyConstraint("run_id", "minute", "bin", name="pk_rollup_latency"),
+)
+
+#: Rows, alerts and the values' sums (all rows, alert rows) per (run, quantity, model version, class, analytics bin):
+#: V1..V28, amount, recon_error and score.
+rollup_histograms = Table(
+    "rollup_histograms",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("quantity", Text, nullable=False),
+    Column("model_version", Text, nullable=False),
+    Column("class", SmallInteger, nullable=False),
+    Column("bin", SmallInteger, nullable=False),
+    Column("n", BigInteger, nullable=False),
+    Column("alerts", BigInteger, nullable=False),
+    Column("total", Double, nullable=False),
+    Column("alert_total", Double, nullable=False),
+    PrimaryKeyConstraint("run_id", "quantity", "model_version", "class", "bin", name="pk_rollup_histograms"),
+)
+
+#: Rows and alerts per (run, model version, data hour, class, score bin): in-sample hours.
+rollup_score_hours = Table(
+    "rollup_score_hours",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("model_version", Text, nullable=False),
+    Column("hour", Integer, nullable=False),
+    Column("class", SmallInteger, nullable=False),
+    Column("bin", SmallInteger, nullable=False),
+    Column("n", BigInteger, nullable=False),
+    Column("alerts", BigInteger, nullable=False),
+    PrimaryKeyConstraint("run_id", "model_version", "hour", "class", "bin", name="pk_rollup_score_hours"),
+)
+
+#: Rows per (run, model version, data hour, quantity, bin of that version's reference edges).
+rollup_drift = Table(
+    "rollup_drift",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("model_version", Text, nullable=False),
+    Column("hour", Integer, nullable=False),
+    Column("quantity", Text, nullable=False),
+    Column("bin", SmallInteger, nullable=False),
+    Column("n", BigInteger, nullable=False),
+    PrimaryKeyConstraint("run_id", "model_version", "hour", "quantity", "bin", name="pk_rollup_drift"),
+)
+
+#: The class the rollups count a transaction under, for each transaction with a verdict
+#: (migration 0012): its known label (`known_labels`), kept by triggers on `feedback`.
+#: Transactions without a row here are counted under their inline label.
+rollup_known_classes = Table(
+    "rollup_known_classes",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("transaction_id", Text, nullable=False),
+    Column("class", SmallInteger, nullable=False),
+    PrimaryKeyConstraint("run_id", "transaction_id", name="pk_rollup_known_classes"),
 )

@@ -67,7 +67,8 @@ def timeseries_figure(series: dict[str, Any]) -> go.Figure:
     fig.add_trace(
         go.Scatter(
             x=t,
-            y=[p["scored"] / bucket for p in points],
+            # the current bucket is partial: its rate is over the part that has passed
+            y=[p["scored"] / max(float(p.get("seconds") or bucket), 1.0) for p in points],
             name="scored / s",
             mode="lines",
             line={"color": COLORS["live"], "width": 2, "shape": "hv"},
@@ -80,7 +81,7 @@ def timeseries_figure(series: dict[str, Any]) -> go.Figure:
         go.Bar(
             x=t,
             y=[p["alerts"] for p in points],
-            name=f"alerts / {bucket} s",
+            name=f"alerts / {bucket // 60} min" if bucket % 60 == 0 else f"alerts / {bucket} s",
             marker_color=COLORS["alert"],
             opacity=0.85,
         ),

@@ -1,0 +1,365 @@
+"""Scale benchmark: the write cost of the rollups, and the analytics' read time as the history grows.
+
+    python -m bench.scale --data data/creditcard.csv            # make bench-scale
+    python -m bench.scale --steps 300000,3000000                # the quicker run
+
+One embedded PostgreSQL (migrated) is filled through the scorer's write path
+(`core.db.store.store_new`, batches of the scorer's size, 4,000) with the Kaggle rows
+repeated: each pass over the file is shifted by two days of data time and gets fresh ids,
+so every batch covers a few minutes of data like a replay. A model bundle (`--model`, the
+default one, or a quick one trained on the shipped sample) is registered as the champion,
+so its reference bins are the drift rollup's; the scores stored are synthetic
+(beta-distributed, its threshold): the bench measures the database, not the model.
+
+At each step N (cumulative):
+
+- **write cost**: `--write-rows` more rows (default 100,000) in alternating slices with the
+  rollup trigger (`rollups_scores_insert`) disabled and enabled; for each, rows/s and the
+  CPU seconds of the PostgreSQL backend serving the writes (user + system, from /proc)
+  per 100k rows. The rollup-free rows go to a run of their own that is deleted afterwards
+  (the rollups never counted them). Everything else the write does (transactions, scores,
+  run totals, review queue) is in both figures;
+- **reads**: each analytics GET against a real API process with its result cache off
+  (`--requests` each, one at a time, after a warm-up): p50 and p99;
+- **refresh cost**: the CPU seconds PostgreSQL (all its processes) spends per minute keeping
+  the Live page fresh: its four requests every 1.5 s (its default refresh), cache off, for
+  `--refresh-seconds`, less the idle server's CPU over as long;
+- the database's size on disk.
+
+The machine line and the load average come first and last: the machine is shared, and a
+busy machine inflates every CPU figure (the ratio of the two write costs, taken in
+alternating slices, is what to compare across runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import numpy as np
+from tqdm import tqdm
+
+from bench.api import _bundle, _request, _start_api, load
+from bench.cpu import CpuMeter
+from bench.machine import LoadSampler, measure_machine
+from bench.tables import markdown_table, ratio
+from core.bundle_store import BundleStore
+from core.dataset import SAMPLE_PATH, load_csv
+from core.db.migrate import upgrade
+from core.db.registry import register_model
+from core.db.store import ScoredRows, store_new
+from core.ensemble import Ensemble
+from core.runtime.postgres import EmbeddedPostgres
+from core.runtime.processes import free_port, stop
+from core.settings import Settings, settings_env
+
+BATCH = 4000
+TRIGGER = "rollups_scores_insert"
+OFF_RUN = "bench-scale-rollups-off"
+TWO_DAYS = 172_800.0
+#: Every analytics GET (the dashboard's pages ask for these), read with the API's result cache off.
+READ_ENDPOINTS: tuple[str, ...] = (
+    "/api/stats",
+    "/api/stats?minutes=60",
+    "/api/stats/timeseries?minutes=60&bucket_seconds=60",
+    "/api/stats/timeseries?minutes=1440&bucket_seconds=900",
+    "/api/alerts?limit=15",
+    "/api/transactions?limit=100",
+    "/api/transactions?limit=100&label=1",
+    "/api/anomalies?limit=100",
+    "/api/review/queue?limit=20",
+    "/api/feedback/summary?hours=24",
+    "/api/distributions/amount",
+    "/api/distributions/feature/V14",
+    "/api/distributions/feature/Time",
+    "/api/distributions/feature/score",
+    "/api/scatter?x=V14&y=V17&n=500",
+    "/api/model/performance",
+    "/api/model/savings?cost_per_alert=5",
+    "/api/models",
+    "/api/drift?hours=24",
+    "/api/backtests",
+)
+#: What the Live page asks for on each refresh (`dashboard/pages/live.py`: its four callbacks,
+#: fired together), and its default refresh period (`FRAUDSTREAM_DASHBOARD_REFRESH_MS`).
+LIVE_PAGE: tuple[str, ...] = (
+    "/api/stats",
+    "/api/stats/timeseries",
+    "/api/alerts?limit=15",
+    "/api/feedback/summary?hours=24",
+)
+LIVE_REFRESH_SECONDS = 1.5
+
+
+@dataclass
+class Rows:
+    """The Kaggle rows, repeated on demand with shifted times and fresh ids."""
+
+    raw: np.ndarray
+    labels: np.ndarray
+    rng: np.random.Generator
+    version: str
+    threshold: float
+    written: int = 0  # rows handed out so far: the next id and the next pass's shift
+
+    def batch(self, n: int, run_id: str | None) -> ScoredRows:
+        start = self.written
+        index = np.arange(start, start + n) % len(self.raw)
+        features = self.raw[index].copy()
+        features[:, 0] += TWO_DAYS * (np.arange(start, start + n) // len(self.raw))
+        score = self.rng.beta(0.5, 20.0, n)
+        score[self.labels[index] == 1] = self.rng.beta(5.0, 2.0, int((self.labels[index] == 1).sum()))
+        self.written += n
+        return ScoredRows(
+            ids=[f"x{start + i}" for i in range(n)],
+            features=features,
+            labels=self.labels[index].tolist(),
+            run_ids=[run_id] * n,
+            produced_at=[time.time() - 0.05] * n,
+            model_version=self.version,
+            score=score,
+            recon_error=self.rng.lognormal(-1.0, 1.0, n),
+            alert=score >= self.threshold,
+        )
+
+
+def _backend_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of one PostgreSQL backend so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _fill(conn: asyncpg.Connection, rows: Rows, until: int) -> None:
+    stored = await conn.fetchval("SELECT coalesce((SELECT scored FROM run_totals WHERE run_id = ''), 0)")
+    with tqdm(total=until, initial=stored, desc="store", unit="rows", unit_scale=True) as bar:
+        while stored < until:
+            n = min(BATCH, until - stored)
+            await store_new(conn, rows.batch(n, None), {})
+            stored += n
+            bar.update(n)
+
+
+@dataclass
+class WriteCost:
+    rows: int = 0
+    seconds: float = 0.0
+    cpu: float = 0.0
+
+    @property
+    def per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_per_100k(self) -> float:
+        return self.cpu * 100_000 / self.rows if self.rows else 0.0
+
+
+async def _write_cost(
+    conn: asyncpg.Connection, rows: Rows, total: int, slices: int = 10
+) -> tuple[WriteCost, ...]:
+    """`total` rows, half with the rollup trigger off (in a run deleted afterwards), half on, alternating."""
+    pid = await conn.fetchval("SELECT pg_backend_pid()")
+    off, on = WriteCost(), WriteCost()
+    per_slice = max(BATCH, total // (2 * slices) // BATCH * BATCH)
+    try:
+        for _ in tqdm(range(slices), desc="write cost", unit="slice"):
+            for cost, enabled in ((off, False), (on, True)):
+                await conn.execute(
+                    f"ALTER TABLE scores {'ENABLE' if enabled else 'DISABLE'} TRIGGER {TRIGGER}"
+                )
+                batches = [rows.batch(BATCH, None if enabled else OFF_RUN) for _ in range(per_slice // BATCH)]
+                cpu, started = _backend_cpu(pid), time.perf_counter()
+                for batch in batches:
+                    await store_new(conn, batch, {})
+                cost.seconds += time.perf_counter() - started
+                cost.cpu += _backend_cpu(pid) - cpu
+                cost.rows += per_slice
+    finally:
+        await conn.execute(f"ALTER TABLE scores ENABLE TRIGGER {TRIGGER}")
+        await conn.execute("DELETE FROM scores WHERE run_id = $1", OFF_RUN)
+        await conn.execute("DELETE FROM transactions WHERE run_id = $1", OFF_RUN)
+        await conn.execute("DELETE FROM run_totals WHERE run_id = $1", OFF_RUN)
+    return off, on
+
+
+async def _refresh_cost(port: int, postgres_pid: int, seconds: float) -> float:
+    """PostgreSQL CPU seconds per minute spent answering the Live page (its requests every
+    `LIVE_REFRESH_SECONDS`, the API's cache off), less what the server spends idle over as long.
+
+    Every PostgreSQL process counts (the postmaster's tree: backends, background workers),
+    so work a request leaves behind (e.g. a sort spilled to disk) is in the figure too."""
+    meter = CpuMeter({"postgres": (postgres_pid, True)})
+    before = meter.sample()
+    await asyncio.sleep(seconds)
+    idle = meter.sample().seconds["postgres"] - before.seconds["postgres"]
+    requests = [_request("GET", path, port) for path in LIVE_PAGE]
+    before = meter.sample()
+    started = time.perf_counter()
+    ticks = 0
+    while (elapsed := time.perf_counter() - started) < seconds:
+        await asyncio.sleep(max(0.0, ticks * LIVE_REFRESH_SECONDS - elapsed))
+        await load(port, requests, len(requests), total=len(requests))  # as the page's callbacks: at once
+        ticks += 1
+    busy = meter.sample().seconds["postgres"] - before.seconds["postgres"]
+    wall = time.perf_counter() - started
+    return max(0.0, busy - idle * wall / seconds) * 60.0 / wall
+
+
+async def _reads(port: int, requests: int) -> dict[str, tuple[float, float, int]]:
+    """Per endpoint: p50 and p99 (ms) of `requests` GETs one at a time, and the errors."""
+    out = {}
+    for path in READ_ENDPOINTS:
+        request = [_request("GET", path, port)]
+        await load(port, request, 1, total=3)  # warm up the connection and the plans
+        measured = await load(port, request, 1, total=requests)
+        out[path] = (measured.pct(50), measured.pct(99), sum(measured.errors.values()))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    machine = measure_machine()
+    print(machine.describe(), flush=True)
+    work = Path(tempfile.mkdtemp(prefix="fraudstream-scale-bench-"))
+    postgres = EmbeddedPostgres(work / "postgres", work / "postgres.log")
+    api = None
+    data = load_csv(args.data)
+    bundle = _bundle(args.model, work)
+    ensemble = Ensemble.load(bundle)
+    rows = Rows(data.raw, data.labels, np.random.default_rng(0), ensemble.version, ensemble.threshold)
+    results = []
+    begun = time.perf_counter()
+    try:
+        url = postgres.start()
+        upgrade(url)
+        settings = Settings(
+            database_url=url,
+            kafka_bootstrap_servers="127.0.0.1:9",  # nothing is published
+            model_path=bundle,
+            state_dir=work / "state",
+            _env_file=None,
+        )
+        port = free_port()
+
+        async def register() -> None:
+            conn = await asyncpg.connect(url)
+            try:
+                await register_model(conn, ensemble, bundle, activate=True, store=BundleStore(work / "store"))
+            finally:
+                await conn.close()
+
+        asyncio.run(register())
+        api = _start_api(
+            {**os.environ, **settings_env(settings)}, port, work / "api.log", workers=1, cache=False
+        )
+
+        async def steps() -> None:
+            conn = await asyncpg.connect(url)
+            try:
+                with LoadSampler() as loadavg:
+                    for n in args.steps:
+                        await _fill(conn, rows, n)
+                        await conn.execute("VACUUM ANALYZE")
+                        off, on = await _write_cost(conn, rows, args.write_rows)
+                        reads = await _reads(port, args.requests)
+                        refresh = await _refresh_cost(port, postgres.process.pid, args.refresh_seconds)
+                        disk = await conn.fetchval("SELECT pg_database_size(current_database())")
+                        results.append((n, off, on, reads, refresh, disk, os.getloadavg()[0]))
+                        print(f"step {n:,}: done, load {os.getloadavg()[0]:.2f}", flush=True)
+                results.append(loadavg.describe())
+            finally:
+                await conn.close()
+
+        asyncio.run(steps())
+    finally:
+        if api is not None:
+            stop(api)
+        postgres.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    load_line = results.pop()
+    print(f"\n{machine.describe()}\n{load_line}; the whole run {time.perf_counter() - begun:.0f} s\n")
+    print(
+        markdown_table(
+            [
+                "rows stored",
+                "rows/s without / with rollups",
+                "PostgreSQL CPU s per 100k rows without / with",
+                "with ÷ without",
+                "Live page refresh: PostgreSQL CPU s per minute",
+                "disk",
+                "load at end",
+            ],
+            [
+                (
+                    f"{n:,}",
+                    f"{off.per_second:,.0f} / {on.per_second:,.0f}",
+                    f"{off.cpu_per_100k:.2f} / {on.cpu_per_100k:.2f}",
+                    f"**{ratio(on.cpu_per_100k, off.cpu_per_100k)}**",
+                    f"{refresh:.2f}",
+                    f"{disk / 2**30:.2f} GiB",
+                    f"{load:.2f}",
+                )
+                for n, off, on, _, refresh, disk, load in results
+            ],
+        )
+    )
+    print()
+    print(
+        markdown_table(
+            ["GET (cache off), p50 / p99 ms", *(f"{n:,} rows" for n, *_ in results)],
+            [
+                (
+                    f"`{path}`",
+                    *(
+                        f"{reads[path][0]:.1f} / {reads[path][1]:.1f}"
+                        + (f" ({reads[path][2]} errors)" if reads[path][2] else "")
+                        for _, _, _, reads, _, _, _ in results
+                    ),
+                )
+                for path in READ_ENDPOINTS
+            ],
+        )
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=None, help="Kaggle CSV (default: shipped sample)")
+    parser.add_argument(
+        "--steps",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[300_000, 3_000_000, 10_000_000],
+        help="rows stored at each step, cumulative (default 300000,3000000,10000000)",
+    )
+    parser.add_argument(
+        "--write-rows",
+        type=int,
+        default=200_000,
+        help="rows written per step to measure the write cost (half each way)",
+    )
+    parser.add_argument(
+        "--model", type=Path, default=None, help="model bundle (default: settings.model_path)"
+    )
+    parser.add_argument("--requests", type=int, default=100, help="GETs per endpoint per step (default 100)")
+    parser.add_argument(
+        "--refresh-seconds",
+        type=float,
+        default=60.0,
+        help="how long the Live page's refreshes are measured per step (and the idle server before)",
+    )
+    args = parser.parse_args(argv)
+    args.data = args.data or SAMPLE_PATH
+    if not args.data.exists():
+        parser.error(f"--data {args.data}: no such file")
+    return run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,188 @@
+"""Every analytics read is planned as rollup reads or index range scans, never a scan of the history.
+
+A database is filled with 300,000 scored rows (the rollups kept by their triggers, a tenth
+of a percent of them with verdicts, a backtest run beside the live one) and ANALYZEd; then
+each statement the analytics GETs run is EXPLAINed with the values a request would bind.
+A sequential scan of `transactions` or `scores` (or of any of their partitions) fails the
+test: its cost grows with the history. The keyset pages, the alerts, the review queue
+and the single-row lookups must also read `scores`/`transactions` through an index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import timedelta
+
+import asyncpg
+import pytest
+from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
+from sqlalchemy.sql import Select
+
+from api import queries
+from api import review_queries as rq
+from core.db import drift
+from core.db.schema import LIVE_RUN
+
+pytestmark = pytest.mark.timeout(600)
+
+ROWS = 300_000
+BACKTEST = "bt-plans"
+VERSION = "d4" * 32
+DIALECT = asyncpg_dialect.dialect()
+SCAN_OF_HISTORY = re.compile(r"Seq Scan on (transactions|scores)\w*")
+INDEX_READ = re.compile(
+    r"(Index (Only )?Scan|Bitmap Index Scan)( Backward)? (using \w+ )?on (transactions|scores)\w*"
+)
+
+_INPUTS = ", ".join(f"v{i}" for i in range(1, 29))
+FILL = [
+    f"""INSERT INTO transactions (run_id, id, time, {_INPUTS}, amount, label)
+    SELECT CASE WHEN g % 10 = 0 THEN '{BACKTEST}' ELSE '' END, 'p' || g, g * 0.6,
+           {", ".join(f"sin(g * {i}.7) * 3" for i in range(1, 29))}, (g % 997) * 1.3,
+           CASE WHEN g % 577 = 0 THEN 1 WHEN g % 13 = 0 THEN NULL ELSE 0 END
+    FROM generate_series(1, {ROWS}) g""",
+    f"""INSERT INTO scores (run_id, id, model_version, score, recon_error, alert, scored_at, latency_ms)
+    SELECT CASE WHEN g % 10 = 0 THEN '{BACKTEST}' ELSE '' END, 'p' || g, '{VERSION}',
+           CASE WHEN g % 577 = 0 THEN 0.9 ELSE (g % 1000) / 1200.0 END, (g % 101) / 7.0,
+           g % 577 = 0 OR g % 1000 > 995, now() - ({ROWS} - g) * interval '12 ms', 3 + g % 40
+    FROM generate_series(1, {ROWS}) g""",
+    """INSERT INTO label_events (label_id, run_id, transaction_id, label, source, who, decided_at)
+    SELECT 'plan-' || g, '', 'p' || g, (g % 3 = 0)::int, CASE WHEN g % 7 = 0 THEN 'chargeback' ELSE 'analyst' END,
+           'ann', now() - g * interval '1 s'
+    FROM generate_series(1, 300000, 997) g WHERE g % 10 <> 0""",
+    "ANALYZE",
+]
+
+
+def _bound(statement: Select) -> tuple[str, list]:
+    """The statement's SQL and its values in order, as the API's driver (asyncpg) sends them."""
+    compiled = statement.compile(dialect=DIALECT, compile_kwargs={"render_postcompile": True})
+    return compiled.string, [compiled.params[name] for name in compiled.positiontup]
+
+
+def _statements(newest, since, some_ids: list[str]) -> dict[str, tuple[str, list]]:
+    v14, v17 = queries.FEATURES["v14"], queries.FEATURES["v17"]
+    minute = timedelta(minutes=1)
+    after = (newest, "p299999")
+    built: dict[str, Select] = {
+        # /api/stats, /api/stats/timeseries
+        "run totals": queries.run_totals(LIVE_RUN),
+        "watermark": queries.watermark(LIVE_RUN),
+        "stats window": queries.window_rollup(LIVE_RUN, since),
+        "stats latency": queries.latency_rollup(LIVE_RUN, since),
+        "timeseries": queries.timeseries(LIVE_RUN, since, minute),
+        "timeseries latency": queries.latency_rollup(LIVE_RUN, since, minute),
+        "true alerts": queries.true_alerts_rollup(LIVE_RUN),
+        # /api/distributions/*
+        "histogram": queries.histogram_rollup(LIVE_RUN, "v14"),
+        "hours": queries.hours_rollup(LIVE_RUN),
+        # /api/model/performance, /api/models
+        "score rollup": queries.score_rollup(LIVE_RUN),
+        "in-sample score rollup": queries.in_sample_score_rollup(LIVE_RUN),
+        "models": queries.model_version_list(),
+        # /api/backtests
+        "backtest count": queries.run_count(BACKTEST),
+        # /api/transactions, /api/anomalies, /api/alerts: keyset pages
+        "page": queries.transaction_page(queries.ListFilter(LIVE_RUN), 100, None, True),
+        "page after": queries.transaction_page(queries.ListFilter(LIVE_RUN), 100, after, True),
+        "frauds page": queries.transaction_page(queries.ListFilter(LIVE_RUN, label=1), 100, None, True),
+        "frauds page after": queries.transaction_page(
+            queries.ListFilter(LIVE_RUN, label=1), 100, after, True
+        ),
+        "alerts page": queries.transaction_page(queries.ListFilter(LIVE_RUN, alert=True), 100, None, True),
+        "alerts page after": queries.transaction_page(
+            queries.ListFilter(LIVE_RUN, alert=True), 100, after, True
+        ),
+        "backtest page": queries.transaction_page(queries.ListFilter(BACKTEST), 100, None, False),
+        "high scores page": queries.transaction_page(
+            queries.ListFilter(LIVE_RUN, score_min=0.95), 100, None, False
+        ),
+        "data time page": queries.transaction_page(
+            queries.ListFilter(LIVE_RUN, time_from=1000.0, time_to=5000.0), 100, None, False
+        ),
+        # single rows: the alerts' inputs (to explain them)
+        "lookup": queries.raw_features(LIVE_RUN, some_ids),
+        # /api/scatter: frauds through their partial index, the rest from a block sample
+        "scatter frauds": queries.scatter_frauds(v14, v17, LIVE_RUN, 250),
+        "scatter sample": queries.scatter_normals(v14, v17, LIVE_RUN, 250, 1.0),
+        # /api/review/queue, /api/feedback/summary
+        **{f"queue by {name}": rq.queue_page(order, 50, None) for name, order in rq.ORDERS.items()},
+        "queue after": rq.queue_page(rq.ORDERS["score"], 50, (0.99, "p5")),
+        "backlog": rq.backlog(),
+        "reviewed": rq.reviewed(),
+        "reviewed by hour": rq.reviewed(since, by_hour=True),
+        "chargebacks": rq.chargebacks(),
+        "chargebacks by hour": rq.chargebacks(since, by_hour=True),
+        "reviewers": rq.reviewers(since),
+        "live alerts": rq.live_alerts(),
+    }
+    out = {name: _bound(statement) for name, statement in built.items()}
+    # /api/drift: whole hours from the rollups, partial hours and the live minutes from the rows
+    edges = [[-1.0, 0.0, 1.0]] * len(drift.QUANTITY_COLUMNS)
+    quantities = list(drift.QUANTITY_COLUMNS.items())
+    hour = drift._BY_DATA_HOUR
+    recent = drift._RECENT
+    out["drift hours"] = (drift._ROLLUP_HOURS, [LIVE_RUN, 10, 30, VERSION])
+    out["drift counts"] = (drift._ROLLUP_DRIFT, [LIVE_RUN, 10, 30, VERSION, ["v14", "score"]])
+    out["drift partial hour"] = (
+        drift._statement(quantities, *hour),
+        [LIVE_RUN, 36_000.0, 37_800.0, VERSION, *edges],
+    )
+    out["drift live minutes"] = (drift._statement(quantities, *recent), [LIVE_RUN, 60.0, VERSION, *edges])
+    return out
+
+
+#: Statements that read single rows or pages: they must go through an index of scores/transactions.
+INDEXED = (
+    "watermark",
+    "page",
+    "frauds page",
+    "alerts page",
+    "backtest page",
+    "high scores page",
+    "data time page",
+    "lookup",
+    "scatter frauds",
+    "queue by",
+    "queue after",
+    "drift partial hour",
+    "drift live minutes",
+)
+
+
+def test_analytics_reads_never_scan_the_history(database_url: str) -> None:
+    async def plans() -> dict[str, str]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            for sql in FILL:
+                await conn.execute(sql)
+            newest = await conn.fetchval("SELECT max(scored_at) FROM scores")
+            since = newest - timedelta(minutes=5)
+            some_ids = [f"p{g}" for g in range(1, 400, 19)]
+            found = {}
+            for name, (sql, args) in _statements(newest, since, some_ids).items():
+                rows = await conn.fetch("EXPLAIN " + sql, *args)
+                found[name] = "\n".join(r[0] for r in rows)
+            return found
+        finally:
+            await conn.close()
+
+    found = asyncio.run(plans())
+    assert len(found) >= 40
+    scans = {name: plan for name, plan in found.items() if SCAN_OF_HISTORY.search(plan)}
+    assert not scans, "\n\n".join(f"{name}:\n{plan}" for name, plan in scans.items())
+    unindexed = {
+        name: plan for name, plan in found.items() if name.startswith(INDEXED) and not INDEX_READ.search(plan)
+    }
+    assert not unindexed, "\n\n".join(f"{name}:\n{plan}" for name, plan in unindexed.items())
+    # the window reads touch the rollups only
+    for name in (
+        "stats window",
+        "stats latency",
+        "timeseries",
+        "timeseries latency",
+        "histogram",
+        "score rollup",
+    ):
+        assert not re.search(r"on (transactions|scores)\b", found[name]), found[name]
