@@ -53,6 +53,7 @@ from bench.tables import markdown_table, ratio
 from core.bundle_store import BundleStore
 from core.dataset import SAMPLE_PATH, load_csv
 from core.db.migrate import upgrade
+from core.db.partitions import ensure_days
 from core.db.registry import register_model
 from core.db.store import ScoredRows, store_new
 from core.ensemble import Ensemble
@@ -130,6 +131,15 @@ class Rows:
         )
 
 
+async def batch_days(conn: asyncpg.Connection, batches: list[ScoredRows]) -> list[int]:
+    """The data days of the batches' rows, by `data_day` (the one definition, in PostgreSQL)."""
+    times = np.concatenate([batch.features[:, 0] for batch in batches]).tolist()
+    return [
+        r["day"]
+        for r in await conn.fetch("SELECT DISTINCT data_day(t) AS day FROM unnest($1::float8[]) t", times)
+    ]
+
+
 def _backend_cpu(pid: int) -> float:
     """CPU seconds (user + system) of one PostgreSQL backend so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -141,7 +151,11 @@ async def _fill(conn: asyncpg.Connection, rows: Rows, until: int) -> None:
     with tqdm(total=until, initial=stored, desc="store", unit="rows", unit_scale=True) as bar:
         while stored < until:
             n = min(BATCH, until - stored)
-            await store_new(conn, rows.batch(n, None), {})
+            batch = rows.batch(n, None)
+            await ensure_days(
+                conn, await batch_days(conn, [batch])
+            )  # as the scorer's maintenance keeps ahead
+            await store_new(conn, batch, {})
             stored += n
             bar.update(n)
 
@@ -175,6 +189,7 @@ async def _write_cost(
                     f"ALTER TABLE scores {'ENABLE' if enabled else 'DISABLE'} TRIGGER {TRIGGER}"
                 )
                 batches = [rows.batch(BATCH, None if enabled else OFF_RUN) for _ in range(per_slice // BATCH)]
+                await ensure_days(conn, await batch_days(conn, batches))
                 cpu, started = _backend_cpu(pid), time.perf_counter()
                 for batch in batches:
                     await store_new(conn, batch, {})

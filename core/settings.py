@@ -143,6 +143,16 @@ class Settings(BaseSettings):
     #: threshold within it, and backtests report the precision of the top capacity x days alerts.
     analyst_capacity: int | None = Field(default=None, ge=1, le=100_000_000)
 
+    # --- scale with time: partitions by data day and retention (issue 15) --------------------
+    #: Data days of the live run's row-level data kept (transactions, scores, shadow scores),
+    #: counted back from the newest data day; older days are dropped whole (a partition drop)
+    #: by the maintenance task. Unset or 0: keep everything. Backtest runs and the rollups
+    #: are never dropped by it.
+    retention_days: int | None = Field(default=None, ge=0, le=100_000)
+    #: How often the scorer's maintenance task makes a pass (next days' partitions, rows
+    #: out of the default partition, retention); one worker acts at a time.
+    maintenance_seconds: float = Field(default=60.0, gt=0, le=86_400)
+
     @field_validator("database_url")
     @classmethod
     def _postgres_only(cls, value: str | None) -> str | None:

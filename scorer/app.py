@@ -186,6 +186,8 @@ def worker_config() -> WorkerConfig:
         monitor=monitor,
         fault=Fault.parse(settings.scorer_fault),
         prepare_broker=create_topics,
+        retention_days=settings.retention_days,
+        maintenance_seconds=settings.maintenance_seconds,
     )
 
 
@@ -268,6 +270,8 @@ async def worker_health(web: faust.web.Web, request: faust.web.Request) -> faust
         "model_version": health.model_version,
         "shadow_version": health.shadow_version,
         "shadow_problem": health.shadow_problem,
+        "maintenance_at": health.maintenance_at,
+        "maintenance_problem": health.maintenance_problem,
     }
     return web.bytes(orjson.dumps(body), content_type="application/json", status=200 if state == OK else 503)
 

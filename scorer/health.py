@@ -48,6 +48,8 @@ class WorkerHealth:
     model_version: str | None = None  # the active model's
     shadow_version: str | None = None  # the shadow's the registry names (None: no shadow)
     shadow_problem: str | None = None  # why that shadow is not scoring here (None when it is)
+    maintenance_at: float | None = None  # wall clock of this worker's last maintenance pass that acted
+    maintenance_problem: str | None = None  # why the last maintenance pass failed (None when it did not)
     _ready: bool = False
     _stopped: bool = False
     _busy_since: float | None = None  # when work (pending or lag) last went from none to some

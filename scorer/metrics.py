@@ -153,6 +153,27 @@ class ScorerMetrics:
         #: Per stage of a batch, the time since each event was produced (`scorer.stages`).
         self.stages = StageLatency()
         r.register(self.stages)
+        self.maintenance_last_run = Gauge(
+            "fraudstream_maintenance_last_run_timestamp_seconds",
+            "Wall clock of this worker's last maintenance pass (partitions, retention; 0 before the first)",
+            registry=r,
+        )
+        self.maintenance_actions = Counter(
+            "fraudstream_maintenance_partitions",
+            "Day partitions created, dropped by retention, or left for the next pass (lock not granted)",
+            ["action"],
+            registry=r,
+        )
+        self.maintenance_rows_moved = Counter(
+            "fraudstream_maintenance_rows_moved",
+            "Rows moved out of a default partition into their data day's partition",
+            registry=r,
+        )
+        self.maintenance_failures = Counter(
+            "fraudstream_maintenance_failures",
+            "Maintenance passes that failed (tried again later)",
+            registry=r,
+        )
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -10,7 +10,8 @@ chunks of records: one acknowledgement for the whole batch.
 Each part has one job: `Resources` (connections), `ModelResolution` (which model scores
 what), `BatchWriter` (PostgreSQL then the broker), `WorkerMonitor` (health, told), and
 the plain functions of `scorer.pipeline` in between. Background tasks: the heartbeat, the
-hot reload of the active model and the alert-outbox sweep; they stop with the worker.
+hot reload of the active model, the alert-outbox sweep and the maintenance task
+(`scorer.maintenance`: partitions by data day, retention); they stop with the worker.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from scorer.failures import describe
 from scorer.faults import Fault, FaultInjector
 from scorer.health import WorkerHealth
 from scorer.heartbeat import WorkerMonitor
+from scorer.maintenance import MaintenanceLoop
 from scorer.metrics import ScorerMetrics
 from scorer.pipeline import Origin, by_model, decode, score_group
 from scorer.resolution import ModelResolution
@@ -54,6 +56,8 @@ class WorkerConfig:
     monitor: WorkerMonitor
     fault: Fault
     prepare_broker: Callable[[], Awaitable[None]]  # e.g. create missing topics
+    retention_days: int | None = None  # live data days kept (`core.db.partitions`); None/0 keep all
+    maintenance_seconds: float = 60.0
 
 
 def origin_of(event: faust.EventT) -> Origin:
@@ -107,6 +111,7 @@ class ScorerWorker:
     writer: BatchWriter
     metrics: ScorerMetrics
     health: WorkerHealth
+    maintenance: MaintenanceLoop | None = None
 
     @classmethod
     @asynccontextmanager
@@ -142,7 +147,15 @@ class ScorerWorker:
             )
             background.append(asyncio.create_task(models.watch(), name="scorer-model-watch"))
             background.append(asyncio.create_task(writer.sweep_outbox_forever(), name="scorer-outbox-sweep"))
-            yield cls(resources, models, writer, config.metrics, config.health)
+            maintenance = MaintenanceLoop(
+                resources.pool,
+                config.retention_days,
+                config.maintenance_seconds,
+                config.metrics,
+                config.health,
+            )
+            background.append(asyncio.create_task(maintenance.forever(), name="scorer-maintenance"))
+            yield cls(resources, models, writer, config.metrics, config.health, maintenance)
         finally:
             await run_to_the_end(_close(background, resources, heartbeat, config.monitor))
 

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from core.bins import LATENCY_BINS, QUANTITY_BINS
 from core.db.store import ScoredRows, store_new, store_scored
 from core.drift import DECILES, DECILES_AND_TAIL, bin_counts, reference_histogram
+from tests.old_schema import store_unpartitioned
 
 RUN = "rollup-run"
 REGISTERED = "a1" * 32  # has reference bins
@@ -316,7 +317,7 @@ def test_the_migration_counts_existing_rows_once(database_url: str) -> None:
                 REGISTERED,
                 json.dumps(_manifest(rng)),
             )
-            await store_scored(conn, _batch(rng, [f"m{i}" for i in range(300)], REGISTERED))
+            await store_unpartitioned(conn, _batch(rng, [f"m{i}" for i in range(300)], REGISTERED))
         finally:
             await conn.close()
 

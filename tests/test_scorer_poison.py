@@ -427,3 +427,46 @@ def test_repeats_within_a_batch_are_judged_against_what_is_stored(loop, in_proce
     assert {value for _, value, _ in letters} == {batch[1], batch[3]}
     assert rows == [("x-1", 0), ("y-2", 0)]
     assert worker.metrics.conflicts._value.get() == 2
+
+
+def test_a_copy_with_another_data_day_is_a_conflict_not_a_second_row(
+    loop, in_process_worker, settings
+) -> None:
+    """Rows are partitioned by data day and the primary key holds the day: an event with a stored
+    id and a time on another day would land in another partition. It must still be a conflict,
+    dead-lettered, whether the stored copy came in an earlier batch or earlier in this one."""
+    worker = in_process_worker
+    x, y = _good(1, "x"), _good(2, "y")
+    assert x["time"] < 86_400 and y["time"] < 86_400  # data day 0
+    earlier = [encode_event(y)]
+    batch = [
+        encode_event({**y, "time": y["time"] + 86_400}),  # y a day later: conflict with the stored y
+        encode_event(x),  # new: stored, day 0
+        encode_event({**x, "time": x["time"] + 3 * 86_400}),  # x three days later: conflict
+        encode_event(x),  # x again: a redelivery, nothing to say
+    ]
+
+    async def ack(event: _Event) -> bool:
+        return True
+
+    async def run() -> tuple[list, int, list]:
+        for messages in (earlier, batch):
+            events = [_Event(value, offset) for offset, value in enumerate(messages)]
+            await worker.write_then_ack(await worker.prepare(events), events, ack)
+        url = settings.database_url
+        rows = [tuple(r) for r in await fetch(url, "SELECT id, time, day FROM transactions ORDER BY id")]
+        (scores,) = await fetch(url, "SELECT count(*) FROM scores")
+        partitions = await fetch(
+            url, "SELECT tableoid::regclass::text AS part, count(*) FROM transactions GROUP BY 1 ORDER BY 1"
+        )
+        return rows, scores[0], [tuple(p) for p in partitions]
+
+    rows, scores, partitions = loop.run(run())
+    letters = asyncio.run(read_topic(settings.kafka_bootstrap_servers, settings.topic_dead_letters, 2))
+    refused = sorted((int(dict(h)[OFFSET_HEADER]), dict(h)[KIND_HEADER].decode()) for _, _, h in letters)
+    assert refused == [(0, "conflict"), (2, "conflict")]
+    assert {value for _, value, _ in letters} == {batch[0], batch[2]}
+    assert rows == [("x-1", x["time"], 0), ("y-2", y["time"], 0)]
+    assert scores == 2
+    assert partitions == [("transactions_day_0", 2)]
+    assert worker.metrics.conflicts._value.get() == 2

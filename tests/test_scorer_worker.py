@@ -213,6 +213,14 @@ def test_two_workers_share_the_partitions(settings, workers) -> None:
     for stage in ("fetched", "taken", "scored", "write_started", "stored", "acked"):
         counts = [read_metric(page, "fraudstream_stage_seconds_count", stage=stage) for page in pages]
         assert counts == consumed, stage
+    # Both run the maintenance task (partitions by data day) at start; each pass that acted is
+    # on its /health and /metrics, and the database keeps the last one.
+    passes = [worker.health()[1].get("maintenance_at") for worker in pair]
+    assert any(at is not None for at in passes), passes
+    assert all(worker.health()[1].get("maintenance_problem") is None for worker in pair)
+    assert max(worker.metric("fraudstream_maintenance_last_run_timestamp_seconds") for worker in pair) > 0
+    (state,) = asyncio.run(fetch(settings.database_url, "SELECT last_run_at FROM maintenance_state"))
+    assert state["last_run_at"] is not None
 
 
 def test_a_backlog_is_scored_in_full_batches_never_above_the_batch_size(settings, workers) -> None:

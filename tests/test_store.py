@@ -69,6 +69,7 @@ def test_migrations_build_exactly_the_declared_schema(database_url: str) -> None
     from alembic.migration import MigrationContext
     from sqlalchemy.ext.asyncio import create_async_engine
 
+    from core.db.migrate import include_name
     from core.db.schema import metadata
     from core.db.urls import sqlalchemy_url
 
@@ -77,7 +78,9 @@ def test_migrations_build_exactly_the_declared_schema(database_url: str) -> None
         try:
             async with engine.connect() as conn:
                 return await conn.run_sync(
-                    lambda sync: compare_metadata(MigrationContext.configure(sync), metadata)
+                    lambda sync: compare_metadata(
+                        MigrationContext.configure(sync, opts={"include_name": include_name}), metadata
+                    )
                 )
         finally:
             await engine.dispose()

@@ -6,7 +6,8 @@ threshold, the raw inputs and the features that pushed the score up.
 
 `POST /api/alerts/{transaction_id}/review` records a verdict:
 
-1. the transaction must be an alert of the live stream (404 otherwise);
+1. the transaction must be an alert of the live stream (404 otherwise, saying when its
+   row may be beyond retention);
 2. the reviewer is the request's identity; a write token (a service such as the
    dashboard, acting for its analysts) may name the analyst in `X-Fraudstream-Reviewer`,
    and the verdict then records both (`who`, `submitted_by`); without tokens the header
@@ -42,6 +43,7 @@ from api.explain import contributions
 from api.params import NO_NUL
 from api.schemas import PreviousVerdict, Problem, ReviewIn, ReviewItem, ReviewOut, ReviewQueue
 from core.db.labels import store_labels, stored_labels
+from core.db.partitions import beyond_retention, retained_from
 from core.db.schema import LIVE_RUN
 from core.events import MAX_ID_LENGTH, EventError
 from core.features import PCA_COLUMNS
@@ -218,7 +220,7 @@ def _conflict(event: LabelEvent) -> HTTPException:
     openapi_extra=REVIEWS,
     responses={
         403: {"model": Problem, "description": "a read token, or a review token acting for someone else"},
-        404: {"model": Problem, "description": "not an alert of the live stream"},
+        404: {"model": Problem, "description": "not an alert of the live stream (or beyond retention)"},
         409: {"model": Problem, "description": "the review_id is recorded with another verdict"},
         503: {"model": Problem, "description": "the broker or the database is unavailable: retry"},
     },
@@ -237,9 +239,11 @@ async def review_alert(
     """The verdict is final for the queue at once (the next read does not show the alert); a
     later verdict on the same alert replaces it as the known one, and the history keeps both."""
     if not await conn.fetchval(_ALERT, transaction_id):
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND, f"transaction {transaction_id!r} is not an alert of the live stream"
-        )
+        detail = f"transaction {transaction_id!r} is not an alert of the live stream"
+        first_kept = await retained_from(conn)
+        if first_kept is not None:  # its row may have been dropped with its day: say so
+            detail += f", or its row is {beyond_retention(first_kept)}"
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail)
     who, submitted_by = reviewer_of(identity, tokens.enabled, reviewer)
     try:
         event = build_label(

@@ -15,11 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api import queries
 from api.cache import FIRST_PAGE, ResultCache, cached_response
-from api.deps import Cache, Engine, Models, get_champion
+from api.deps import Cache, Engine, Models, Pool, get_champion
 from api.explain import contributions
 from api.params import DEFAULT_RUN, RunId, decode_cursor, encode_cursor
-from api.schemas import Transaction, TransactionPage
-from core.db.schema import FEATURE_COLUMNS
+from api.schemas import Problem, Transaction, TransactionPage
+from core.db.partitions import DAY_SECONDS, beyond_retention, retained_from
+from core.db.schema import FEATURE_COLUMNS, LIVE_RUN
 from core.features import PCA_COLUMNS
 
 router = APIRouter(prefix="/api", tags=["transactions"])
@@ -90,9 +91,15 @@ def _check_ranges(score_min, score_max, time_from, time_to) -> None:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "time_from must not exceed time_to")
 
 
-@router.get("/transactions", response_model=TransactionPage, summary="Stored transactions, newest first")
+@router.get(
+    "/transactions",
+    response_model=TransactionPage,
+    summary="Stored transactions, newest first",
+    responses={404: {"model": Problem, "description": "the whole time range is beyond retention"}},
+)
 async def list_transactions(
     cache: Cache,
+    pool: Pool,
     run_id: RunId = DEFAULT_RUN,
     label: Annotated[int | None, Query(ge=0, le=1, description="ground truth: 0 or 1")] = None,
     alert: Annotated[bool | None, Query(description="model alert flag")] = None,
@@ -105,6 +112,12 @@ async def list_transactions(
     features: WithFeatures = True,
 ) -> Response:
     _check_ranges(score_min, score_max, time_from, time_to)
+    if time_to is not None and run_id == LIVE_RUN:
+        first_kept = await retained_from(pool)
+        if first_kept is not None and time_to < first_kept * DAY_SECONDS:
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND, f"time_to={time_to:g}: {beyond_retention(first_kept)}"
+            )
     where = queries.ListFilter(run_id, label, alert, score_min, score_max, time_from, time_to)
     return await _cached_page(cache, where, limit, cursor, features)
 

@@ -37,7 +37,8 @@ def pair_query() -> str:
 
     The window's shadow rows come from `ix_shadow_scores_version_time`; each one's champion
     score and transaction by primary key (the `LATERAL ... LIMIT 1` keeps those lookups as
-    index probes: a plain join over a wide window is planned as sequential scans and hash joins).
+    index probes: a plain join over a wide window is planned as sequential scans and hash joins),
+    with the row's data day, so each probe reaches its day's partition only.
     """
     join, label = known_label_sql()
     return f"""
@@ -46,10 +47,11 @@ SELECT x.id, x.time, t.amount, {label} AS label,
        x.score AS shadow_score, x.would_alert AS shadow_alert
 FROM shadow_scores x
 CROSS JOIN LATERAL (
-    SELECT score, alert, model_version FROM scores WHERE run_id = x.run_id AND id = x.id LIMIT 1
+    SELECT score, alert, model_version FROM scores WHERE run_id = x.run_id AND id = x.id AND day = x.day LIMIT 1
 ) s
 CROSS JOIN LATERAL (
-    SELECT run_id, id, amount, label FROM transactions WHERE run_id = x.run_id AND id = x.id LIMIT 1
+    SELECT run_id, id, amount, label FROM transactions WHERE run_id = x.run_id AND id = x.id AND day = x.day
+    LIMIT 1
 ) t
 {join}
 WHERE x.run_id = '' AND x.model_version = $2 AND x.time >= $3 AND x.time <= $4

@@ -26,3 +26,11 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 
 def downgrade(database_url: str, revision: str) -> None:
     command.downgrade(alembic_config(database_url), revision)
+
+
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """Alembic's filter: the partitions of the row tables (made by migration 0013 and the
+    maintenance task, `core.db.partitions`) are not tables of `core.db.schema`."""
+    from core.db.partitions import is_partition
+
+    return not (type_ == "table" and name is not None and is_partition(name))

@@ -2,7 +2,9 @@
 
 Rows are keyed by `(run_id, id)`: `run_id` is '' for the live stream and the backtest
 run's id otherwise, so a backtest never mixes with live scores and a replayed or
-redelivered event can never make a second row (inserts use ON CONFLICT DO NOTHING).
+redelivered event can never make a second row (inserts use ON CONFLICT DO NOTHING, first
+into `transaction_keys`). `transactions`, `scores` and `shadow_scores` are partitioned by
+run and data day (`core.db.partitions`), so their primary keys carry the `day`.
 """
 
 from __future__ import annotations
@@ -46,9 +48,22 @@ transactions = Table(
     Column("label", SmallInteger, nullable=True),
     Column("produced_at", TIMESTAMP(timezone=True), nullable=True),
     Column("ingested_at", TIMESTAMP(timezone=True), nullable=False, server_default=func.now()),
-    PrimaryKeyConstraint("run_id", "id", name="pk_transactions"),
+    Column("day", Integer, nullable=False),  # data_day(time): the partition (core.db.partitions)
+    PrimaryKeyConstraint("run_id", "id", "day", name="pk_transactions"),
     Index("ix_transactions_run_time", "run_id", "time"),
     Index("ix_transactions_frauds", "run_id", "time", postgresql_where=text("label = 1")),
+    postgresql_partition_by="LIST (run_id)",
+)
+
+#: One row per stored transaction (migration 0013), unpartitioned: what keeps an id unique
+#: across the data days `transactions` is partitioned by. Written first by every store.
+transaction_keys = Table(
+    "transaction_keys",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("id", Text, nullable=False),
+    Column("day", Integer, nullable=False),
+    PrimaryKeyConstraint("run_id", "id", name="pk_transaction_keys"),
 )
 
 scores = Table(
@@ -62,15 +77,17 @@ scores = Table(
     Column("alert", Boolean, nullable=False),
     Column("scored_at", TIMESTAMP(timezone=True), nullable=False, server_default=func.now()),
     Column("latency_ms", Double, nullable=True),
+    Column("day", Integer, nullable=False),  # its transaction's data day
     # No foreign key to transactions (migration 0004): `store_scored` writes a score only in
     # the statement that stores its transaction, and the per-row check cost ~40% of the write.
-    PrimaryKeyConstraint("run_id", "id", name="pk_scores"),
+    PrimaryKeyConstraint("run_id", "id", "day", name="pk_scores"),
     Index("ix_scores_run_scored", "run_id", text("scored_at DESC"), text("id DESC")),
     Index(
         "ix_scores_alerts", "run_id", text("scored_at DESC"), text("id DESC"), postgresql_where=text("alert")
     ),
     Index("ix_scores_model_version", "model_version"),
     Index("ix_scores_run_score", "run_id", "score"),
+    postgresql_partition_by="LIST (run_id)",
 )
 
 #: The shadow (challenger) version's score of each live row (migration 0011): written in the
@@ -87,8 +104,33 @@ shadow_scores = Table(
     Column("recon_error", Double, nullable=False),
     Column("would_alert", Boolean, nullable=False),
     Column("scored_at", TIMESTAMP(timezone=True), nullable=False, server_default=func.now()),
-    PrimaryKeyConstraint("run_id", "id", name="pk_shadow_scores"),
+    Column("day", Integer, nullable=False),
+    PrimaryKeyConstraint("run_id", "id", "day", name="pk_shadow_scores"),
     Index("ix_shadow_scores_version_time", "run_id", "model_version", "time"),
+    postgresql_partition_by="LIST (run_id)",
+)
+
+#: Live data days dropped by retention (migration 0013): the API answers "beyond retention"
+#: from it for rows it no longer has.
+data_days_dropped = Table(
+    "data_days_dropped",
+    metadata,
+    Column("day", Integer, nullable=False),
+    Column("dropped_at", TIMESTAMP(timezone=True), nullable=False, server_default=func.now()),
+    Column("transactions", BigInteger, nullable=False),
+    PrimaryKeyConstraint("day", name="pk_data_days_dropped"),
+)
+
+#: The maintenance task's last pass (one row): when, the newest data day, what it did.
+maintenance_state = Table(
+    "maintenance_state",
+    metadata,
+    Column("id", Boolean, nullable=False, server_default=text("true")),
+    Column("last_run_at", TIMESTAMP(timezone=True), nullable=False),
+    Column("newest_day", Integer, nullable=True),
+    *(Column(name, BigInteger, nullable=False) for name in ("created", "moved", "dropped", "deferred")),
+    CheckConstraint("id", name="ck_maintenance_state_one_row"),
+    PrimaryKeyConstraint("id", name="pk_maintenance_state"),
 )
 
 #: The model registry: `bundle_path` is the version's copy in the content-addressed

@@ -3,7 +3,10 @@
 Used by the scorer for every batch and by the API's predict endpoint for one row, so
 both store exactly the same thing. One statement inserts the transactions and their
 scores from column arrays (`unnest`), skipping rows whose `(run_id, id)` is already
-stored: a redelivered or replayed event never makes a second row.
+stored: a redelivered or replayed event never makes a second row. The key goes first into
+`transaction_keys` (unpartitioned): the row tables are partitioned by data day
+(`core.db.partitions`), so only there is an id unique whatever the event's time; a
+known id with another time is "already stored", and `stored_rows` calls it a conflict.
 
 The scorer's statement (`store_new`) also writes the alert of each newly stored alerting
 row into `alert_outbox`, and, when a shadow version scored the batch too, the shadow's
@@ -38,14 +41,21 @@ input AS (
                          ${_LABEL}::int2[], ${_PRODUCED}::float8[], ${_SCORE}::float8[],
                          ${_ERROR}::float8[], ${_ALERT}::bool[])
         WITH ORDINALITY AS t(run_id, id, {_FEATURE_LIST}, label, produced_at, score, recon_error, alert, position)
-), stored AS (
-    INSERT INTO transactions (run_id, id, {_FEATURE_LIST}, label, produced_at)
-    SELECT run_id, id, {_FEATURE_LIST}, label, to_timestamp(produced_at) FROM input
+), keyed AS (
+    INSERT INTO transaction_keys (run_id, id, day)
+    SELECT run_id, id, data_day(time) FROM input
     ON CONFLICT DO NOTHING
-    RETURNING run_id, id
+    RETURNING run_id, id, day
+), stored AS (
+    INSERT INTO transactions (run_id, id, day, {_FEATURE_LIST}, label, produced_at)
+    SELECT i.run_id, i.id, k.day, {", ".join(f"i.{name}" for name in FEATURE_COLUMNS)}, i.label,
+           to_timestamp(i.produced_at)
+    FROM input i JOIN keyed k USING (run_id, id)
+    ON CONFLICT DO NOTHING
+    RETURNING run_id, id, day
 ), scored AS (
-    INSERT INTO scores (run_id, id, model_version, score, recon_error, alert, scored_at, latency_ms)
-    SELECT i.run_id, i.id, ${_VERSION}, i.score, i.recon_error, i.alert, clock_timestamp(),
+    INSERT INTO scores (run_id, id, day, model_version, score, recon_error, alert, scored_at, latency_ms)
+    SELECT i.run_id, i.id, s.day, ${_VERSION}, i.score, i.recon_error, i.alert, clock_timestamp(),
            (extract(epoch FROM clock_timestamp()) - i.produced_at) * 1000.0
     FROM input i JOIN stored s USING (run_id, id)
     ON CONFLICT DO NOTHING
@@ -72,8 +82,8 @@ _SHADOW_VERSION, _SHADOW_POSITIONS, _SHADOW_SCORE, _SHADOW_ERROR, _SHADOW_ALERT 
 #: `STORE_NEW` with the shadow's scores of the newly stored rows (by 1-based position in the
 #: batch): a redelivered row is not in `stored`, so it never gets a second shadow row.
 STORE_NEW_WITH_SHADOW = f"""WITH {_INPUT}, {_OUTBOX}, shadowed AS (
-    INSERT INTO shadow_scores (run_id, id, model_version, time, score, recon_error, would_alert, scored_at)
-    SELECT i.run_id, i.id, ${_SHADOW_VERSION}, i.time, x.score, x.recon_error, x.would_alert, clock_timestamp()
+    INSERT INTO shadow_scores (run_id, id, day, model_version, time, score, recon_error, would_alert, scored_at)
+    SELECT i.run_id, i.id, s.day, ${_SHADOW_VERSION}, i.time, x.score, x.recon_error, x.would_alert, clock_timestamp()
     FROM unnest(${_SHADOW_POSITIONS}::int8[], ${_SHADOW_SCORE}::float8[], ${_SHADOW_ERROR}::float8[],
                 ${_SHADOW_ALERT}::bool[]) AS x(position, score, recon_error, would_alert)
     JOIN input i USING (position)
@@ -93,7 +103,8 @@ SELECT k.position,
        o.payload
 FROM unnest($1::text[], $2::text[], $3::int4[], {", ".join(f"${i + 4}::float8[]" for i in range(_N))},
             ${_N + 4}::int2[]) AS k(run_id, id, position, {_FEATURE_LIST}, label)
-JOIN transactions t ON t.run_id = k.run_id AND t.id = k.id
+JOIN transaction_keys d ON d.run_id = k.run_id AND d.id = k.id
+JOIN transactions t ON t.run_id = k.run_id AND t.id = k.id AND t.day = d.day
 LEFT JOIN alert_outbox o ON o.run_id = k.run_id AND o.id = k.id
 """
 
