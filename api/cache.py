@@ -50,8 +50,11 @@ from typing import Any
 
 import orjson
 from pydantic import BaseModel
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.responses import Response
+
+from core.db.rollups import FOLD_SQL
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +73,16 @@ class Freshness:
     data the run's watermark does not cover (the registry), so an unchanged watermark does
     not make it current. `follows_writes`: a cheap answer a client may read right after
     writing (a list's first page): what was written through this process before the read
-    is in it. `full_scan`: bounded by the cache's `slow_max_age`, not `max_age`.
+    is in it. `full_scan`: bounded by the cache's `slow_max_age`, not `max_age`. `folds`:
+    read from the folded rollups (migration 0014): each recompute first folds the rows stored
+    since the last fold (`core.db.rollups`), in its own transaction before the snapshot.
     """
 
     name: str
     follows_clock: bool = False
     follows_writes: bool = False
     full_scan: bool = False
+    folds: bool = False
 
 
 #: Aggregates over a run's stored rows: recomputed when the run's watermark moves.
@@ -87,6 +93,9 @@ TIMED = Freshness("timed", follows_clock=True)
 FIRST_PAGE = Freshness("first page", follows_writes=True)
 #: Full-scan analytics (histograms, scatter, model curves): the longer `slow_max_age` bound.
 FULL_SCAN = Freshness("full scan", full_scan=True)
+#: Analytics read from the folded rollups (distributions, model curves): `FULL_SCAN`'s bound,
+#: and a fold before each recompute, so an answer holds every row committed before it.
+FOLDED = Freshness("folded", full_scan=True, folds=True)
 #: What this process changes in the registry (promotions): the bound, and read-your-writes.
 REGISTRY = Freshness("registry", follows_clock=True, follows_writes=True)
 #: The scope registry answers are kept under (a run id no run uses; see `ResultCache.written`).
@@ -112,6 +121,7 @@ class _Slot:
     compute: Compute
     follows_clock: bool
     last_access: float
+    folds: bool
     max_age: float
     reads: int = 0
     entry: Cached | None = None
@@ -220,10 +230,10 @@ class ResultCache:
         """
         if not self.enabled or key is None:  # key None: a question not worth keeping
             self.misses += 1
-            return await self._compute_entry(run_id, compute, None, None, keep_value)
+            return await self._compute_entry(run_id, compute, None, None, keep_value, freshness.folds)
         now = self._clock()
         bound = self.slow_max_age if freshness.full_scan else self.max_age
-        slot = self._slot(key, run_id, compute, freshness.follows_clock, now, bound)
+        slot = self._slot(key, run_id, compute, freshness, now, bound)
         slot.keep_value = slot.keep_value or keep_value
         must_follow = self._written.get(run_id, -math.inf) if freshness.follows_writes else -math.inf
         entry = slot.entry
@@ -250,11 +260,11 @@ class ResultCache:
     # ------------------------------------------------------------------ internals
 
     def _slot(
-        self, key: Hashable, run_id: str, compute: Compute, follows_clock: bool, now: float, bound: float
+        self, key: Hashable, run_id: str, compute: Compute, freshness: Freshness, now: float, bound: float
     ) -> _Slot:
         slot = self._slots.get(key)
         if slot is None:
-            slot = _Slot(key, run_id, compute, follows_clock, now, bound)
+            slot = _Slot(key, run_id, compute, freshness.follows_clock, now, freshness.folds, bound)
             self._slots[key] = slot
             while len(self._slots) > self.max_entries:
                 _, old = self._slots.popitem(last=False)
@@ -310,11 +320,17 @@ class ResultCache:
             and previous.started > self._written.get(slot.run_id, -math.inf)
         )
         return await self._compute_entry(
-            slot.run_id, slot.compute, previous if renewable else None, started, slot.keep_value
+            slot.run_id, slot.compute, previous if renewable else None, started, slot.keep_value, slot.folds
         )
 
     async def _compute_entry(
-        self, run_id: str, compute: Compute, previous: Cached | None, started: float | None, keep_value: bool
+        self,
+        run_id: str,
+        compute: Compute,
+        previous: Cached | None,
+        started: float | None,
+        keep_value: bool,
+        folds: bool = False,
     ) -> Cached:
         if self._engine is None:
             raise RuntimeError("ResultCache.bind(engine) was not called")
@@ -323,6 +339,9 @@ class ResultCache:
         began = time.perf_counter()
         try:
             async with self._engine.connect() as conn:
+                if folds:  # committed before the snapshot below, which then sees what it added
+                    await conn.execute(text(FOLD_SQL))
+                    await conn.commit()
                 # One snapshot for every statement of the answer (a range and its histogram agree).
                 conn = await conn.execution_options(isolation_level="REPEATABLE READ")
                 mark = await self._watermark(conn, run_id) if self._watermark is not None else None

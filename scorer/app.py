@@ -188,6 +188,7 @@ def worker_config() -> WorkerConfig:
         prepare_broker=create_topics,
         retention_days=settings.retention_days,
         maintenance_seconds=settings.maintenance_seconds,
+        rollup_fold_seconds=settings.rollup_fold_seconds,
     )
 
 

@@ -1,4 +1,5 @@
-"""The maintenance task in every scorer worker (I/O): partitions ahead, the default emptied, retention.
+"""The maintenance tasks in every scorer worker (I/O): partitions ahead, the default emptied,
+retention; and the fold of the wide rollups (`RollupFoldLoop`, about once a second).
 
 It runs in the scorer because the scorer is what writes the rows: wherever rows arrive, a
 worker is running, and with several workers any one of them can act (the pass takes an
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from core.db.partitions import MaintenanceReport, maintain
+from core.db.rollups import fold
 from scorer.failures import describe
 from scorer.health import WorkerHealth
 from scorer.metrics import ScorerMetrics
@@ -58,4 +60,27 @@ class MaintenanceLoop:
                 self.health.maintenance_problem = describe(error)
                 self.metrics.maintenance_failures.inc()
                 log.warning("maintenance pass failed: %s", self.health.maintenance_problem)
+            await asyncio.sleep(self.every)
+
+
+@dataclass
+class RollupFoldLoop:
+    """Fold the scores stored since the last fold into the wide rollups (`core.db.rollups`), every
+    `every` seconds, in every worker: the folds serialise on their lock and each costs only the
+    rows since the previous one, so with several workers they just take turns; a dead worker
+    leaves nothing behind (the next fold, anyone's, takes its rows)."""
+
+    pool: asyncpg.Pool
+    every: float
+    metrics: ScorerMetrics
+
+    async def forever(self) -> None:
+        while True:
+            try:
+                self.metrics.rollup_folded.inc(await fold(self.pool))
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - the next fold takes these rows; writes never wait on it
+                self.metrics.rollup_fold_failures.inc()
+                log.warning("rollup fold failed: %s", describe(error))
             await asyncio.sleep(self.every)

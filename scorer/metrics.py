@@ -169,6 +169,16 @@ class ScorerMetrics:
             "Rows moved out of a default partition into their data day's partition",
             registry=r,
         )
+        self.rollup_folded = Counter(
+            "fraudstream_rollup_folded_rows",
+            "Scores this worker folded into the wide rollups (histograms, drift; `rollup_fold()`)",
+            registry=r,
+        )
+        self.rollup_fold_failures = Counter(
+            "fraudstream_rollup_fold_failures",
+            "Rollup folds that failed (the next one folds their rows)",
+            registry=r,
+        )
         self.maintenance_failures = Counter(
             "fraudstream_maintenance_failures",
             "Maintenance passes that failed (tried again later)",

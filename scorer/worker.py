@@ -11,7 +11,8 @@ Each part has one job: `Resources` (connections), `ModelResolution` (which model
 what), `BatchWriter` (PostgreSQL then the broker), `WorkerMonitor` (health, told), and
 the plain functions of `scorer.pipeline` in between. Background tasks: the heartbeat, the
 hot reload of the active model, the alert-outbox sweep and the maintenance task
-(`scorer.maintenance`: partitions by data day, retention); they stop with the worker.
+(`scorer.maintenance`: partitions by data day, retention; the rollup fold); they stop with
+the worker.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from scorer.failures import describe
 from scorer.faults import Fault, FaultInjector
 from scorer.health import WorkerHealth
 from scorer.heartbeat import WorkerMonitor
-from scorer.maintenance import MaintenanceLoop
+from scorer.maintenance import MaintenanceLoop, RollupFoldLoop
 from scorer.metrics import ScorerMetrics
 from scorer.pipeline import Origin, by_model, decode, score_group
 from scorer.resolution import ModelResolution
@@ -58,6 +59,7 @@ class WorkerConfig:
     prepare_broker: Callable[[], Awaitable[None]]  # e.g. create missing topics
     retention_days: int | None = None  # live data days kept (`core.db.partitions`); None/0 keep all
     maintenance_seconds: float = 60.0
+    rollup_fold_seconds: float = 1.0  # how often this worker folds new scores into the wide rollups
 
 
 def origin_of(event: faust.EventT) -> Origin:
@@ -155,6 +157,8 @@ class ScorerWorker:
                 config.health,
             )
             background.append(asyncio.create_task(maintenance.forever(), name="scorer-maintenance"))
+            folding = RollupFoldLoop(resources.pool, config.rollup_fold_seconds, config.metrics)
+            background.append(asyncio.create_task(folding.forever(), name="scorer-rollup-fold"))
             yield cls(resources, models, writer, config.metrics, config.health, maintenance)
         finally:
             await run_to_the_end(_close(background, resources, heartbeat, config.monitor))

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api import queries
-from api.cache import FULL_SCAN, ResultCache, cached_response
+from api.cache import FOLDED, ResultCache, cached_response
 from api.deps import Cache
 from api.params import DEFAULT_RUN, RunId
 from api.schemas import Distribution, HistogramSeries, Problem
@@ -139,7 +139,7 @@ async def _distribution(
             rows=sum(s.total for s in series if s.name != "alert"),
         )
 
-    return await cached_response(cache, ("distribution", key, run_id, bins), run_id, compute, FULL_SCAN)
+    return await cached_response(cache, ("distribution", key, run_id, bins), run_id, compute, FOLDED)
 
 
 @router.get(

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Response
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api import queries
-from api.cache import FULL_SCAN, cached_response
+from api.cache import FOLDED, cached_response
 from api.curves import f1, metrics_from_bins, ratio
 from api.deps import Cache, Champion
 from api.params import DEFAULT_RUN, RunId
@@ -115,4 +115,4 @@ async def performance(
         )
 
     key = ("performance", run_id, bins, curves, ensemble.version)
-    return await cached_response(cache, key, run_id, compute, FULL_SCAN)
+    return await cached_response(cache, key, run_id, compute, FOLDED)

@@ -3,8 +3,9 @@
     hours = await drift_counts(conn, version=v, reference=manifest["reference"], time_from=0, time_to=7200)
     core.drift.hour_drift(manifest["reference"], hours[0].counts, hours[0].rows, hours[0].alerts)
 
-This is the one boundary drift is computed through. `drift_counts` reads the rollups kept
-by triggers as rows are stored (migration 0009): `rollup_drift` (rows per run, version,
+This is the one boundary drift is computed through. `drift_counts` folds the scores stored
+since the last fold (`core.db.rollups`, migration 0014) and reads the rollups (migration
+0009): `rollup_drift` (rows per run, version,
 data hour, quantity and bin of the version's registered reference edges) and
 `rollup_hours` (rows and alerts), two primary-key range reads whatever the history. Two
 cases are counted from the stored rows instead, with the same bins (PostgreSQL's
@@ -24,6 +25,7 @@ from typing import Any
 
 import asyncpg
 
+from core.db.rollups import fold
 from core.db.schema import LIVE_RUN
 
 #: The widest window one call reads (96 hours of data: four days).
@@ -182,6 +184,7 @@ async def drift_counts(
     first, end = math.ceil(time_from / SECONDS_PER_HOUR), math.floor(time_to / SECONDS_PER_HOUR)
     if first >= end:  # no whole hour in the window
         return await _count(conn, histograms, _BY_DATA_HOUR, run_id, time_from, time_to, version)
+    await fold(conn)  # rows committed before this call are in rollup_drift, as in rollup_hours
     hours, recount = await _from_rollups(conn, histograms, run_id, version, first, end)
     stretches = [(time_from, first * SECONDS_PER_HOUR), (end * SECONDS_PER_HOUR, time_to)]
     stretches += [(h * SECONDS_PER_HOUR, (h + 1) * SECONDS_PER_HOUR) for h in recount]

@@ -21,7 +21,8 @@ redelivery from a conflict.
 `maintain` is one pass of the maintenance task: move rows out of the default partitions
 into their days' partitions, create the next days' partitions, and drop the live days
 beyond retention (`DROP TABLE` of each table's day partition, with that day's keys and
-review-queue entries). One instance acts at a time (an advisory lock); DDL waits at most
+review-queue entries; its scores not folded into the wide rollups yet are folded first,
+`rollup_fold_day`, migration 0014). One instance acts at a time (an advisory lock); DDL waits at most
 `LOCK_TIMEOUT` for the tables' locks and is tried again at the next pass, so writers never
 queue behind it for long.
 """
@@ -261,6 +262,12 @@ async def _drop_day(conn: asyncpg.Connection, day: int, report: MaintenanceRepor
     transactions = day_table("transactions", day)
     existing = {t for t in PARTITIONED if day in await live_days(conn, t)}
     if "scores" in existing:
+        # the day's scores not folded yet go into the folded rollups first (migration 0014):
+        # with its partitions locked no writer of that day is still open, so all are there
+        statements.append(f"LOCK TABLE {scores} IN ACCESS EXCLUSIVE MODE")
+        if "transactions" in existing:
+            statements.append(f"LOCK TABLE {transactions} IN ACCESS EXCLUSIVE MODE")
+        statements.append(f"SELECT rollup_fold_day({day})")
         statements.append(f"DELETE FROM review_queue q USING {scores} s WHERE q.transaction_id = s.id")
     if "transactions" in existing:
         statements.append(

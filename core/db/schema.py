@@ -29,6 +29,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP
+from sqlalchemy.types import UserDefinedType
 
 from core.features import PCA_COLUMNS
 
@@ -66,6 +67,16 @@ transaction_keys = Table(
     PrimaryKeyConstraint("run_id", "id", name="pk_transaction_keys"),
 )
 
+
+class Xid8(UserDefinedType):
+    """PostgreSQL's 64-bit transaction id (`xid8`): which transaction inserted a score (0014)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: object) -> str:
+        return "XID8"
+
+
 scores = Table(
     "scores",
     metadata,
@@ -78,6 +89,9 @@ scores = Table(
     Column("scored_at", TIMESTAMP(timezone=True), nullable=False, server_default=func.now()),
     Column("latency_ms", Double, nullable=True),
     Column("day", Integer, nullable=False),  # its transaction's data day
+    # The inserting transaction (migration 0014): `rollup_fold()` folds the scores of ended
+    # transactions not folded yet into the wide rollups, by this indexed range.
+    Column("xid", Xid8(), nullable=False, server_default=text("pg_current_xact_id()")),
     # No foreign key to transactions (migration 0004): `store_scored` writes a score only in
     # the statement that stores its transaction, and the per-row check cost ~40% of the write.
     PrimaryKeyConstraint("run_id", "id", "day", name="pk_scores"),
@@ -87,6 +101,7 @@ scores = Table(
     ),
     Index("ix_scores_model_version", "model_version"),
     Index("ix_scores_run_score", "run_id", "score"),
+    Index("ix_scores_xid", "xid"),
     postgresql_partition_by="LIST (run_id)",
 )
 
@@ -429,6 +444,19 @@ rollup_drift = Table(
 #: The class the rollups count a transaction under, for each transaction with a verdict
 #: (migration 0012): its known label (`known_labels`), kept by triggers on `feedback`.
 #: Transactions without a row here are counted under their inline label.
+#: The fold's watermark (migration 0014, one row): every score with xid < folded_below is in
+#: `rollup_histograms`, `rollup_score_hours` and `rollup_drift`.
+rollup_fold_state = Table(
+    "rollup_fold_state",
+    metadata,
+    Column("id", Boolean, nullable=False, server_default=text("true")),
+    Column("folded_below", Xid8(), nullable=False),
+    Column("folded_at", TIMESTAMP(timezone=True), nullable=True),
+    Column("rows", BigInteger, nullable=False, server_default=text("0")),
+    CheckConstraint("id", name="ck_rollup_fold_state_one_row"),
+    PrimaryKeyConstraint("id", name="pk_rollup_fold_state"),
+)
+
 rollup_known_classes = Table(
     "rollup_known_classes",
     metadata,
