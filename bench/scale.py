@@ -1,7 +1,8 @@
-"""Scale benchmark: the write cost of the rollups, and the analytics' read time as the history grows.
+"""Scale benchmark: the write cost of the rollups (their fold included), and the analytics' read time as the history grows.
 
     python -m bench.scale --data data/creditcard.csv            # make bench-scale
     python -m bench.scale --steps 300000,3000000                # the quicker run
+    python -m bench.scale --steps 300000 --batch 20,200,4000    # the write cost by batch size
 
 One embedded PostgreSQL (migrated) is filled through the scorer's write path
 (`core.db.store.store_new`, batches of the scorer's size, 4,000) with the Kaggle rows
@@ -13,12 +14,16 @@ so its reference bins are the drift rollup's; the scores stored are synthetic
 
 At each step N (cumulative):
 
-- **write cost**: `--write-rows` more rows (default 100,000) in alternating slices with the
-  rollup trigger (`rollups_scores_insert`) disabled and enabled; for each, rows/s and the
-  CPU seconds of the PostgreSQL backend serving the writes (user + system, from /proc)
-  per 100k rows. The rollup-free rows go to a run of their own that is deleted afterwards
-  (the rollups never counted them). Everything else the write does (transactions, scores,
-  run totals, review queue) is in both figures;
+- **write cost**, per batch size of `--batch` (default 20, 200, 4000: the stream's batches are
+  what has arrived, ~20 rows at 2,000 tx/s; 4,000 is a replay's): `--write-rows` more rows
+  (default 200,000 per batch size) in alternating slices with the rollups off (trigger
+  `rollups_scores_insert` disabled, no fold) and on (the trigger, and `rollup_fold()` from a
+  second connection after every `--fold-rows` rows written, 2,000 by default: one fold a
+  second at 2,000 tx/s, as the scorer's fold loop); for each, rows/s and the CPU seconds of
+  the PostgreSQL backends serving the writes and the folds (user + system, from /proc) per
+  100k rows. The rollup-free rows go to a run of their own that is deleted afterwards (with
+  what an unmeasured fold counted of them). Everything else the write does (transactions,
+  scores, run totals, review queue) is in both figures;
 - **reads**: each analytics GET against a real API process with its result cache off
   (`--requests` each, one at a time, after a warm-up): p50 and p99;
 - **refresh cost**: the CPU seconds PostgreSQL (all its processes) spends per minute keeping
@@ -63,6 +68,9 @@ from core.settings import Settings, settings_env
 
 BATCH = 4000
 TRIGGER = "rollups_scores_insert"
+FOLD = "SELECT rollup_fold()"
+#: The rollups filled by the fold (migration 0014), not the trigger.
+FOLDED = ("rollup_histograms", "rollup_score_hours", "rollup_drift")
 OFF_RUN = "bench-scale-rollups-off"
 TWO_DAYS = 172_800.0
 #: Every analytics GET (the dashboard's pages ask for these), read with the API's result cache off.
@@ -164,7 +172,8 @@ async def _fill(conn: asyncpg.Connection, rows: Rows, until: int) -> None:
 class WriteCost:
     rows: int = 0
     seconds: float = 0.0
-    cpu: float = 0.0
+    cpu: float = 0.0  # the writer's backend and the folder's (`fold_cpu` of it)
+    fold_cpu: float = 0.0
 
     @property
     def per_second(self) -> float:
@@ -175,32 +184,55 @@ class WriteCost:
         return self.cpu * 100_000 / self.rows if self.rows else 0.0
 
 
+async def _fold(folder: asyncpg.Connection, pid: int) -> float:
+    """One `rollup_fold()` on the folder's connection; its backend's CPU seconds."""
+    cpu = _backend_cpu(pid)
+    await folder.fetchval(FOLD)
+    return _backend_cpu(pid) - cpu
+
+
 async def _write_cost(
-    conn: asyncpg.Connection, rows: Rows, total: int, slices: int = 10
-) -> tuple[WriteCost, ...]:
-    """`total` rows, half with the rollup trigger off (in a run deleted afterwards), half on, alternating."""
+    conn: asyncpg.Connection,
+    folder: asyncpg.Connection,
+    rows: Rows,
+    total: int,
+    batch: int,
+    fold_rows: int,
+    slices: int = 10,
+) -> tuple[WriteCost, WriteCost]:
+    """`total` rows in batches of `batch`, half with the rollups off (trigger disabled, no fold;
+    in a run deleted afterwards), half on (trigger, and a fold every `fold_rows`), alternating."""
     pid = await conn.fetchval("SELECT pg_backend_pid()")
+    folder_pid = await folder.fetchval("SELECT pg_backend_pid()")
     off, on = WriteCost(), WriteCost()
-    per_slice = max(BATCH, total // (2 * slices) // BATCH * BATCH)
+    per_slice = max(batch, total // (2 * slices) // batch * batch)
     try:
-        for _ in tqdm(range(slices), desc="write cost", unit="slice"):
+        for _ in tqdm(range(slices), desc=f"write cost, batches of {batch:,}", unit="slice"):
             for cost, enabled in ((off, False), (on, True)):
                 await conn.execute(
                     f"ALTER TABLE scores {'ENABLE' if enabled else 'DISABLE'} TRIGGER {TRIGGER}"
                 )
-                batches = [rows.batch(BATCH, None if enabled else OFF_RUN) for _ in range(per_slice // BATCH)]
+                batches = [rows.batch(batch, None if enabled else OFF_RUN) for _ in range(per_slice // batch)]
                 await ensure_days(conn, await batch_days(conn, batches))
-                cpu, started = _backend_cpu(pid), time.perf_counter()
-                for batch in batches:
-                    await store_new(conn, batch, {})
+                await folder.fetchval(FOLD)  # what came before is not this slice's cost
+                cpu, started, pending = _backend_cpu(pid), time.perf_counter(), 0
+                for part in batches:
+                    await store_new(conn, part, {})
+                    pending += len(part.ids)
+                    if enabled and pending >= fold_rows:
+                        cost.fold_cpu += await _fold(folder, folder_pid)
+                        pending = 0
+                if enabled and pending:
+                    cost.fold_cpu += await _fold(folder, folder_pid)
                 cost.seconds += time.perf_counter() - started
                 cost.cpu += _backend_cpu(pid) - cpu
                 cost.rows += per_slice
+        on.cpu += on.fold_cpu
     finally:
         await conn.execute(f"ALTER TABLE scores ENABLE TRIGGER {TRIGGER}")
-        await conn.execute("DELETE FROM scores WHERE run_id = $1", OFF_RUN)
-        await conn.execute("DELETE FROM transactions WHERE run_id = $1", OFF_RUN)
-        await conn.execute("DELETE FROM run_totals WHERE run_id = $1", OFF_RUN)
+        await folder.fetchval(FOLD)
+        for table in ("scores", "transactions", "run_totals", *FOLDED):
+            await conn.execute(f"DELETE FROM {table} WHERE run_id = $1", OFF_RUN)
     return off, on
 
 
@@ -276,20 +308,28 @@ def run(args: argparse.Namespace) -> int:
 
         async def steps() -> None:
             conn = await asyncpg.connect(url)
+            folder = await asyncpg.connect(url)
             try:
                 with LoadSampler() as loadavg:
                     for n in args.steps:
                         await _fill(conn, rows, n)
+                        await folder.fetchval(FOLD)
                         await conn.execute("VACUUM ANALYZE")
-                        off, on = await _write_cost(conn, rows, args.write_rows)
+                        costs = {
+                            batch: await _write_cost(
+                                conn, folder, rows, args.write_rows, batch, args.fold_rows
+                            )
+                            for batch in args.batch
+                        }
                         reads = await _reads(port, args.requests)
                         refresh = await _refresh_cost(port, postgres.process.pid, args.refresh_seconds)
                         disk = await conn.fetchval("SELECT pg_database_size(current_database())")
-                        results.append((n, off, on, reads, refresh, disk, os.getloadavg()[0]))
+                        results.append((n, costs, reads, refresh, disk, os.getloadavg()[0]))
                         print(f"step {n:,}: done, load {os.getloadavg()[0]:.2f}", flush=True)
                 results.append(loadavg.describe())
             finally:
                 await conn.close()
+                await folder.close()
 
         asyncio.run(steps())
     finally:
@@ -303,24 +343,31 @@ def run(args: argparse.Namespace) -> int:
         markdown_table(
             [
                 "rows stored",
+                "batch",
                 "rows/s without / with rollups",
-                "PostgreSQL CPU s per 100k rows without / with",
+                "PostgreSQL CPU s per 100k rows without / with (of which the fold)",
                 "with ÷ without",
-                "Live page refresh: PostgreSQL CPU s per minute",
-                "disk",
-                "load at end",
             ],
             [
                 (
                     f"{n:,}",
+                    f"{batch:,}",
                     f"{off.per_second:,.0f} / {on.per_second:,.0f}",
-                    f"{off.cpu_per_100k:.2f} / {on.cpu_per_100k:.2f}",
+                    f"{off.cpu_per_100k:.2f} / {on.cpu_per_100k:.2f} ({on.fold_cpu * 100_000 / on.rows:.2f})",
                     f"**{ratio(on.cpu_per_100k, off.cpu_per_100k)}**",
-                    f"{refresh:.2f}",
-                    f"{disk / 2**30:.2f} GiB",
-                    f"{load:.2f}",
                 )
-                for n, off, on, _, refresh, disk, load in results
+                for n, costs, *_ in results
+                for batch, (off, on) in costs.items()
+            ],
+        )
+    )
+    print()
+    print(
+        markdown_table(
+            ["rows stored", "Live page refresh: PostgreSQL CPU s per minute", "disk", "load at end"],
+            [
+                (f"{n:,}", f"{refresh:.2f}", f"{disk / 2**30:.2f} GiB", f"{load:.2f}")
+                for n, _, _, refresh, disk, load in results
             ],
         )
     )
@@ -334,7 +381,7 @@ def run(args: argparse.Namespace) -> int:
                     *(
                         f"{reads[path][0]:.1f} / {reads[path][1]:.1f}"
                         + (f" ({reads[path][2]} errors)" if reads[path][2] else "")
-                        for _, _, _, reads, _, _, _ in results
+                        for _, _, reads, _, _, _ in results
                     ),
                 )
                 for path in READ_ENDPOINTS
@@ -358,6 +405,18 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=200_000,
         help="rows written per step to measure the write cost (half each way)",
+    )
+    parser.add_argument(
+        "--batch",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[20, 200, 4000],
+        help="batch sizes the write cost is measured at (default 20,200,4000: the stream's to a replay's)",
+    )
+    parser.add_argument(
+        "--fold-rows",
+        type=int,
+        default=2000,
+        help="rows written between two folds (default 2000: one fold a second at 2,000 tx/s)",
     )
     parser.add_argument(
         "--model", type=Path, default=None, help="model bundle (default: settings.model_path)"
