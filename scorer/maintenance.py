@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from core.db.partitions import MaintenanceReport, maintain
-from core.db.rollups import fold
+from core.db.rollups import fold_if_due
 from scorer.failures import describe
 from scorer.health import WorkerHealth
 from scorer.metrics import ScorerMetrics
@@ -65,10 +65,11 @@ class MaintenanceLoop:
 
 @dataclass
 class RollupFoldLoop:
-    """Fold the scores stored since the last fold into the wide rollups (`core.db.rollups`), every
-    `every` seconds, in every worker: the folds serialise on their lock and each costs only the
-    rows since the previous one, so with several workers they just take turns; a dead worker
-    leaves nothing behind (the next fold, anyone's, takes its rows)."""
+    """Fold the scores stored since the last fold into the wide rollups (`core.db.rollups`) about
+    every `every` seconds: each worker looks every `every` / 2 seconds and folds only when no
+    one folded for `every` seconds (the watermark row's `folded_at`), so N workers fold about
+    once per period between them; a dead worker leaves nothing behind (the next fold takes its
+    rows)."""
 
     pool: asyncpg.Pool
     every: float
@@ -77,10 +78,10 @@ class RollupFoldLoop:
     async def forever(self) -> None:
         while True:
             try:
-                self.metrics.rollup_folded.inc(await fold(self.pool))
+                self.metrics.rollup_folded.inc(await fold_if_due(self.pool, self.every))
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # noqa: BLE001 - the next fold takes these rows; writes never wait on it
                 self.metrics.rollup_fold_failures.inc()
                 log.warning("rollup fold failed: %s", describe(error))
-            await asyncio.sleep(self.every)
+            await asyncio.sleep(self.every / 2)

@@ -221,6 +221,17 @@ def test_two_workers_share_the_partitions(settings, workers) -> None:
     assert max(worker.metric("fraudstream_maintenance_last_run_timestamp_seconds") for worker in pair) > 0
     (state,) = asyncio.run(fetch(settings.database_url, "SELECT last_run_at FROM maintenance_state"))
     assert state["last_run_at"] is not None
+    # The workers fold the stored scores into the wide rollups by themselves (nobody reads
+    # them here): every row once, between the two of them (migration 0014).
+    folded = "SELECT coalesce(sum(n), 0) AS n FROM rollup_histograms WHERE run_id = '' AND quantity = 'score'"
+    wait_until(
+        lambda: sum(worker.metric("fraudstream_rollup_folded_rows_total") for worker in pair) >= limit,
+        timeout=60,
+        what="every stored row folded by the workers",
+    )
+    assert sum(worker.metric("fraudstream_rollup_folded_rows_total") for worker in pair) == limit
+    assert asyncio.run(fetch(settings.database_url, folded))[0]["n"] == limit
+    assert all(worker.metric("fraudstream_rollup_fold_failures_total") == 0 for worker in pair)
 
 
 def test_a_backlog_is_scored_in_full_batches_never_above_the_batch_size(settings, workers) -> None:

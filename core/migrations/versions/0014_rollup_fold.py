@@ -24,8 +24,9 @@ the moment a write commits.
 - `rollup_relabel` moves `rollup_minutes`/`rollup_hours` for every scored row as before, but
   the folded rollups only for rows already folded (xid < W), under the shared form of the
   same lock: a fold waits for the label writer to commit (and then reads the new class), a
-  label writer waits for a running fold (and then reads the new W). A row relabelled before
-  its fold is counted once, in the class it has when folded.
+  label writer waits for a running fold (and then reads the new W, `FOR SHARE`: in a
+  REPEATABLE READ transaction a W moved since its snapshot is a serialization failure, not a
+  stale W). A row relabelled before its fold is counted once, in the class it has when folded.
 - `rollup_fold_day(day)`: the pre-drop fold of a live data day (`core.db.partitions`): with
   the day's partitions locked by the caller, every not yet folded score of that day is
   folded (none can be open), so retention never loses counts. It only tries the fold lock
@@ -74,6 +75,13 @@ _PROBE = """CROSS JOIN LATERAL (
     SELECT {columns}, t.label FROM transactions t
     WHERE t.run_id = {run} AND t.id = {id} AND t.day = s.day OFFSET 0) AS t"""
 
+#: The functions that probe transactions per row are planned at every call, with the tables'
+#: sizes of the moment. A plan cached while a day's partition was new (empty, not analyzed)
+#: costs its (run_id, time) indexes the same as its primary key, and the probe then scanned
+#: the whole run's day for each row (~0.4 ms a row at 2,000 rows, growing with the day) until
+#: autovacuum analyzed it: the stream's first minutes, and every new day's.
+_REPLANNED = "SET plan_cache_mode = force_custom_plan"
+
 
 # --------------------------------------------------------------------------- the write trigger
 
@@ -83,12 +91,15 @@ def _scores_insert() -> str:
     grouped by (run, version) directly (no reference edges needed)."""
     minute = _R._MINUTE
     return f"""
-CREATE OR REPLACE FUNCTION rollups_scores_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION rollups_scores_insert() RETURNS trigger LANGUAGE plpgsql {_REPLANNED} AS $$
+DECLARE
+    planned bool := true;  -- a parameter: PL/pgSQL plans a statement without one only once
 BEGIN
     WITH r AS MATERIALIZED (
         SELECT s.run_id, s.model_version, s.alert, s.scored_at, s.latency_ms,
                floor(t.time / 3600)::int4 AS hour, {_CLASS} AS class
         FROM new_rows s {_PROBE.format(columns="t.time", run="s.run_id", id="s.id")}
+        WHERE planned
     ), minutes AS (
         INSERT INTO rollup_minutes AS m (run_id, minute, model_version, class, scored, alerts)
         SELECT r.run_id, {minute}, r.model_version, r.class, count(*), count(*) FILTER (WHERE r.alert)
@@ -204,7 +215,7 @@ WHERE {_RANGE} AND s.run_id = rid AND s.model_version = ver"""
 _RANGE_VERSIONS = f"SELECT DISTINCT s.run_id, s.model_version FROM scores s WHERE {_RANGE}"
 
 _FOLD_RANGE = f"""
-CREATE FUNCTION rollup_fold_range(lo xid8, hi xid8, only_day int4) RETURNS bigint LANGUAGE plpgsql AS $$
+CREATE FUNCTION rollup_fold_range(lo xid8, hi xid8, only_day int4) RETURNS bigint LANGUAGE plpgsql {_REPLANNED} AS $$
 DECLARE
 {_DECLARE}
 BEGIN
@@ -274,7 +285,7 @@ def _relabel() -> str:
     moved = "sum(r.sign), coalesce(sum(r.sign) FILTER (WHERE r.alert), 0)"
     return f"""
 CREATE OR REPLACE FUNCTION rollup_relabel(run_ids text[], ids text[], old_labels int2[], new_labels int2[])
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql {_REPLANNED} AS $$
 DECLARE
     w xid8;
     moved bigint;
@@ -307,7 +318,7 @@ BEGIN
     -- the folded rollups: rows folded already, serialised with the fold (shared: label writers
     -- do not wait for each other)
     PERFORM pg_advisory_xact_lock_shared({_LOCK});
-    SELECT f.folded_below INTO w FROM rollup_fold_state f;
+    SELECT f.folded_below INTO w FROM rollup_fold_state f FOR SHARE;
 {_version_loop(_RELABELLED_FOLDED_VERSIONS, _RELABELLED_FOLDED, signed=True)}
     RETURN moved / 2;
 END
