@@ -42,6 +42,10 @@ INDEX_READ = re.compile(
 )
 
 _INPUTS = ", ".join(f"v{i}" for i in range(1, 29))
+# The rows were scored up to a minute before the fill: the live-minutes window ("the last N
+# minutes of wall clock") then holds a stream's share of a day, not a third of the small last
+# day of this fill (which a scan of that day rightly beats). Before 0014 the fill's insert was
+# slow enough to leave the window empty by itself.
 FILL = [
     f"""INSERT INTO transaction_keys (run_id, id, day)
     SELECT CASE WHEN g % 10 = 0 THEN '{BACKTEST}' ELSE '' END, 'p' || g, data_day(g * 0.6)
@@ -54,7 +58,8 @@ FILL = [
     f"""INSERT INTO scores (run_id, id, day, model_version, score, recon_error, alert, scored_at, latency_ms)
     SELECT CASE WHEN g % 10 = 0 THEN '{BACKTEST}' ELSE '' END, 'p' || g, data_day(g * 0.6), '{VERSION}',
            CASE WHEN g % 577 = 0 THEN 0.9 ELSE (g % 1000) / 1200.0 END, (g % 101) / 7.0,
-           g % 577 = 0 OR g % 1000 > 995, now() - ({ROWS} - g) * interval '12 ms', 3 + g % 40
+           g % 577 = 0 OR g % 1000 > 995, now() - interval '1 minute' - ({ROWS} - g) * interval '12 ms',
+           3 + g % 40
     FROM generate_series(1, {ROWS}) g""",
     """INSERT INTO label_events (label_id, run_id, transaction_id, label, source, who, decided_at)
     SELECT 'plan-' || g, '', 'p' || g, (g % 3 = 0)::int, CASE WHEN g % 7 = 0 THEN 'chargeback' ELSE 'analyst' END,
