@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from core.db.partitions import maintain
-from core.db.rollups import fold
+from core.db.rollups import ROLLUP_FOLD_LOCK, fold, fold_if_due
 from core.db.store import store_new
 from tests.test_rollups import REGISTERED, RUN, UNREGISTERED, _actual, _batch, _check, _manifest
 
@@ -151,6 +151,38 @@ def test_redelivered_rows_are_never_folded_twice(database_url: str) -> None:
             counts = await _check(conn, references)
             assert counts["scored"] == 400 and await _folded_rows(conn) == 400
         finally:
+            await conn.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_scorers_fold_skips_while_anyone_holds_the_fold_lock_or_folded_within_the_period(
+    database_url: str,
+) -> None:
+    """`fold_if_due` (migration 0015) never waits behind a running fold to fold again: while another
+    session holds the fold's lock it returns 0 at once (0014's form waited for that session's
+    commit); within the period after a fold it skips; past it, it folds every pending row once."""
+
+    async def scenario() -> None:
+        conn, references, rng = await _setup(database_url, 47)
+        holder = await asyncpg.connect(database_url)
+        try:
+            assert await store_new(conn, _batch(rng, [f"d{i}" for i in range(150)], REGISTERED), {}) == []
+            async with holder.transaction():  # a fold (or a relabel) in progress elsewhere
+                await holder.execute("SELECT pg_advisory_xact_lock($1)", ROLLUP_FOLD_LOCK)
+                # a wait here would last until the holder commits below: the timeout only bounds a failure
+                assert await asyncio.wait_for(fold_if_due(conn, 0.0), timeout=120) == 0
+                assert await _folded_rows(conn) == 0
+            assert await fold_if_due(conn, 3600.0) == 150  # nobody folded yet (folded_at is NULL)
+            assert await store_new(conn, _batch(rng, [f"e{i}" for i in range(60)], REGISTERED), {}) == []
+            assert await fold_if_due(conn, 3600.0) == 0  # folded within the hour: skipped
+            assert await _folded_rows(conn) == 150
+            assert await fold_if_due(conn, 0.0) == 60  # due: the pending rows, once
+            assert await fold_if_due(conn, 0.0) == 0
+            counts = await _check(conn, references)
+            assert counts["scored"] == 210 and await _folded_rows(conn) == 210
+        finally:
+            await holder.close()
             await conn.close()
 
     asyncio.run(scenario())

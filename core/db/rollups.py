@@ -24,13 +24,12 @@ ROLLUP_FOLD_LOCK = 0x6672_6175_6402
 FOLD_SQL = "SELECT rollup_fold()"
 
 
-#: The fold, unless any process folded less than $1 seconds ago (NULL then): what the scorers
-#: run, so N workers fold about once per period between them, not N times. A fold's cost is
-#: mostly the rollup rows it touches (one per quantity, class and bin present), which grows far
-#: slower than its rows: fewer, larger folds are cheaper per row.
-FOLD_IF_DUE_SQL = """
-SELECT rollup_fold() FROM rollup_fold_state
-WHERE folded_at IS NULL OR folded_at <= clock_timestamp() - make_interval(secs => $1)"""
+#: The fold, unless any process folded less than $1 seconds ago or is folding now (0 then): what
+#: the scorers run, so N workers fold about once per period between them, not N times, and none
+#: waits behind another's fold to fold again (migration 0015). A fold's cost is mostly the rollup
+#: rows it touches (one per quantity, class and bin present), which grows far slower than its
+#: rows: fewer, larger folds are cheaper per row.
+FOLD_IF_DUE_SQL = "SELECT rollup_fold_if_due($1)"
 
 
 class _Fetches(Protocol):
@@ -46,5 +45,6 @@ async def fold(conn: _Fetches) -> int:
 
 
 async def fold_if_due(conn: _Fetches, seconds: float) -> int:
-    """`fold` unless a fold (by anyone) ran in the last `seconds`; the rows folded (0 if skipped)."""
+    """`fold` unless a fold (by anyone) ran in the last `seconds` or is running; the rows folded
+    (0 if skipped). Never waits for a lock: readers, who must see every committed row, use `fold`."""
     return int(await conn.fetchval(FOLD_IF_DUE_SQL, seconds) or 0)
