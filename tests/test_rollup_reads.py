@@ -17,6 +17,8 @@ import asyncpg
 import httpx
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.bins import LATENCY_BINS, LATENCY_ERROR_FACTOR, percentile_from_counts
 from core.db.labels import store_labels
@@ -98,6 +100,28 @@ def _check_latency(got: float | None, latency: np.ndarray, q: float) -> None:
     if exact >= LATENCY_BINS.edges[0]:  # the underflow bin reads as its edge
         assert exact / LATENCY_ERROR_FACTOR <= got * (1 + 1e-9) and got <= exact * LATENCY_ERROR_FACTOR * (
             1 + 1e-9
+        )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.floats(min_value=LATENCY_BINS.edges[0], max_value=LATENCY_BINS.edges[-1]), min_size=1),
+    st.sampled_from([50, 95, 99, 100]),
+)
+def test_every_latency_percentile_is_within_the_stated_factor(latencies: list[float], q: int) -> None:
+    """The stated resolution holds for any values, also just above an edge of the widest (rounded)
+    bins: 1995.01 ms in [1995, 2239] reads as 2113.5, 1.0594x off (more than `10 ** (1 / 40)`)."""
+    _check_latency(
+        percentile_from_counts(LATENCY_BINS, _latency_counts(np.array(latencies)), q), np.array(latencies), q
+    )
+
+
+def test_a_latency_just_above_a_rounded_edge_is_within_the_stated_factor() -> None:
+    for value in (1995.01, *LATENCY_BINS.edges[20:-1]):
+        _check_latency(
+            percentile_from_counts(LATENCY_BINS, _latency_counts(np.array([value])), 50),
+            np.array([value]),
+            50,
         )
 
 
