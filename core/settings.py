@@ -152,9 +152,9 @@ class Settings(BaseSettings):
     #: How often the scorer's maintenance task makes a pass (next days' partitions, rows
     #: out of the default partition, retention); one worker acts at a time.
     maintenance_seconds: float = Field(default=60.0, gt=0, le=86_400)
-    #: How often each scorer worker folds the scores stored since the last fold into the wide
-    #: rollups (histograms, in-sample score hours, drift; migration 0014). The API folds
-    #: before it reads them too, so this bounds only how much each read's fold has to do.
+    #: How often the scorer workers, between them, fold the scores stored since the last fold
+    #: into the wide rollups (histograms, in-sample score hours, drift; migrations 0014-0015).
+    #: The API folds before it reads them too, so this bounds only how much a read's fold does.
     rollup_fold_seconds: float = Field(default=1.0, gt=0, le=3600)
 
     @field_validator("database_url")

@@ -10,7 +10,6 @@ what is folded and what waits by the fold's own count of rows.
 from __future__ import annotations
 
 import asyncio
-import json
 
 import asyncpg
 import numpy as np
@@ -19,7 +18,7 @@ import pytest
 from core.db.partitions import maintain
 from core.db.rollups import ROLLUP_FOLD_LOCK, fold, fold_if_due
 from core.db.store import store_new
-from tests.test_rollups import REGISTERED, RUN, UNREGISTERED, _actual, _batch, _check, _manifest
+from tests.test_rollups import REGISTERED, RUN, UNREGISTERED, _actual, _batch, _check, _manifest, _register
 
 #: The open writer's run: writers of one run serialise on its `run_totals` row (0003), so two
 #: transactions open at once write two runs, as the live run and a backtest do.
@@ -30,18 +29,7 @@ pytestmark = pytest.mark.timeout(300)
 async def _setup(database_url: str, seed: int) -> tuple[asyncpg.Connection, dict, np.random.Generator]:
     rng = np.random.default_rng(seed)
     conn = await asyncpg.connect(database_url)
-    await conn.execute(
-        "INSERT INTO model_versions (version, bundle_path, threshold, manifest) VALUES ($1, 'x', 0.8, $2::jsonb)",
-        REGISTERED,
-        json.dumps(_manifest(rng)),
-    )
-    edges = {
-        r["quantity"]: list(r["edges"])
-        for r in await conn.fetch(
-            "SELECT quantity, edges FROM model_reference_bins WHERE version = $1", REGISTERED
-        )
-    }
-    return conn, {REGISTERED: edges}, rng
+    return conn, {REGISTERED: await _register(conn, _manifest(rng))}, rng
 
 
 async def _folded_rows(conn: asyncpg.Connection, run_id: str = RUN) -> int:

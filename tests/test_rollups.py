@@ -182,23 +182,30 @@ async def _check(conn: asyncpg.Connection, references: dict) -> dict[str, int]:
     }
 
 
+async def _register(
+    conn: asyncpg.Connection, manifest: dict, version: str = REGISTERED
+) -> dict[str, list[float]]:
+    """Register `version` with `manifest`; the reference edges the migration's trigger stored for it."""
+    await conn.execute(
+        "INSERT INTO model_versions (version, bundle_path, threshold, manifest) VALUES ($1, 'x', 0.8, $2::jsonb)",
+        version,
+        json.dumps(manifest),
+    )
+    return {
+        r["quantity"]: list(r["edges"])
+        for r in await conn.fetch(
+            "SELECT quantity, edges FROM model_reference_bins WHERE version = $1", version
+        )
+    }
+
+
 async def _scenario(database_url: str) -> None:
     rng = np.random.default_rng(15)
     conn = await asyncpg.connect(database_url)
     other = await asyncpg.connect(database_url)
     try:
         manifest = _manifest(rng)
-        await conn.execute(
-            "INSERT INTO model_versions (version, bundle_path, threshold, manifest) VALUES ($1, 'x', 0.8, $2::jsonb)",
-            REGISTERED,
-            json.dumps(manifest),
-        )
-        stored_edges = {
-            r["quantity"]: list(r["edges"])
-            for r in await conn.fetch(
-                "SELECT quantity, edges FROM model_reference_bins WHERE version = $1", REGISTERED
-            )
-        }
+        stored_edges = await _register(conn, manifest)
         reference = manifest["reference"]
         assert stored_edges == {
             **{q: reference["features"][q.upper() if q != "amount" else "Amount"]["edges"] for q in INPUTS},
@@ -352,12 +359,7 @@ def test_drift_counts_read_the_rollups_and_count_partial_hours_from_the_rows(dat
     async def run() -> None:
         conn = await asyncpg.connect(database_url)
         try:
-            await conn.execute(
-                "INSERT INTO model_versions (version, bundle_path, threshold, manifest) "
-                "VALUES ($1, 'x', 0.8, $2::jsonb)",
-                REGISTERED,
-                json.dumps(manifest),
-            )
+            await _register(conn, manifest)
             await store_new(conn, _batch(rng, [f"d{i}" for i in range(3000)], REGISTERED), {})
             await store_new(conn, _batch(rng, [f"u{i}" for i in range(300)], UNREGISTERED), {})
 
@@ -417,16 +419,7 @@ def test_rollup_classes_follow_the_known_label(database_url: str) -> None:
     async def run() -> None:
         conn = await asyncpg.connect(database_url)
         try:
-            await conn.execute(
-                "INSERT INTO model_versions (version, bundle_path, threshold, manifest) VALUES ($1, 'x', 0.8, $2::jsonb)",
-                REGISTERED,
-                json.dumps(manifest),
-            )
-            edges = {
-                r["quantity"]: list(r["edges"])
-                for r in await conn.fetch("SELECT quantity, edges FROM model_reference_bins")
-            }
-            references = {REGISTERED: edges}
+            references = {REGISTERED: await _register(conn, manifest)}
             await store_new(conn, _batch(rng, [f"k{i}" for i in range(800)], REGISTERED), {})
             inline = {
                 r["id"]: r["label"]
