@@ -149,6 +149,15 @@ def test_filters(http: httpx.Client, api_db: StoredSample) -> None:
     )
     time, score = api_db.raw[:, 0], api_db.score
     assert len(window) == int(((time >= 1000) & (time <= 5000) & (score <= 0.5)).sum())
+    # ranges across a data day's edge (86,400 s) and open on one side: the days they read follow
+    ids = np.array(api_db.ids)
+    for bounds, inside in (
+        ({"time_from": 80_000.5, "time_to": 90_000}, (time >= 80_000.5) & (time <= 90_000)),
+        ({"time_from": 86_400}, time >= 86_400),
+        ({"time_to": 86_399.5}, time <= 86_399.5),
+    ):
+        got = all_pages(http, "/api/transactions", **bounds, limit=1000, features="false")
+        assert sorted(i["id"] for i in got) == sorted(ids[inside].tolist()), bounds
 
 
 def test_anomalies_and_alerts(http: httpx.Client, api_db: StoredSample) -> None:

@@ -261,3 +261,54 @@ def test_shadow_scores_commit_with_the_new_rows_only_and_never_twice(database_ur
         ("f", "shadow-2", again.features[3, 0], pytest.approx(0.1), 3.0, False, True),
     ]
     assert (g_stored, scores) == (0, 6)  # the refused statement wrote nothing at all
+
+
+async def _fraud_flags(conn: asyncpg.Connection) -> dict[tuple[str, str], bool]:
+    rows = await conn.fetch("SELECT run_id, id, fraud FROM scores")
+    return {(r["run_id"], r["id"]): r["fraud"] for r in rows}
+
+
+def test_the_fraud_flag_of_scores_is_the_inline_label_through_store_migration_and_correction(
+    database_url: str,
+) -> None:
+    """`scores.fraud` (migration 0016) is what the fraud lists page by: it must say label = 1
+    for every score, whether stored by the write path, set by the migration for rows stored
+    before it, or after a hand-corrected inline label."""
+    from core.db.migrate import downgrade, upgrade
+
+    async def store() -> dict:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await store_scored(conn, _rows(["a", "b", "c", "d", "e"]))  # labels 0, 1, 0, 1, None
+            await store_scored(conn, _rows(["a", "b", "c"], run_id="run-1"))  # 0, 1, None
+            return await _fraud_flags(conn)
+        finally:
+            await conn.close()
+
+    async def correct() -> dict:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute("UPDATE transactions SET label = 1 WHERE run_id = '' AND id IN ('a', 'e')")
+            await conn.execute("UPDATE transactions SET label = NULL WHERE run_id = '' AND id = 'b'")
+            await conn.execute("UPDATE transactions SET amount = amount + 1 WHERE run_id = 'run-1'")
+            return await _fraud_flags(conn)
+        finally:
+            await conn.close()
+
+    stored = asyncio.run(store())
+    expected = {("", "a"): False, ("", "b"): True, ("", "c"): False, ("", "d"): True, ("", "e"): False}
+    expected |= {("run-1", "a"): False, ("run-1", "b"): True, ("run-1", "c"): False}
+    assert stored == expected
+    downgrade(database_url, "0015")
+    upgrade(database_url)
+    assert asyncio.run(_with_conn(database_url, _fraud_flags)) == expected
+    corrected = asyncio.run(correct())
+    assert corrected == expected | {("", "a"): True, ("", "b"): False, ("", "e"): True}
+
+
+async def _with_conn(database_url: str, read):
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await read(conn)
+    finally:
+        await conn.close()

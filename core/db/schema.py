@@ -92,12 +92,17 @@ scores = Table(
     # The inserting transaction (migration 0014): `rollup_fold()` folds the scores of ended
     # transactions not folded yet into the wide rollups, by this indexed range.
     Column("xid", Xid8(), nullable=False, server_default=text("pg_current_xact_id()")),
+    # Its transaction's inline label is 1 (migration 0016): the fraud lists page `ix_scores_frauds`.
+    Column("fraud", Boolean, nullable=False, server_default=text("false")),
     # No foreign key to transactions (migration 0004): `store_scored` writes a score only in
     # the statement that stores its transaction, and the per-row check cost ~40% of the write.
     PrimaryKeyConstraint("run_id", "id", "day", name="pk_scores"),
     Index("ix_scores_run_scored", "run_id", text("scored_at DESC"), text("id DESC")),
     Index(
         "ix_scores_alerts", "run_id", text("scored_at DESC"), text("id DESC"), postgresql_where=text("alert")
+    ),
+    Index(
+        "ix_scores_frauds", "run_id", text("scored_at DESC"), text("id DESC"), postgresql_where=text("fraud")
     ),
     Index("ix_scores_model_version", "model_version"),
     Index("ix_scores_run_score", "run_id", "score"),

@@ -54,9 +54,9 @@ input AS (
     ON CONFLICT DO NOTHING
     RETURNING run_id, id, day
 ), scored AS (
-    INSERT INTO scores (run_id, id, day, model_version, score, recon_error, alert, scored_at, latency_ms)
+    INSERT INTO scores (run_id, id, day, model_version, score, recon_error, alert, scored_at, latency_ms, fraud)
     SELECT i.run_id, i.id, s.day, ${_VERSION}, i.score, i.recon_error, i.alert, clock_timestamp(),
-           (extract(epoch FROM clock_timestamp()) - i.produced_at) * 1000.0
+           (extract(epoch FROM clock_timestamp()) - i.produced_at) * 1000.0, coalesce(i.label = 1, false)
     FROM input i JOIN stored s USING (run_id, id)
     ON CONFLICT DO NOTHING
 )"""
