@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import (
-    ARRAY,
     Double,
     Select,
     and_,
@@ -39,6 +38,9 @@ from core.db.schema import (
     label_events,
     model_versions,
     review_queue,
+    rollup_hours,
+    rollup_known_classes,
+    rollup_score_amounts,
     run_totals,
     scores,
     transactions,
@@ -50,6 +52,9 @@ t = transactions.c
 f = feedback.c
 e = label_events.c
 m = model_versions.c
+ra = rollup_score_amounts.c
+rhours = rollup_hours.c
+kc = rollup_known_classes.c
 
 ANALYST, CHARGEBACK = "analyst", "chargeback"
 
@@ -183,31 +188,70 @@ def reviewers(since_24h: datetime) -> Select:
 # --------------------------------------------------------------------------- the savings curve
 
 
-def savings_bins(run_id: str, edges: list[float]) -> Select:
-    """Per score bin, over the run's scored rows with a known label: rows, frauds, fraud amount, data time.
-
-    `edges` are the bins' lower edges, ascending, the first 0: bin i (1-based) holds the
-    scores in [edges[i-1], edges[i]), so alerting at an edge is exact for every row.
-    """
-    bound = literal(edges, ARRAY(Double))
-    bucket = func.greatest(func.width_bucket(s.score, bound), 1).label("bucket")
-    is_fraud = k.label == 1
+def savings_rollup(run_id: str) -> Select:
+    """Rows and their amount per (class, fixed score bin of `core.bins.SCORE_BINS`) of the run,
+    all versions (-1: no known label): `rollup_score_amounts` (migration 0017), O(bins)
+    whatever the history."""
     return (
         select(
-            bucket,
-            func.count().label("n"),
-            func.count().filter(is_fraud).label("frauds"),
-            func.coalesce(func.sum(t.amount).filter(is_fraud), 0.0).label("fraud_amount"),
-            func.min(t.time).label("time_min"),
-            func.max(t.time).label("time_max"),
+            ra["class"].label("cls"),
+            ra.bin,
+            func.sum(ra.n).label("n"),
+            func.sum(ra.amount).label("amount"),
         )
-        .select_from(
-            known_labels.join(scores, and_(s.run_id == k.run_id, s.id == k.id)).join(
-                transactions, and_(t.run_id == k.run_id, t.id == k.id)
-            )
+        .where(ra.run_id == run_id)
+        .group_by(ra["class"], ra.bin)
+    )
+
+
+def _known_class() -> ColumnElement:
+    """A transaction's class as the rollups count it: its verdict (0012), else its inline label, else -1."""
+    verdict = select(kc["class"]).where(kc.run_id == t.run_id, kc.transaction_id == t.id).scalar_subquery()
+    return func.coalesce(verdict, t.label, -1)
+
+
+def scored_between(run_id: str, low: float, high: float | None) -> Select:
+    """Rows and their amount per known class among the run's rows scored in [low, high) (no upper
+    bound if None): the part of one fixed score bin above a threshold inside it. The rows are
+    a range of `ix_scores_run_score`, taken first (a materialized CTE), then each one's
+    transaction by primary key in its day: never a join over the run."""
+    where = [s.run_id == run_id, s.score >= low]
+    if high is not None:
+        where.append(s.score < high)
+    in_range = select(s.run_id, s.id, s.day).where(*where).cte("in_range").prefix_with("MATERIALIZED")
+    r = in_range.c
+    cls = _known_class().label("cls")
+    return (
+        select(cls, func.count().label("n"), func.sum(t.amount).label("amount"))
+        .select_from(in_range.join(transactions, and_(t.run_id == r.run_id, t.id == r.id, t.day == r.day)))
+        .group_by(cls)
+    )
+
+
+def known_hours(run_id: str) -> Select:
+    """The first and last data hour holding a scored row with a known label (`rollup_hours`)."""
+    return select(func.min(rhours.hour).label("first"), func.max(rhours.hour).label("last")).where(
+        rhours.run_id == run_id, rhours["class"] >= 0, rhours.scored > 0
+    )
+
+
+def known_time_in_hour(run_id: str, hour: int, last: bool) -> Select:
+    """The data time of the first (or last) row with a known label in one data hour: an ordered
+    range of `ix_transactions_run_time` in that hour's day, stopped at the first such row."""
+    lo, hi = hour * 3600.0, (hour + 1) * 3600.0
+    order = t.time.desc() if last else t.time.asc()
+    return (
+        select(t.time)
+        .where(
+            t.run_id == run_id,
+            t.time >= lo,
+            t.time < hi,
+            t.day >= func.data_day(literal(lo, Double)),
+            t.day <= func.data_day(literal(hi, Double)),
+            _known_class() >= 0,
         )
-        .where(k.run_id == run_id)
-        .group_by(bucket)
+        .order_by(order)
+        .limit(1)
     )
 
 

@@ -578,7 +578,10 @@ class SavingsCurveOut(_Model):
     best: SavingsAt | None = Field(
         description="the largest net savings within capacity (null: alert nothing)"
     )
-    current: SavingsAt | None = Field(description="at the run's threshold (live: the champion's)")
+    current: SavingsAt | None = Field(
+        description="at the run's threshold (live: the champion's); at the next candidate above it, "
+        "with that threshold, when the threshold's 0.001-wide score bin holds too many rows to split"
+    )
     current_threshold: float | None
     live_threshold: float | None = Field(description="the champion's threshold")
 

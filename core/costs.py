@@ -243,6 +243,53 @@ def sweep_binned(
     )
 
 
+def regroup_bins(
+    fixed_edges: Sequence[float],
+    per_fixed_bin: np.ndarray,
+    edges: Sequence[float],
+    splits: dict[float, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Sums kept per fixed bin, regrouped into the bins whose lower edges are `edges` (ascending).
+
+    `fixed_edges` are the interior edges of the fixed bins (fixed bin 0: below the first;
+    bin j: [fixed_edges[j-1], fixed_edges[j])) and `per_fixed_bin` has one column per fixed
+    bin (rows: any sums, e.g. rows, frauds, amount). A fixed bin goes whole into the bin
+    holding its lower edge (below `edges[0]`: the first), so the result is exact when every
+    edge is a fixed edge. An edge inside a fixed bin is exact given `splits[edge]`: the sums
+    of that fixed bin's rows at or above the edge, which move up into the edge's own bin.
+
+    >>> fixed = [0.25, 0.5, 0.75]                          # fixed bins: <.25, .25-.5, .5-.75, >=.75
+    >>> per = np.array([[4, 3, 2, 1]])                     # rows per fixed bin
+    >>> regroup_bins(fixed, per, [0.0, 0.5]).tolist()       # two bins: [0, .5), [.5, ...)
+    [[7, 3]]
+    >>> regroup_bins(fixed, per, [0.0, 0.5, 0.6], {0.6: np.array([1])}).tolist()  # 1 row in [.6, .75)
+    [[7, 1, 2]]
+    """
+    fixed = np.asarray(fixed_edges, dtype=np.float64)
+    bounds = np.asarray(edges, dtype=np.float64)
+    per = np.asarray(per_fixed_bin)
+    lower = np.r_[-np.inf, fixed]
+    if per.shape[-1] != lower.size:
+        raise ValueError("per_fixed_bin needs one column per fixed bin (len(fixed_edges) + 1)")
+    target = np.clip(np.searchsorted(bounds, lower, side="right") - 1, 0, None)
+    out = np.zeros((per.shape[0], bounds.size), dtype=per.dtype)
+    for column, bucket in enumerate(target):
+        out[:, bucket] += per[:, column]
+    holder: dict[int, int] = {}  # fixed bin -> the bin holding its part above the last split
+    for edge, part in sorted((splits or {}).items()):
+        j = int(np.searchsorted(fixed, edge, side="right"))
+        if lower[j] == edge:
+            continue  # a fixed edge: already exact
+        source = holder.get(j, int(target[j]))
+        own = int(np.searchsorted(bounds, edge, side="left"))
+        if own >= bounds.size or bounds[own] != edge:
+            raise ValueError(f"split at {edge!r} is not one of the edges")
+        out[:, source] -= part
+        out[:, own] += part
+        holder[j] = own
+    return out
+
+
 def data_days(times) -> float | None:
     """The data time a stretch of rows covers, in days (None without rows; at least one second)."""
     times = np.asarray(times, dtype=np.float64)

@@ -170,3 +170,31 @@ def test_random_cases_against_the_definition(data, cost: float, capacity: float 
         assert best is None
     else:
         assert curve.net_savings[best] == pytest.approx(max(positive)[0])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=300),
+    bins=st.sampled_from([10, 20, 25, 40, 50, 100, 125, 200, 250, 500, 1000]),
+    marked=st.lists(st.floats(1e-9, 1.0), max_size=3),
+)
+def test_regrouped_fixed_bins_equal_binning_the_values_directly(values, bins, marked) -> None:
+    """The savings curve's counts from the rollup's fixed score bins (and the rows of the fixed
+    bins its marked thresholds fall in) are the counts of binning every value directly."""
+    from core.bins import SCORE_BINS
+    from core.costs import regroup_bins
+
+    scores = np.array(values)
+    fixed = np.asarray(SCORE_BINS.edges)
+    per = np.bincount(SCORE_BINS.index(scores), minlength=SCORE_BINS.count)[None, :]
+    edges = np.unique(np.r_[np.arange(bins) / bins, marked])
+    splits = {}
+    for x in marked:
+        j = int(SCORE_BINS.index(np.array([x]))[0])
+        upper = SCORE_BINS.upper(j)
+        splits[x] = np.array([int(((scores >= x) & (scores < upper)).sum())])
+    got = regroup_bins(fixed, per, edges, splits)[0]
+    expected = np.bincount(
+        np.clip(np.searchsorted(edges, scores, side="right") - 1, 0, None), minlength=edges.size
+    )
+    assert got.tolist() == expected.tolist()

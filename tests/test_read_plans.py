@@ -131,6 +131,12 @@ def _statements(newest, since, some_ids: list[str]) -> dict[str, tuple[str, list
         "chargebacks by hour": rq.chargebacks(since, by_hour=True),
         "reviewers": rq.reviewers(since),
         "live alerts": rq.live_alerts(),
+        # /api/model/savings (0017): the rollup, one fixed bin split at a threshold, the known span
+        "savings rollup": rq.savings_rollup(LIVE_RUN),
+        "savings split": rq.scored_between(LIVE_RUN, 0.8905, 0.891),
+        "known hours": rq.known_hours(LIVE_RUN),
+        "first known time": rq.known_time_in_hour(LIVE_RUN, 3, last=False),
+        "last known time": rq.known_time_in_hour(LIVE_RUN, 40, last=True),
     }
     out = {name: _bound(statement) for name, statement in built.items()}
     # /api/drift: whole hours from the rollups, partial hours and the live minutes from the rows
@@ -162,6 +168,9 @@ INDEXED = (
     "queue by",
     "queue after",
     "drift partial hour",
+    "savings split",
+    "first known time",
+    "last known time",
     "drift live minutes",
     "fold",
 )
@@ -277,5 +286,7 @@ def test_analytics_reads_never_scan_the_history(database_url: str) -> None:
         "timeseries latency",
         "histogram",
         "score rollup",
+        "savings rollup",
+        "known hours",
     ):
         assert not re.search(r"on (transactions|scores)\b", found[name]), found[name]

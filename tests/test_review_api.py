@@ -16,6 +16,7 @@ import numpy as np
 import orjson
 import pytest
 
+from api.routes import savings as savings_route
 from core.costs import savings_at
 from core.db.labels import store_labels
 from core.labels import LabelSource, build_label, parse_label
@@ -311,6 +312,9 @@ def test_the_savings_curve_equals_the_definition_on_the_stored_rows(
     assert bound["best"]["threshold"] == bound["thresholds"][best]
     assert bound["best"]["net_savings"] == pytest.approx(max(bound["net_savings"][i] for i in within))
     assert http.get("/api/model/savings", params={"run_id": "bt-none"}).status_code == 404
+    # the rollup's score bins are 0.001 wide: equal-width bins must share their edges
+    refused = http.get("/api/model/savings", params={"bins": 300})
+    assert refused.status_code == 422 and "must divide 1000" in refused.text
 
 
 def test_the_savings_curve_needs_a_cost(infra, api_db: StoredSample, model_bundle, tmp_path) -> None:
@@ -319,3 +323,27 @@ def test_the_savings_curve_needs_a_cost(infra, api_db: StoredSample, model_bundl
         refused = client.get("/api/model/savings")
         assert refused.status_code == 409 and "FRAUDSTREAM_COST_PER_ALERT" in refused.json()["detail"]
         assert client.get("/api/model/savings", params={"cost_per_alert": 2}).json()["cost_per_alert"] == 2.0
+
+
+def test_a_threshold_inside_a_dense_score_bin_is_never_reported_as_exact(
+    http: httpx.Client, api_db: StoredSample, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past `SPLIT_ROWS` the champion's threshold is no candidate of its own: its point is the next
+    candidate above, at that candidate's threshold, and every point still equals the definition."""
+    monkeypatch.setattr(savings_route, "SPLIT_ROWS", -1)  # no bin is split, not even an empty one
+    threshold = api_db.ensemble.threshold
+    assert savings_route._fixed_bin_of(threshold) is not None  # inside a 0.001-wide bin
+    curve = http.get("/api/model/savings", params={"bins": 100, "cost_per_alert": 7}).json()
+    known = asyncio.run(fetch(api_db.database_url, "SELECT id, label FROM known_labels WHERE run_id = ''"))
+    label_of = {r["id"]: r["label"] for r in known}
+    rows = [i for i, tx in enumerate(api_db.ids) if tx in label_of]
+    labels = np.array([label_of[api_db.ids[i]] for i in rows])
+    scores, amounts = api_db.score[rows], api_db.raw[rows, -1]
+    assert threshold not in curve["thresholds"]
+    for i, candidate in enumerate(curve["thresholds"]):
+        assert curve["alerts"][i] == savings_at(labels, scores, amounts, candidate, 7.0).alerts
+    current = curve["current"]
+    assert current["threshold"] == min(x for x in curve["thresholds"] if x >= threshold)
+    exact = savings_at(labels, scores, amounts, current["threshold"], 7.0)
+    assert (current["alerts"], current["net_savings"]) == (exact.alerts, pytest.approx(exact.net_savings))
+    assert curve["current_threshold"] == threshold

@@ -81,6 +81,10 @@ def _minute(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(second=0, microsecond=0)
 
 
+#: The rollups the tests count (`score_amounts`: migration 0017).
+ROLLUPS = ("minutes", "hours", "latency", "histograms", "score_hours", "drift", "score_amounts")
+
+
 async def _expected(
     conn: asyncpg.Connection, references: dict[str, dict[str, list[float]]]
 ) -> dict[str, Counter]:
@@ -93,9 +97,7 @@ async def _expected(
         "FROM scores s JOIN transactions t USING (run_id, id) WHERE s.run_id = $1",
         RUN,
     )
-    out: dict[str, Counter] = {
-        name: Counter() for name in ("minutes", "hours", "latency", "histograms", "score_hours", "drift")
-    }
+    out: dict[str, Counter] = {name: Counter() for name in ROLLUPS}
     hours = np.floor(np.array([r["time"] for r in rows]) / 3600).astype(int)
     for r, hour in zip(rows, hours, strict=True):
         key = (r["model_version"], r["class"])
@@ -114,6 +116,9 @@ async def _expected(
             key = (quantity, r["model_version"], r["class"], int(b))
             out["histograms"][(*key, "n")] += 1
             out["histograms"][(*key, "alerts")] += int(r["alert"])
+            if quantity == "score":  # rows and their amount per score bin (0017)
+                out["score_amounts"][(r["model_version"], r["class"], int(b), "n")] += 1
+                out["score_amounts"][(r["model_version"], r["class"], int(b), "amount")] += r["amount"]
             if (
                 quantity == "score"
                 and r["model_version"] == REGISTERED
@@ -135,9 +140,7 @@ async def _expected(
 
 async def _actual(conn: asyncpg.Connection) -> dict[str, Counter]:
     await conn.fetchval("SELECT rollup_fold()")  # the wide rollups hold what was committed before it
-    out: dict[str, Counter] = {
-        name: Counter() for name in ("minutes", "hours", "latency", "histograms", "score_hours", "drift")
-    }
+    out: dict[str, Counter] = {name: Counter() for name in ROLLUPS}
     for r in await conn.fetch("SELECT * FROM rollup_minutes WHERE run_id = $1", RUN):
         for column in ("scored", "alerts"):
             out["minutes"][(r["minute"], r["model_version"], r["class"], column)] += r[column]
@@ -153,6 +156,11 @@ async def _actual(conn: asyncpg.Connection) -> dict[str, Counter]:
     for r in await conn.fetch("SELECT * FROM rollup_score_hours WHERE run_id = $1", RUN):
         for column in ("n", "alerts"):
             out["score_hours"][(r["model_version"], r["hour"], r["class"], r["bin"], column)] += r[column]
+    for r in await conn.fetch("SELECT * FROM rollup_score_amounts WHERE run_id = $1", RUN):
+        key = (r["model_version"], r["class"], r["bin"])
+        out["score_amounts"][(*key, "n")] += r["n"]
+        # to the micro-unit: an amount moved out and back by relabels leaves ~1e-13, not 0
+        out["score_amounts"][(*key, "amount")] += round(r["amount"], 6)
     for r in await conn.fetch("SELECT * FROM rollup_drift WHERE run_id = $1", RUN):
         out["drift"][(r["model_version"], r["hour"], r["quantity"], r["bin"])] += r["n"]
     return {name: +counter for name, counter in out.items()}
@@ -160,6 +168,14 @@ async def _actual(conn: asyncpg.Connection) -> dict[str, Counter]:
 
 async def _check(conn: asyncpg.Connection, references: dict) -> dict[str, int]:
     expected, actual = await _expected(conn, references), await _actual(conn)
+    # amounts are float sums (in another order): equal to rounding; then compared as counts
+    for name in expected:
+        for key in set(expected[name]) | set(actual[name]):
+            if key[-1] == "amount":
+                assert np.isclose(
+                    actual[name].pop(key, 0.0), expected[name].pop(key, 0.0), rtol=1e-9, atol=1e-6
+                )
+        actual[name], expected[name] = +actual[name], +expected[name]
     for name in expected:
         assert actual[name] == expected[name], (
             f"{name}: {len(actual[name] - expected[name])} extra, {len(expected[name] - actual[name])} missing"

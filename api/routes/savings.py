@@ -5,9 +5,18 @@ non-empty score bin), the alerts (and alerts per day of data), frauds caught, fr
 caught and missed, review cost and net savings (`core.costs.sweep_binned`), with the best
 threshold within the analysts' capacity and the run's own threshold (live: the
 champion's) marked: those two are bin edges of their own, so their points are exact, not
-rounded to a bin. PostgreSQL counts the rows per score bin in one pass over the run
-(the known label: `known_labels`, reviews and chargebacks over inline labels); the curve
-is O(bins) after that. Served through the result cache like the other full-scan analytics.
+rounded to a bin.
+
+Read from the rollups, never the history (the known label: `known_labels`, reviews and
+chargebacks over inline labels, as the rollups count it): rows and amounts per known class
+and fixed score bin (`rollup_score_amounts`, 0.001 wide above 0.001), regrouped into the
+requested equal-width bins, so `bins` divides 1000; a marked threshold inside a fixed bin
+splits it with the rows of that bin at or above it (a range of the score index: the
+retained rows, so after a retention drop that one bin counts only the days kept), when
+that bin holds at most `SPLIT_ROWS` rows; otherwise its point is the next candidate above,
+reported at that candidate's threshold (never a point mislabelled as exact). The data
+time the rows span comes from the hours rollup, refined to the first and last row with a
+known label in its first and last hour (the hour's edge if those rows were dropped).
 """
 
 from __future__ import annotations
@@ -19,14 +28,72 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api import review_queries as rq
-from api.cache import FULL_SCAN, cached_response
+from api.cache import FOLDED, cached_response
 from api.deps import AppSettings, Cache, Engine, Models
 from api.params import DEFAULT_RUN, RunId
 from api.schemas import Problem, SavingsAt, SavingsCurveOut
-from core.costs import SECONDS_PER_DAY, SavingsCurve, sweep_binned
+from core.bins import SCORE_BINS
+from core.costs import SECONDS_PER_DAY, SavingsCurve, regroup_bins, sweep_binned
 from core.db.schema import LIVE_RUN
 
 router = APIRouter(prefix="/api/model", tags=["model"])
+
+#: Equal-width bins whose edges are all edges of the rollup's fixed score bins (k / 1000).
+FIXED_STEPS = 1000
+BIN_COUNTS = tuple(n for n in range(10, FIXED_STEPS + 1) if FIXED_STEPS % n == 0)
+
+
+#: A marked threshold splits its fixed score bin with that bin's rows only up to this many (a
+#: range of the score index, each row's transaction by primary key: ~10 ms); in a denser bin
+#: its point is the next candidate above it, reported at that candidate's own threshold.
+SPLIT_ROWS = 2_000
+
+
+async def _fixed_bin_sums(conn: AsyncConnection, run_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """Rows, frauds and fraud amount (rows) per fixed score bin (columns), over the rows with a
+    known label; and every row per fixed bin (a label or not)."""
+    per, every = np.zeros((3, SCORE_BINS.count)), np.zeros(SCORE_BINS.count)
+    for row in (await conn.execute(rq.savings_rollup(run_id))).all():
+        n = float(row.n)  # sum(bigint) is numeric
+        every[row.bin] += n
+        if row.cls in (0, 1):
+            per[0, row.bin] += n
+        if row.cls == 1:
+            per[1, row.bin] += n
+            per[2, row.bin] += row.amount
+    return per, every
+
+
+def _fixed_bin_of(threshold: float) -> int | None:
+    """The fixed score bin `threshold` falls inside (None: it is one of their edges)."""
+    j = int(SCORE_BINS.index(np.array([threshold]))[0])
+    return None if SCORE_BINS.lower(j) == threshold else j
+
+
+async def _split(conn: AsyncConnection, run_id: str, threshold: float, j: int) -> np.ndarray:
+    """The sums of `_fixed_bin_sums` over the rows of fixed bin `j` at or above `threshold`."""
+    upper = SCORE_BINS.upper(j)
+    part = np.zeros(3)
+    rows = await conn.execute(rq.scored_between(run_id, threshold, None if np.isinf(upper) else upper))
+    for row in rows.all():
+        if row.cls in (0, 1):
+            part[0] += row.n
+            if row.cls == 1:
+                part[1] += row.n
+                part[2] += row.amount or 0.0
+    return part
+
+
+async def _known_days(conn: AsyncConnection, run_id: str) -> float | None:
+    """Days of data time between the first and the last row with a known label (at least 1 s)."""
+    hours = (await conn.execute(rq.known_hours(run_id))).one()
+    if hours.first is None:
+        return None
+    first = (await conn.execute(rq.known_time_in_hour(run_id, hours.first, last=False))).scalar()
+    last = (await conn.execute(rq.known_time_in_hour(run_id, hours.last, last=True))).scalar()
+    low = first if first is not None else hours.first * 3600.0
+    high = last if last is not None else (hours.last + 1) * 3600.0
+    return max(high - low, 1.0) / SECONDS_PER_DAY
 
 
 def savings_at(curve: SavingsCurve, index: int | None, threshold: float | None = None) -> SavingsAt | None:
@@ -74,7 +141,12 @@ async def savings(
     settings: AppSettings,
     run_id: RunId = DEFAULT_RUN,
     bins: Annotated[
-        int, Query(ge=10, le=10_000, description="equal-width score bins (candidate thresholds)")
+        int,
+        Query(
+            ge=10,
+            le=FIXED_STEPS,
+            description=f"equal-width score bins (candidate thresholds), one of {', '.join(map(str, BIN_COUNTS))}",
+        ),
     ] = 1000,
     cost_per_alert: Annotated[
         float | None,
@@ -85,6 +157,12 @@ async def savings(
         Query(ge=1, le=100_000_000, description="alerts per day; default: FRAUDSTREAM_ANALYST_CAPACITY"),
     ] = None,
 ) -> Response:
+    if bins not in BIN_COUNTS:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"bins={bins}: the savings are read from score bins 0.001 wide, so bins must divide "
+            f"{FIXED_STEPS}: one of {', '.join(map(str, BIN_COUNTS))}",
+        )
     cost = cost_per_alert if cost_per_alert is not None else settings.cost_per_alert
     if cost is None:
         raise HTTPException(
@@ -101,20 +179,24 @@ async def savings(
         if current_threshold is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no backtest run {run_id!r}")
 
-    # Equal-width bins, plus the thresholds to mark as edges of their own, so their points are exact.
     marked = [x for x in (current_threshold, live_threshold) if x is not None and 0.0 < x <= 1.0]
-    edges = np.unique(np.r_[np.arange(bins) / bins, marked])
 
     async def compute(conn: AsyncConnection) -> SavingsCurveOut:
-        n = edges.size
-        counts, frauds, amounts = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n)
-        low, high = np.inf, -np.inf
-        for row in (await conn.execute(rq.savings_bins(run_id, edges.tolist()))).all():
-            i = row.bucket - 1
-            counts[i], frauds[i], amounts[i] = row.n, row.frauds, row.fraud_amount
-            low, high = min(low, row.time_min), max(high, row.time_max)
-        days = max(high - low, 1.0) / SECONDS_PER_DAY if counts.sum() else None
-        curve = sweep_binned(counts, frauds, amounts, edges, cost, days=days)
+        per, every = await _fixed_bin_sums(conn, run_id)
+        splits, exact = {}, set()
+        for x in set(marked):
+            j = _fixed_bin_of(x)
+            if j is None:
+                exact.add(x)
+            elif every[j] <= SPLIT_ROWS:
+                splits[x] = await _split(conn, run_id, x, j)
+                exact.add(x)
+        # Equal-width bins, plus the marked thresholds that can be exact as edges of their own
+        # (one that cannot is no candidate: a bin edge inside a fixed bin would misplace its rows).
+        edges = np.unique(np.r_[np.arange(bins) / bins, sorted(exact)])
+        counts, frauds, amounts = regroup_bins(SCORE_BINS.edges, per, edges, splits)
+        days = await _known_days(conn, run_id) if counts.sum() else None
+        curve = sweep_binned(counts.round(), frauds.round(), amounts, edges, cost, days=days)
         best = curve.best(per_day if days else None)
         current = curve.index_of(current_threshold) if current_threshold is not None else None
         per_day_alerts = curve.alerts_per_day
@@ -136,10 +218,10 @@ async def savings(
             review_cost=curve.review_cost.tolist(),
             net_savings=curve.net_savings.tolist(),
             best=savings_at(curve, best),
-            current=savings_at(curve, current, current_threshold),
+            current=savings_at(curve, current, current_threshold if current_threshold in exact else None),
             current_threshold=current_threshold,
             live_threshold=live_threshold,
         )
 
     key = ("savings", run_id, bins, cost, per_day, current_threshold, live_threshold)
-    return await cached_response(cache, key, run_id, compute, FULL_SCAN)
+    return await cached_response(cache, key, run_id, compute, FOLDED)

@@ -419,6 +419,20 @@ rollup_histograms = Table(
     PrimaryKeyConstraint("run_id", "quantity", "model_version", "class", "bin", name="pk_rollup_histograms"),
 )
 
+#: Rows and the sum of their amounts per (run, model version, class, score bin), kept by the
+#: fold (migration 0017): the savings curve's fraud amount by threshold.
+rollup_score_amounts = Table(
+    "rollup_score_amounts",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("model_version", Text, nullable=False),
+    Column("class", SmallInteger, nullable=False),
+    Column("bin", SmallInteger, nullable=False),
+    Column("n", BigInteger, nullable=False),
+    Column("amount", Double, nullable=False),
+    PrimaryKeyConstraint("run_id", "model_version", "class", "bin", name="pk_rollup_score_amounts"),
+)
+
 #: Rows and alerts per (run, model version, data hour, class, score bin): in-sample hours.
 rollup_score_hours = Table(
     "rollup_score_hours",
