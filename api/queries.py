@@ -452,8 +452,8 @@ def score_rollup(run_id: str) -> Select:
             rh.model_version,
             rh["class"].label("cls"),
             rh.bin,
-            func.sum(rh.n).label("n"),
-            func.sum(rh.alerts).label("alerts"),
+            func.sum(rh.n).cast(BigInteger).label("n"),
+            func.sum(rh.alerts).cast(BigInteger).label("alerts"),
         )
         .where(rh.run_id == run_id, rh.quantity == "score")
         .group_by(rh.model_version, rh["class"], rh.bin)
@@ -487,8 +487,8 @@ def in_sample_score_rollup(run_id: str) -> Select:
             rs.model_version,
             rs["class"].label("cls"),
             rs.bin,
-            func.sum(rs.n).label("n"),
-            func.sum(rs.alerts).label("alerts"),
+            func.sum(rs.n).cast(BigInteger).label("n"),
+            func.sum(rs.alerts).cast(BigInteger).label("alerts"),
         )
         .select_from(rollup_score_hours.join(hours, hours.c.version == rs.model_version))
         .where(rs.run_id == run_id, rs.hour >= hours.c.hour_from, rs.hour <= hours.c.hour_to)

@@ -68,11 +68,19 @@ async def performance(
         rows_per_version: dict[str, int] = {}
         left_out: dict[str, int] = {}
         for rows, sign, tally in ((everything, 1, rows_per_version), (in_sample, -1, left_out)):
-            for row in rows:
-                a = counts.setdefault(row.model_version, np.zeros((3, 2, merged), dtype=np.int64))
-                a[row.cls + 1, 1, group[row.bin]] += sign * row.alerts
-                a[row.cls + 1, 0, group[row.bin]] += sign * (row.n - row.alerts)
-                tally[row.model_version] = tally.get(row.model_version, 0) + row.n
+            if not rows:
+                continue
+            version_of = np.array([row.model_version for row in rows])
+            cls, bin_, n, alerts = np.array(
+                [(row.cls, row.bin, row.n, row.alerts) for row in rows], np.int64
+            ).T
+            for version in np.unique(version_of).tolist():
+                mine = version_of == version
+                a = counts.setdefault(version, np.zeros((3, 2, merged), dtype=np.int64))
+                at = (cls[mine] + 1, group[bin_[mine]])
+                np.add.at(a[:, 1], at, sign * alerts[mine])
+                np.add.at(a[:, 0], at, sign * (n[mine] - alerts[mine]))
+                tally[version] = tally.get(version, 0) + int(n[mine].sum())
         versions = []
         for version in sorted(v for v, n in rows_per_version.items() if n):
             a = counts[version]
