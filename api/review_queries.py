@@ -43,6 +43,7 @@ from core.db.schema import (
     rollup_score_amounts,
     run_totals,
     scores,
+    transaction_keys,
     transactions,
 )
 
@@ -55,6 +56,8 @@ m = model_versions.c
 ra = rollup_score_amounts.c
 rhours = rollup_hours.c
 kc = rollup_known_classes.c
+keys = transaction_keys
+tk = transaction_keys.c
 
 ANALYST, CHARGEBACK = "analyst", "chargeback"
 
@@ -108,8 +111,10 @@ def queue_page(order: QueueOrder, limit: int, after: tuple[object, str] | None) 
             m.threshold,
         )
         .select_from(
-            review_queue.join(scores, and_(s.run_id == LIVE_RUN, s.id == q.transaction_id))
-            .join(transactions, and_(t.run_id == LIVE_RUN, t.id == q.transaction_id))
+            # the key gives the data day: each row's score and transaction from one partition
+            review_queue.join(keys, and_(tk.run_id == LIVE_RUN, tk.id == q.transaction_id))
+            .join(scores, and_(s.run_id == LIVE_RUN, s.id == q.transaction_id, s.day == tk.day))
+            .join(transactions, and_(t.run_id == LIVE_RUN, t.id == q.transaction_id, t.day == tk.day))
             .outerjoin(model_versions, m.version == s.model_version)
         )
         .where(*conditions)
