@@ -23,6 +23,7 @@ from sqlalchemy import (
     exists,
     func,
     literal,
+    literal_column,
     not_,
     select,
     table,
@@ -98,11 +99,22 @@ def queue_page(order: QueueOrder, limit: int, after: tuple[object, str] | None) 
         if order.descending
         else [order.column, q.transaction_id]
     )
+    # The page from the queue's own index first (its size in the text, so a generic plan knows
+    # it too), then each row's key, score and transaction: the joins cannot reshape the page.
+    page = (
+        select(q.transaction_id, q.score, q.scored_at)
+        .where(*conditions)
+        .order_by(*sort)
+        .limit(literal_column(str(int(limit) + 1)))
+        .subquery("page")
+    )
+    p = page.c
+    page_order = order.column.name
     return (
         select(
-            q.transaction_id.label("id"),
-            q.score,
-            q.scored_at,
+            p.transaction_id.label("id"),
+            p.score,
+            p.scored_at,
             s.model_version,
             s.recon_error,
             t.time,
@@ -112,14 +124,18 @@ def queue_page(order: QueueOrder, limit: int, after: tuple[object, str] | None) 
         )
         .select_from(
             # the key gives the data day: each row's score and transaction from one partition
-            review_queue.join(keys, and_(tk.run_id == LIVE_RUN, tk.id == q.transaction_id))
-            .join(scores, and_(s.run_id == LIVE_RUN, s.id == q.transaction_id, s.day == tk.day))
-            .join(transactions, and_(t.run_id == LIVE_RUN, t.id == q.transaction_id, t.day == tk.day))
+            page.join(keys, and_(tk.run_id == LIVE_RUN, tk.id == p.transaction_id))
+            .join(scores, and_(s.run_id == LIVE_RUN, s.id == p.transaction_id, s.day == tk.day))
+            .join(transactions, and_(t.run_id == LIVE_RUN, t.id == p.transaction_id, t.day == tk.day))
             .outerjoin(model_versions, m.version == s.model_version)
         )
-        .where(*conditions)
-        .order_by(*sort)
-        .limit(limit + 1)
+        .order_by(
+            *(
+                [p[page_order].desc(), p.transaction_id.desc()]
+                if order.descending
+                else [p[page_order], p.transaction_id]
+            )
+        )
     )
 
 
