@@ -425,8 +425,8 @@ def histogram_rollup(run_id: str, quantity: str) -> Select:
         select(
             rh["class"].label("cls"),
             rh.bin,
-            func.sum(rh.n).label("n"),
-            func.sum(rh.alerts).label("alerts"),
+            func.sum(rh.n).cast(BigInteger).label("n"),
+            func.sum(rh.alerts).cast(BigInteger).label("alerts"),
             func.sum(rh.total).label("total"),
             func.sum(rh.alert_total).label("alert_total"),
         )
@@ -441,8 +441,8 @@ def hours_rollup(run_id: str) -> Select:
         select(
             rhours.hour,
             rhours["class"].label("cls"),
-            func.sum(rhours.scored).label("n"),
-            func.sum(rhours.alerts).label("alerts"),
+            func.sum(rhours.scored).cast(BigInteger).label("n"),
+            func.sum(rhours.alerts).cast(BigInteger).label("alerts"),
         )
         .where(rhours.run_id == run_id)
         .group_by(rhours.hour, rhours["class"])

@@ -74,12 +74,14 @@ async def _fixed_counts(
     """Per fixed bin counts of each series, the fixed edges (outer ones drawn), the sums, the scale."""
     if key == "time":
         rows = (await conn.execute(queries.hours_rollup(run_id))).all()
-        first = min((row.hour for row in rows), default=0)
-        last = max((row.hour for row in rows), default=0)
+        hour, cls, n, alerts = np.array([tuple(row) for row in rows], np.int64).reshape(-1, 4).T
+        first = int(hour.min()) if hour.size else 0
+        last = int(hour.max()) if hour.size else 0
         counts = {name: np.zeros(last - first + 1, dtype=np.int64) for name in SERIES}
-        for row in rows:
-            counts[_CLASS_SERIES[row.cls]][row.hour - first] += row.n
-            counts["alert"][row.hour - first] += row.alerts
+        for value, name in _CLASS_SERIES.items():
+            mine = cls == value
+            np.add.at(counts[name], hour[mine] - first, n[mine])
+        np.add.at(counts["alert"], hour - first, alerts)
         edges = [hour * SECONDS_PER_HOUR for hour in range(first, last + 2)]
         return edges, counts, dict.fromkeys(SERIES), "linear"
     bins = QUANTITY_BINS[key]
@@ -87,12 +89,15 @@ async def _fixed_counts(
     edges = [low, *bins.edges, high]
     counts = {name: np.zeros(bins.count, dtype=np.int64) for name in SERIES}
     sums = dict.fromkeys(SERIES, 0.0)
-    for row in (await conn.execute(queries.histogram_rollup(run_id, key))).all():
-        name = _CLASS_SERIES[row.cls]
-        counts[name][row.bin] += row.n
-        counts["alert"][row.bin] += row.alerts
-        sums[name] += row.total
-        sums["alert"] += row.alert_total
+    rows = (await conn.execute(queries.histogram_rollup(run_id, key))).all()
+    cls, bin_, n, alerts = np.array([row[:4] for row in rows], np.int64).reshape(-1, 4).T
+    total, alert_total = np.array([row[4:] for row in rows], np.float64).reshape(-1, 2).T
+    for value, name in _CLASS_SERIES.items():
+        mine = cls == value
+        np.add.at(counts[name], bin_[mine], n[mine])
+        sums[name] += float(total[mine].sum())
+    np.add.at(counts["alert"], bin_, alerts)
+    sums["alert"] += float(alert_total.sum())
     return edges, counts, sums, bins.scale
 
 
