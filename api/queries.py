@@ -183,6 +183,12 @@ class ListFilter:
     time_to: float | None = None
 
 
+def day_of(data_time: float) -> ColumnElement:
+    """The data day of a data time, as a constant the planner folds (`data_day` is an immutable
+    SQL function) and prunes partitions with; monotone, so a time range's days are a day range."""
+    return func.data_day(literal(data_time, Double))
+
+
 def transaction_page(
     where: ListFilter, limit: int, after: tuple[datetime, str] | None, with_features: bool
 ) -> Select:
@@ -203,14 +209,13 @@ def transaction_page(
         on_scores.append(s.score >= where.score_min)
     if where.score_max is not None:
         on_scores.append(s.score <= where.score_max)
-    # A data-time range is a range of data days too (`data_day` is monotone; an immutable SQL
-    # function, folded when planned): only those days' partitions of both tables are read.
+    # A data-time range is a range of data days too: only those days' partitions are read.
     if where.time_from is not None:
-        first_day = func.data_day(literal(where.time_from, Double))
+        first_day = day_of(where.time_from)
         on_transactions += [t.time >= where.time_from, t.day >= first_day]
         on_scores.append(s.day >= first_day)
     if where.time_to is not None:
-        last_day = func.data_day(literal(where.time_to, Double))
+        last_day = day_of(where.time_to)
         on_transactions += [t.time <= where.time_to, t.day <= last_day]
         on_scores.append(s.day <= last_day)
     if after is not None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import (
-    Double,
+    BigInteger,
     Select,
     and_,
     column,
@@ -31,7 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnElement
 
-from api.queries import PCA_DB_COLUMNS
+from api.queries import PCA_DB_COLUMNS, day_of
 from core.db.schema import (
     LIVE_RUN,
     backtest_runs,
@@ -94,22 +94,16 @@ def queue_page(order: QueueOrder, limit: int, after: tuple[object, str] | None) 
         key = tuple_(order.column, q.transaction_id)
         bound = tuple_(literal(after[0]), literal(after[1]))
         conditions.append(key < bound if order.descending else key > bound)
-    sort = (
-        [order.column.desc(), q.transaction_id.desc()]
-        if order.descending
-        else [order.column, q.transaction_id]
-    )
     # The page from the queue's own index first (its size in the text, so a generic plan knows
     # it too), then each row's key, score and transaction: the joins cannot reshape the page.
     page = (
         select(q.transaction_id, q.score, q.scored_at)
         .where(*conditions)
-        .order_by(*sort)
+        .order_by(*_sorted(order, order.column, q.transaction_id))
         .limit(literal_column(str(int(limit) + 1)))
         .subquery("page")
     )
     p = page.c
-    page_order = order.column.name
     return (
         select(
             p.transaction_id.label("id"),
@@ -129,14 +123,13 @@ def queue_page(order: QueueOrder, limit: int, after: tuple[object, str] | None) 
             .join(transactions, and_(t.run_id == LIVE_RUN, t.id == p.transaction_id, t.day == tk.day))
             .outerjoin(model_versions, m.version == s.model_version)
         )
-        .order_by(
-            *(
-                [p[page_order].desc(), p.transaction_id.desc()]
-                if order.descending
-                else [p[page_order], p.transaction_id]
-            )
-        )
+        .order_by(*_sorted(order, p[order.column.name], p.transaction_id))
     )
+
+
+def _sorted(order: QueueOrder, value: ColumnElement, row_id: ColumnElement) -> list[ColumnElement]:
+    """The queue's keyset order on (value, id), either way."""
+    return [value.desc(), row_id.desc()] if order.descending else [value, row_id]
 
 
 # --------------------------------------------------------------------------- the summary
@@ -217,7 +210,7 @@ def savings_rollup(run_id: str) -> Select:
         select(
             ra["class"].label("cls"),
             ra.bin,
-            func.sum(ra.n).label("n"),
+            func.sum(ra.n).cast(BigInteger).label("n"),
             func.sum(ra.amount).label("amount"),
         )
         .where(ra.run_id == run_id)
@@ -267,8 +260,8 @@ def known_time_in_hour(run_id: str, hour: int, last: bool) -> Select:
             t.run_id == run_id,
             t.time >= lo,
             t.time < hi,
-            t.day >= func.data_day(literal(lo, Double)),
-            t.day <= func.data_day(literal(hi, Double)),
+            t.day >= day_of(lo),
+            t.day <= day_of(hi),
             _known_class() >= 0,
         )
         .order_by(order)

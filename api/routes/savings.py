@@ -49,18 +49,22 @@ BIN_COUNTS = tuple(n for n in range(10, FIXED_STEPS + 1) if FIXED_STEPS % n == 0
 SPLIT_ROWS = 2_000
 
 
+def _add_known(sums: np.ndarray, cls: int, n: float, amount: float | None) -> None:
+    """Add `n` rows of class `cls` with `amount` to (rows, frauds, fraud amount) if their label is known."""
+    if cls in (0, 1):
+        sums[0] += n
+    if cls == 1:
+        sums[1] += n
+        sums[2] += amount or 0.0
+
+
 async def _fixed_bin_sums(conn: AsyncConnection, run_id: str) -> tuple[np.ndarray, np.ndarray]:
     """Rows, frauds and fraud amount (rows) per fixed score bin (columns), over the rows with a
     known label; and every row per fixed bin (a label or not)."""
     per, every = np.zeros((3, SCORE_BINS.count)), np.zeros(SCORE_BINS.count)
     for row in (await conn.execute(rq.savings_rollup(run_id))).all():
-        n = float(row.n)  # sum(bigint) is numeric
-        every[row.bin] += n
-        if row.cls in (0, 1):
-            per[0, row.bin] += n
-        if row.cls == 1:
-            per[1, row.bin] += n
-            per[2, row.bin] += row.amount
+        every[row.bin] += row.n
+        _add_known(per[:, row.bin], row.cls, row.n, row.amount)
     return per, every
 
 
@@ -76,11 +80,7 @@ async def _split(conn: AsyncConnection, run_id: str, threshold: float, j: int) -
     part = np.zeros(3)
     rows = await conn.execute(rq.scored_between(run_id, threshold, None if np.isinf(upper) else upper))
     for row in rows.all():
-        if row.cls in (0, 1):
-            part[0] += row.n
-            if row.cls == 1:
-                part[1] += row.n
-                part[2] += row.amount or 0.0
+        _add_known(part, row.cls, row.n, row.amount)
     return part
 
 
