@@ -19,15 +19,14 @@ from sqlalchemy import (
     case,
     cast,
     column,
-    false,
     func,
     literal,
     literal_column,
+    not_,
     or_,
     select,
     table,
     tablesample,
-    true,
     tuple_,
 )
 from sqlalchemy.sql.elements import ColumnElement
@@ -204,7 +203,8 @@ def transaction_page(
     elif where.label is not None:
         on_transactions.append(t.label == where.label)
     if where.alert is not None:
-        on_scores.append(s.alert.is_(true()) if where.alert else s.alert.is_(false()))
+        # plain `alert` (not `alert IS TRUE`): the form the partial index `ix_scores_alerts` proves
+        on_scores.append(s.alert if where.alert else not_(s.alert))
     if where.score_min is not None:
         on_scores.append(s.score >= where.score_min)
     if where.score_max is not None:

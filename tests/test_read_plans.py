@@ -238,11 +238,14 @@ def test_analytics_reads_never_scan_the_history(database_url: str) -> None:
             for name, (sql, args) in _statements(newest, since, some_ids).items():
                 rows = await conn.fetch("EXPLAIN " + sql, *args)
                 found[name] = "\n".join(r[0] for r in rows)
-            fraud_indexes = {
-                r[0]
-                for r in await conn.fetch(
-                    "SELECT relid::regclass::text FROM pg_partition_tree('ix_scores_frauds')"
-                )
+            partial = {
+                index: {
+                    r[0]
+                    for r in await conn.fetch(
+                        "SELECT relid::regclass::text FROM pg_partition_tree($1::regclass)", index
+                    )
+                }
+                for index in ("ix_scores_frauds", "ix_scores_alerts")
             }
             found.update(await _fold_plans(conn))
             # Partitions by data day: a day without rows (the days ahead, the default partition)
@@ -253,11 +256,11 @@ def test_analytics_reads_never_scan_the_history(database_url: str) -> None:
                 for table in scanned
                 if not await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table})")
             }
-            return found, empty, fraud_indexes
+            return found, empty, partial
         finally:
             await conn.close()
 
-    found, empty, fraud_indexes = asyncio.run(plans())
+    found, empty, partial = asyncio.run(plans())
     assert len(found) >= 40
     scans = {
         name: plan
@@ -274,10 +277,15 @@ def test_analytics_reads_never_scan_the_history(database_url: str) -> None:
     for name, allowed in DAYS_READ.items():
         days = set(re.findall(r"(?:transactions|scores)_day_\d+", found[name]))
         assert days <= allowed, found[name]
-    # the frauds are read from their own index (0016), not found among all rows in scored order
-    for name in ("frauds page", "frauds page after", "scatter frauds"):
-        used = set(re.findall(r"(?:Index Scan|Bitmap Index Scan)(?: Backward)? using (\w+)", found[name]))
-        assert used & fraud_indexes, found[name]
+    # the frauds and the alerts are read from their own partial indexes (0016, 0001), not
+    # found among all rows in scored order (`alert IS TRUE` once missed `WHERE alert`)
+    for names, index in (
+        (("frauds page", "frauds page after", "scatter frauds"), "ix_scores_frauds"),
+        (("alerts page", "alerts page after"), "ix_scores_alerts"),
+    ):
+        for name in names:
+            used = set(re.findall(r"(?:Index Scan|Bitmap Index Scan)(?: Backward)? using (\w+)", found[name]))
+            assert used & partial[index], found[name]
     # the window reads touch the rollups only
     for name in (
         "stats window",
