@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from api.broker import BrokerMonitor
 from api.cache import ResultCache
+from api.explain import ExplanationMemo
 from api.metrics import ApiMetrics
 from api.predictor import Predictor
 from api.publisher import Publisher
@@ -88,6 +89,10 @@ async def get_cache(request: Request) -> ResultCache:
     return request.app.state.cache
 
 
+async def get_explanations(request: Request) -> ExplanationMemo:
+    return request.app.state.explanations
+
+
 async def get_metrics(request: Request) -> ApiMetrics:
     return request.app.state.metrics
 
@@ -103,4 +108,5 @@ PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 PublisherDep = Annotated[Publisher, Depends(get_publisher)]
 Broker = Annotated[BrokerMonitor, Depends(get_broker_monitor)]
 Cache = Annotated[ResultCache, Depends(get_cache)]
+Explanations = Annotated[ExplanationMemo, Depends(get_explanations)]
 Metrics = Annotated[ApiMetrics, Depends(get_metrics)]

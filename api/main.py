@@ -38,6 +38,7 @@ from api.broker import BrokerMonitor
 from api.cache import ResultCache
 from api.drift_watch import DriftWatch
 from api.errors import DATABASE_ERRORS, database_error, is_transient
+from api.explain import ExplanationMemo
 from api.metrics import ApiMetrics, CacheCollector, MetricsMiddleware, ServingCollector
 from api.predictor import Predictor
 from api.publisher import Publisher
@@ -240,6 +241,7 @@ def create_app(
     app.state.freeze_heap = freeze_heap
     app.state.tokens = TokenTable.from_settings(settings)
     app.state.cache = ResultCache(cache_seconds, slow_max_age=analytics_cache_seconds)
+    app.state.explanations = ExplanationMemo()
     app.state.metrics = ApiMetrics()
     app.state.metrics.registry.register(CacheCollector(app.state.cache))
     app.state.metrics.registry.register(ServingCollector(app.state))

@@ -38,8 +38,7 @@ from fastapi import APIRouter, Header, HTTPException, Path, Query, status
 from api import review_queries as rq
 from api.auth import REVIEWS, CurrentIdentity, Identity, Tokens
 from api.cache import Freshness
-from api.deps import AppSettings, Cache, Connection, Models, PoolConnection, PublisherDep
-from api.explain import contributions
+from api.deps import AppSettings, Cache, Connection, Explanations, Models, PoolConnection, PublisherDep
 from api.params import NO_NUL
 from api.schemas import PreviousVerdict, Problem, ReviewIn, ReviewItem, ReviewOut, ReviewQueue
 from core.db.labels import store_labels, stored_labels
@@ -121,6 +120,7 @@ def decode_queue_cursor(cursor: str, order: str) -> tuple[float | datetime, str]
 async def review_queue(
     conn: Connection,
     models: Models,
+    explanations: Explanations,
     order: Annotated[
         Literal["score", "oldest", "newest"], Query(description="highest score first, or by age")
     ] = "score",
@@ -142,7 +142,7 @@ async def review_queue(
     ensemble = models.champion
     if explain and rows and ensemble is not None:
         raw = np.array([[r.time, *(getattr(r, c.lower()) for c in PCA_COLUMNS), r.amount] for r in rows])
-        explained, _ = contributions(ensemble, raw, top=top)
+        explained = await explanations.top(ensemble, LIVE_RUN, [r.id for r in rows], raw, top)
         tops = {r.id: row for r, row in zip(rows, explained, strict=True)}
     items = [
         ReviewItem(

@@ -15,8 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api import queries
 from api.cache import FIRST_PAGE, ResultCache, cached_response
-from api.deps import Cache, Engine, Models, Pool, get_champion
-from api.explain import contributions
+from api.deps import Cache, Engine, Explanations, Models, Pool, get_champion
 from api.params import DEFAULT_RUN, RunId, decode_cursor, encode_cursor
 from api.schemas import Problem, Transaction, TransactionPage
 from core.db.partitions import DAY_SECONDS, beyond_retention, retained_from
@@ -140,6 +139,7 @@ async def list_alerts(
     engine: Engine,
     cache: Cache,
     models: Models,
+    explanations: Explanations,
     run_id: RunId = DEFAULT_RUN,
     limit: Limit = 100,
     cursor: Cursor = None,
@@ -168,7 +168,7 @@ async def list_alerts(
     if rows:
         ensemble = await get_champion(models)
         raw = np.array([[getattr(r, name) for name in FEATURE_COLUMNS] for r in stored], dtype=np.float64)
-        explained, _ = contributions(ensemble, raw, top=top)
+        explained = await explanations.top(ensemble, run_id, [r.id for r in stored], raw, top)
         tops = {r.id: row for r, row in zip(stored, explained, strict=True)}
     items = [_transaction(r, features, tops.get(r.id)) for r in rows]
     return TransactionPage(run_id=run_id, items=items, next_cursor=next_cursor, limit=limit)
