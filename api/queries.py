@@ -27,8 +27,10 @@ from sqlalchemy import (
     select,
     table,
     tablesample,
+    true,
     tuple_,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql.elements import ColumnElement
 
 from core.db.schema import (
@@ -342,10 +344,28 @@ def table_rows_estimate() -> Select:
     return select(pg_class.c.reltuples).where(pg_class.c.oid == func.to_regclass("transactions"))
 
 
+def _transaction_columns(x: Feature, y: Feature, tc) -> list:
+    """What a sample takes from `transactions` (x may equal y: each column once)."""
+    own = [tc[f.column.name] for f in (x, y) if f.column.table is transactions]
+    return list(dict.fromkeys([tc.id, tc.run_id, tc.day, tc.label, *own]))
+
+
+def _scatter_points(x: Feature, y: Feature, picked, source=None) -> Select:
+    """The points of `picked` (a sample of `transactions`), joined to their scores by primary
+    key; `source`: what `picked` is joined from (the probes of a lateral sample)."""
+    pc = picked.c
+    x_col = s[x.column.name] if x.column.table is scores else pc[x.column.name]
+    y_col = s[y.column.name] if y.column.table is scores else pc[y.column.name]
+    rows = picked if source is None else source.join(picked, true())
+    return select(pc.id, x_col.label("x"), y_col.label("y"), pc.label, s.score, s.alert).select_from(
+        rows.join(scores, and_(s.run_id == pc.run_id, s.id == pc.id, s.day == pc.day))
+    )
+
+
 def scatter_frauds(x: Feature, y: Feature, run_id: str, n: int) -> Select:
-    """A random sample of frauds: picked among the scores of the run's frauds (their partial
-    index, migration 0016: 0.17 % of the rows) BEFORE the join, so only those `n` are looked
-    up in `transactions` (by primary key, in their day's partition)."""
+    """A uniform sample of a run with few frauds: picked among the scores of the run's frauds
+    (their partial index, migration 0016) BEFORE the join, so only those `n` are looked up in
+    `transactions` (by primary key, in their day's partition). O(the run's frauds)."""
     picked = (
         select(s.run_id, s.id, s.day, s.score, s.alert, s.recon_error)
         .where(s.run_id == run_id, s.fraud)
@@ -361,32 +381,59 @@ def scatter_frauds(x: Feature, y: Feature, run_id: str, n: int) -> Select:
     )
 
 
+def fraud_hours(run_id: str) -> Select:
+    """The run's data hours with frauds (known class 1), and how many: where fraud probes go."""
+    return (
+        select(rhours.hour, func.sum(rhours.scored).cast(BigInteger).label("frauds"))
+        .where(rhours.run_id == run_id, rhours["class"] == 1)
+        .group_by(rhours.hour)
+    )
+
+
+def scatter_fraud_probes(x: Feature, y: Feature, run_id: str, times: list[float]) -> Select:
+    """For each data time, the run's first fraud at or after it in that time's data day: one
+    probe of `ix_transactions_frauds` in one day's partition each, however many frauds the run
+    holds. The caller draws the times; two probes may find the same fraud."""
+    probe = (
+        func.unnest(literal(times, ARRAY(Double)))
+        .table_valued("t", with_ordinality="n")
+        .render_derived()
+        .alias("probe")
+    )
+    hit = (
+        select(*_transaction_columns(x, y, t))
+        .where(
+            t.run_id == run_id,
+            t.label == literal_column("1"),  # in the text: a generic plan still proves the index predicate
+            t.day == func.data_day(probe.c.t),
+            t.time >= probe.c.t,
+        )
+        .order_by(t.time)
+        .limit(literal_column("1"))
+        .lateral("hit")
+    )
+    return _scatter_points(x, y, hit, probe).order_by(probe.c.n)
+
+
 def scatter_normals(x: Feature, y: Feature, run_id: str, n: int, percent: float | None) -> Select:
     """A random sample of non-fraud rows; with `percent`, from a block sample of that size first.
 
-    TABLESAMPLE SYSTEM reads only the sampled pages, so this stays fast on the full data;
-    the `n` rows are picked among them BEFORE the join, so only those `n` are looked up in
-    `scores` (by primary key), never the whole table. The caller falls back to
-    `percent=None` (a sort over the run's rows) when the block sample came back short (a
-    small run in a big table).
+    TABLESAMPLE SYSTEM reads only the sampled pages (many rows each: cheaper than a probe per
+    row), so this stays fast on the full data; the `n` rows are picked among them BEFORE the
+    join, so only those `n` are looked up in `scores` (by primary key), never the whole table.
+    The caller falls back to `percent=None` (a sort over the run's rows) when the block sample
+    came back short (a small run in a big table).
     """
     tx = tablesample(transactions, func.system(percent), name="tx") if percent is not None else transactions
     tc = tx.c
-    own = [tc[f.column.name] for f in (x, y) if f.column.table is transactions]
-    wanted = list(dict.fromkeys([tc.id, tc.run_id, tc.day, tc.label, *own]))  # x may equal y: once each
     picked = (
-        select(*wanted)
+        select(*_transaction_columns(x, y, tc))
         .where(tc.run_id == run_id, or_(tc.label.is_(None), tc.label == 0))
         .order_by(func.random())
         .limit(n)
         .subquery("picked")
     )
-    pc = picked.c
-    x_col = s[x.column.name] if x.column.table is scores else pc[x.column.name]
-    y_col = s[y.column.name] if y.column.table is scores else pc[y.column.name]
-    return select(pc.id, x_col.label("x"), y_col.label("y"), pc.label, s.score, s.alert).select_from(
-        picked.join(scores, and_(pc.run_id == s.run_id, pc.id == s.id, pc.day == s.day))
-    )
+    return _scatter_points(x, y, picked)
 
 
 # --------------------------------------------------------------------------- model performance
@@ -527,6 +574,14 @@ def backtest_list() -> Select:
 
 def backtest_one(run_id: str) -> Select:
     return select(backtest_runs).where(backtest_runs.c.id == run_id)
+
+
+def run_frauds(run_id: str) -> Select:
+    """The run's stored frauds (inline label 1): the trigger-kept counter (migration 0003), no scan."""
+    frauds = run_totals_table.c.frauds
+    return select(
+        func.coalesce(select(frauds).where(run_totals_table.c.run_id == run_id).scalar_subquery(), 0)
+    )
 
 
 def run_count(run_id: str) -> Select:

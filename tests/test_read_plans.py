@@ -118,9 +118,11 @@ def _statements(newest, since, some_ids: list[str]) -> dict[str, tuple[str, list
         ),
         # single rows: the alerts' inputs (to explain them)
         "lookup": queries.raw_features(LIVE_RUN, some_ids),
-        # /api/scatter: frauds through their partial index, the rest from a block sample
+        # /api/scatter: frauds through their partial index (or probes of it), the rest from a block sample
         "scatter frauds": queries.scatter_frauds(v14, v17, LIVE_RUN, 250),
         "scatter sample": queries.scatter_normals(v14, v17, LIVE_RUN, 250, 1.0),
+        "scatter hours": queries.fraud_hours(LIVE_RUN),
+        "scatter fraud probes": queries.scatter_fraud_probes(v14, v17, LIVE_RUN, [100.0, 3000.0, 90_000.0]),
         # /api/review/queue, /api/feedback/summary
         **{f"queue by {name}": rq.queue_page(order, 50, None) for name, order in rq.ORDERS.items()},
         "queue after": rq.queue_page(rq.ORDERS["score"], 50, (0.99, "p5")),
@@ -165,6 +167,7 @@ INDEXED = (
     "data time page",
     "lookup",
     "scatter frauds",
+    "scatter fraud probes",
     "queue by",
     "queue after",
     "drift partial hour",
@@ -245,7 +248,7 @@ def test_analytics_reads_never_scan_the_history(database_url: str) -> None:
                         "SELECT relid::regclass::text FROM pg_partition_tree($1::regclass)", index
                     )
                 }
-                for index in ("ix_scores_frauds", "ix_scores_alerts")
+                for index in ("ix_scores_frauds", "ix_scores_alerts", "ix_transactions_frauds")
             }
             found.update(await _fold_plans(conn))
             # Partitions by data day: a day without rows (the days ahead, the default partition)
@@ -282,6 +285,7 @@ def test_analytics_reads_never_scan_the_history(database_url: str) -> None:
     for names, index in (
         (("frauds page", "frauds page after", "scatter frauds"), "ix_scores_frauds"),
         (("alerts page", "alerts page after"), "ix_scores_alerts"),
+        (("scatter fraud probes",), "ix_transactions_frauds"),
     ):
         for name in names:
             used = set(re.findall(r"(?:Index Scan|Bitmap Index Scan)(?: Backward)? using (\w+)", found[name]))
@@ -296,5 +300,6 @@ def test_analytics_reads_never_scan_the_history(database_url: str) -> None:
         "score rollup",
         "savings rollup",
         "known hours",
+        "scatter hours",
     ):
         assert not re.search(r"on (transactions|scores)\b", found[name]), found[name]
