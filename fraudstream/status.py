@@ -67,11 +67,13 @@ def render(status: dict, now: float) -> str:
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1]
         for row in rows
     ]
-    lag = status.get("lag")
-    if lag is not None:
+    lag = status.get("lag") or {}
+    if "events" in lag:
         lines.append(
             f"events on the broker not yet scored: {lag['events']:,} (measured {duration(now - lag['at'])} ago)"
         )
+    if lag.get("error"):
+        lines.append(f"the lag view cannot measure now: {lag['error']}")
     return "\n".join(line.rstrip() for line in lines)
 
 

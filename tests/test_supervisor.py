@@ -274,3 +274,17 @@ def test_a_signal_during_a_launch_still_stops_the_rest(tmp_path: Path) -> None:
     assert running.process.returncode is not None and not alive([running.process.pid])
     assert supervisor.children["late"].state == "stopped"
     assert "running" in said.text
+
+
+def test_status_shows_the_lag_view_and_why_it_cannot_measure() -> None:
+    service = {"name": "scorer", "state": "running", "pid": 7, "started_at": 100.0, "restarts": 0}
+    base = {"pid": 1, "services": [service]}
+    measured = render(
+        {**base, "lag": {"events": 1500, "partitions": {"0": 1500}, "at": 90.0, "error": None}}, 100.0
+    )
+    assert "events on the broker not yet scored: 1,500 (measured 10s ago)" in measured
+    assert "cannot measure" not in measured
+    failing = render({**base, "lag": {"error": "KafkaConnectionError: no broker"}}, 100.0)
+    assert "the lag view cannot measure now: KafkaConnectionError: no broker" in failing
+    assert "not yet scored" not in failing
+    assert "not yet scored" not in render({**base, "lag": None}, 100.0)

@@ -140,6 +140,24 @@ def _wait_stored(database_url: str, expected: set[str], what: str) -> None:
     assert ids == expected and count == len(expected)  # every row once, nothing else
 
 
+def _wait_lag(up: Up, events: int, what: str) -> None:
+    """Wait until a lag view measured after this call (without error) shows `events`; the
+    failure names the last view. (An older view can predate the scorer's last commits: a
+    view of 0 taken before this wait, most likely, once let the scorer be frozen with 29
+    events stored but not committed, and the backlog read 529.)"""
+    seen: list[dict | None] = [None]
+    since = time.time()
+
+    def shown() -> bool:
+        seen[0] = view = up.status().get("lag") or {}
+        return view.get("at", 0) > since and view.get("error") is None and view.get("events") == events
+
+    try:
+        wait_until(shown, timeout=60, what=what, interval=0.5)
+    except TimeoutError as error:
+        raise TimeoutError(f"{error}; the last lag view: {seen[0]}") from None
+
+
 def _finished(process: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
     output, _ = process.communicate(timeout=timeout)
     return process.returncode, output
@@ -195,15 +213,14 @@ def test_up_heals_services_postgres_and_the_broker_and_stops_on_a_crash_loop(
 
         # 3. The broker killed with a backlog the scorer has not read: restarted on its port,
         #    topics recreated, the loss said plainly; a new replay is scored.
+        #    Stored is not yet committed (the scorer commits every 0.5 s): freeze it only once
+        #    the lag view has seen it commit everything, so the backlog is exactly the new replay.
+        _wait_lag(up, 0, "the scorer committing every stored row")
         scorer = up.pid("scorer")
         os.kill(scorer, signal.SIGSTOP)  # the backlog stays on the broker
         try:
             assert _finished(up.replay(lost))[0] == 0
-            wait_until(
-                lambda: (up.status().get("lag") or {}).get("events") == 500,
-                timeout=60,
-                what="the supervisor's lag view seeing the backlog",
-            )
+            _wait_lag(up, 500, "the supervisor's lag view seeing the backlog")
             up.remember()
             os.kill(up.pid("broker"), signal.SIGKILL)
             up.wait_for("broker is back")
