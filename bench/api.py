@@ -251,7 +251,7 @@ def _serve_uncached(port: int) -> int:
     from api.main import create_app
 
     uvicorn.run(
-        create_app(cache_seconds=0),
+        create_app(cache_seconds=0, freeze_heap=True),  # served as `fraudstream api` serves it
         host="127.0.0.1",
         port=port,
         log_level="warning",
