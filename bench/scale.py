@@ -16,10 +16,10 @@ At each step N (cumulative):
 
 - **write cost**, per batch size of `--batch` (default 20, 200, 4000: the stream's batches are
   what has arrived, ~20 rows at 2,000 tx/s; 4,000 is a replay's): `--write-rows` more rows
-  (default 200,000 per batch size) in alternating slices with the rollups off (trigger
-  `rollups_scores_insert` disabled, no fold) and on (the trigger, and `rollup_fold()` from a
-  second connection after every `--fold-rows` rows written, 2,000 by default: one fold a
-  second at 2,000 tx/s, as the scorer's fold loop); for each, rows/s and the CPU seconds of
+  (default 200,000 per batch size) in alternating slices with the rollups off (the write
+  statement without its narrow rollups, no fold) and on (the scorer's statement, and
+  `rollup_fold()` from a second connection after every `--fold-rows` rows written, 2,000 by
+  default: one fold a second at 2,000 tx/s, as the scorer's fold loop); for each, rows/s and the CPU seconds of
   the PostgreSQL backends serving the writes and the folds (user + system, from /proc) per
   100k rows. The rollup-free rows go to a run of their own that is deleted afterwards (with
   what an unmeasured fold counted of them). Everything else the write does (transactions,
@@ -67,9 +67,8 @@ from core.runtime.processes import free_port, stop
 from core.settings import Settings, settings_env
 
 BATCH = 4000
-TRIGGER = "rollups_scores_insert"
 FOLD = "SELECT rollup_fold()"
-#: The rollups filled by the fold (migration 0014), not the trigger.
+#: The rollups filled by the fold (migration 0014), not the write statement.
 FOLDED = ("rollup_histograms", "rollup_score_hours", "rollup_drift")
 OFF_RUN = "bench-scale-rollups-off"
 TWO_DAYS = 172_800.0
@@ -200,8 +199,9 @@ async def _write_cost(
     fold_rows: int,
     slices: int = 10,
 ) -> tuple[WriteCost, WriteCost]:
-    """`total` rows in batches of `batch`, half with the rollups off (trigger disabled, no fold;
-    in a run deleted afterwards), half on (trigger, and a fold every `fold_rows`), alternating."""
+    """`total` rows in batches of `batch`, half with the rollups off (the statement without its
+    narrow rollups, no fold; in a run deleted afterwards), half on (the scorer's statement, and
+    a fold every `fold_rows`), alternating."""
     pid = await conn.fetchval("SELECT pg_backend_pid()")
     folder_pid = await folder.fetchval("SELECT pg_backend_pid()")
     off, on = WriteCost(), WriteCost()
@@ -209,15 +209,12 @@ async def _write_cost(
     try:
         for _ in tqdm(range(slices), desc=f"write cost, batches of {batch:,}", unit="slice"):
             for cost, enabled in ((off, False), (on, True)):
-                await conn.execute(
-                    f"ALTER TABLE scores {'ENABLE' if enabled else 'DISABLE'} TRIGGER {TRIGGER}"
-                )
                 batches = [rows.batch(batch, None if enabled else OFF_RUN) for _ in range(per_slice // batch)]
                 await ensure_days(conn, await batch_days(conn, batches))
                 await folder.fetchval(FOLD)  # what came before is not this slice's cost
                 cpu, started, pending = _backend_cpu(pid), time.perf_counter(), 0
                 for part in batches:
-                    await store_new(conn, part, {})
+                    await store_new(conn, part, {}, rollups=enabled)
                     pending += len(part.ids)
                     if enabled and pending >= fold_rows:
                         cost.fold_cpu += await _fold(folder, folder_pid)
@@ -229,7 +226,6 @@ async def _write_cost(
                 cost.rows += per_slice
         on.cpu += on.fold_cpu
     finally:
-        await conn.execute(f"ALTER TABLE scores ENABLE TRIGGER {TRIGGER}")
         await folder.fetchval(FOLD)
         for table in ("scores", "transactions", "run_totals", *FOLDED):
             await conn.execute(f"DELETE FROM {table} WHERE run_id = $1", OFF_RUN)

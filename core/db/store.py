@@ -27,6 +27,7 @@ import asyncpg
 import numpy as np
 import orjson
 
+from core.bins import LATENCY_BINS
 from core.db.schema import FEATURE_COLUMNS, LIVE_RUN
 
 _FEATURE_LIST = ", ".join(FEATURE_COLUMNS)
@@ -35,7 +36,7 @@ _FEATURE_PARAMS = ", ".join(f"${i + 3}::float8[]" for i in range(_N))
 _LABEL, _PRODUCED, _VERSION, _SCORE, _ERROR, _ALERT = range(_N + 3, _N + 9)
 _ALERT_RUNS, _ALERT_IDS, _ALERT_PAYLOADS = range(_N + 9, _N + 12)
 
-_INPUT = f"""
+_INPUT_ONLY = f"""
 input AS (
     SELECT * FROM unnest($1::text[], $2::text[], {_FEATURE_PARAMS},
                          ${_LABEL}::int2[], ${_PRODUCED}::float8[], ${_SCORE}::float8[],
@@ -59,7 +60,43 @@ input AS (
            (extract(epoch FROM clock_timestamp()) - i.produced_at) * 1000.0, coalesce(i.label = 1, false)
     FROM input i JOIN stored s USING (run_id, id)
     ON CONFLICT DO NOTHING
+    RETURNING run_id, id, model_version, alert, scored_at, latency_ms
 )"""
+
+#: The narrow rollups (0009, kept by the statement since 0018): each newly stored score,
+#: once, in the statement that stores it, grouped by (run, minute of `scored_at`, version,
+#: class), (run, data hour, version, class) and (run, minute, latency bin). The class is the
+#: known label (0012: a verdict stored before the row, else the inline label, else -1). Every
+#: upsert grouped and ordered, so concurrent writers lock rollup rows in one order.
+_LATENCY_EDGES = "'{" + ",".join(repr(float(e)) for e in LATENCY_BINS.edges) + "}'::float8[]"
+_NARROW_ROLLUPS = f"""
+narrow AS MATERIALIZED (
+    SELECT c.run_id, c.model_version, c.alert, c.latency_ms,
+           date_bin('1 minute', c.scored_at, timestamptz '2000-01-01 00:00:00+00') AS minute,
+           floor(i.time / 3600)::int4 AS hour,
+           coalesce((SELECT k.class FROM rollup_known_classes k
+                     WHERE k.run_id = c.run_id AND k.transaction_id = c.id), i.label, -1)::int2 AS class
+    FROM scored c JOIN input i USING (run_id, id)
+), rolled_minutes AS (
+    INSERT INTO rollup_minutes AS m (run_id, minute, model_version, class, scored, alerts)
+    SELECT n.run_id, n.minute, n.model_version, n.class, count(*), count(*) FILTER (WHERE n.alert)
+    FROM narrow n GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (run_id, minute, model_version, class)
+    DO UPDATE SET scored = m.scored + EXCLUDED.scored, alerts = m.alerts + EXCLUDED.alerts
+), rolled_hours AS (
+    INSERT INTO rollup_hours AS h (run_id, hour, model_version, class, scored, alerts)
+    SELECT n.run_id, n.hour, n.model_version, n.class, count(*), count(*) FILTER (WHERE n.alert)
+    FROM narrow n GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (run_id, hour, model_version, class)
+    DO UPDATE SET scored = h.scored + EXCLUDED.scored, alerts = h.alerts + EXCLUDED.alerts
+), rolled_latency AS (
+    INSERT INTO rollup_latency AS l (run_id, minute, bin, n)
+    SELECT n.run_id, n.minute, width_bucket(n.latency_ms, {_LATENCY_EDGES})::int2, count(*)
+    FROM narrow n WHERE n.latency_ms IS NOT NULL
+    GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (run_id, minute, bin) DO UPDATE SET n = l.n + EXCLUDED.n
+)"""
+_INPUT = f"{_INPUT_ONLY},{_NARROW_ROLLUPS}"
 
 INSERT_SCORED = f"WITH {_INPUT}\nSELECT count(*) FROM stored"
 
@@ -73,9 +110,11 @@ _ALREADY_STORED = (
     "SELECT i.position - 1 AS position FROM input i LEFT JOIN stored s USING (run_id, id) WHERE s.id IS NULL"
 )
 
-#: The scorer's write: rows, scores and the new rows' alerts in one statement; returns the
-#: (0-based) positions of the rows that were already stored.
+#: The scorer's write: rows, scores, the narrow rollups and the new rows' alerts in one
+#: statement; returns the (0-based) positions of the rows that were already stored.
 STORE_NEW = f"WITH {_INPUT}, {_OUTBOX}\n{_ALREADY_STORED}\n"
+#: `STORE_NEW` without the narrow rollups: only `bench.scale`'s rollup-free baseline.
+STORE_NEW_WITHOUT_ROLLUPS = f"WITH {_INPUT_ONLY}, {_OUTBOX}\n{_ALREADY_STORED}\n"
 
 _SHADOW_VERSION, _SHADOW_POSITIONS, _SHADOW_SCORE, _SHADOW_ERROR, _SHADOW_ALERT = range(_N + 12, _N + 17)
 
@@ -235,12 +274,15 @@ async def store_new(
     rows: ScoredRows,
     alerts: Mapping[int, bytes],
     shadow: ShadowScores | None = None,
+    *,
+    rollups: bool = True,
 ) -> list[int]:
     """Insert the batch, the alerts (row position -> payload) of its new rows and, with
     `shadow`, the shadow's scores of its new rows: one statement, one transaction.
 
     Returns the positions of the rows that were already stored: nothing of theirs is
     written (not even their alert or shadow score). Row keys must be unique within the batch.
+    `rollups=False` leaves the narrow rollups out: only for `bench.scale`'s baseline.
     """
     if not len(rows.ids):
         return []
@@ -252,8 +294,10 @@ async def store_new(
         [rows.ids[i] for i in positions],
         [alerts[i] for i in positions],
     ]
+    if not rollups and shadow is not None:
+        raise ValueError("rollups=False is the benchmark's baseline: it takes no shadow scores")
     if shadow is None or not shadow.count:
-        records = await conn.fetch(STORE_NEW, *arguments)
+        records = await conn.fetch(STORE_NEW if rollups else STORE_NEW_WITHOUT_ROLLUPS, *arguments)
     else:
         if len(shadow) != len(rows):
             raise ValueError(f"{len(shadow)} shadow scores for a batch of {len(rows)} rows")
