@@ -256,7 +256,12 @@ def _lag_status(lag: LagWatch) -> dict | None:
     latest = lag.latest
     if latest is None:
         return None if lag.last_error is None else {"error": lag.last_error}
-    return {"events": latest.events, "partitions": latest.partitions, "at": latest.at, "error": lag.last_error}
+    return {
+        "events": latest.events,
+        "partitions": latest.partitions,
+        "at": latest.at,
+        "error": lag.last_error,
+    }
 
 
 def new_supervisor(settings: Settings) -> Supervisor:
