@@ -336,8 +336,9 @@ review_queue = Table(
 )
 
 # --------------------------------------------------------------------------- rollups (migration 0009)
-# Kept by statement-level triggers on `scores` (insert) and `transactions` (label update, via
-# `rollup_relabel`): see the migration. `class` is the known label: -1 unlabelled, 0 normal,
+# Minutes, hours and latency kept by the write statement (`core.db.store`, migration 0018), the
+# wide ones by the fold (0014); moved between classes on label updates (`rollup_relabel`, via
+# triggers on `transactions` and `feedback`): see the migrations. `class` is the known label: -1 unlabelled, 0 normal,
 # 1 fraud; `hour` is the hour of *data* time, floor(time / 3600); `bin` is
 # width_bucket(value, edges) with the edges of `analytics_bins` or `model_reference_bins`.
 
