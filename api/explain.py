@@ -47,7 +47,7 @@ class ExplanationMemo:
 
     A stored row's inputs never change, so its explanation by one model version never
     does: the review queue and the alert list explain the same top alerts on every
-    refresh, and recomputing them (~1 ms of TreeSHAP per row) was most of those reads.
+    refresh, and recomputing them was most of those reads (`bench.scale`: the queue's p50).
     Bounded, least recently used out first. Misses are explained in a worker thread
     (XGBoost releases the GIL), so the event loop keeps serving meanwhile.
     """

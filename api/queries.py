@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from sqlalchemy import (
     BigInteger,
@@ -387,6 +388,7 @@ def fraud_hours(run_id: str) -> Select:
         select(rhours.hour, func.sum(rhours.scored).cast(BigInteger).label("frauds"))
         .where(rhours.run_id == run_id, rhours["class"] == 1)
         .group_by(rhours.hour)
+        .having(func.sum(rhours.scored) > 0)  # relabels can leave an hour at 0
     )
 
 
@@ -576,17 +578,13 @@ def backtest_one(run_id: str) -> Select:
     return select(backtest_runs).where(backtest_runs.c.id == run_id)
 
 
-def run_frauds(run_id: str) -> Select:
-    """The run's stored frauds (inline label 1): the trigger-kept counter (migration 0003), no scan."""
-    frauds = run_totals_table.c.frauds
-    return select(
-        func.coalesce(select(frauds).where(run_totals_table.c.run_id == run_id).scalar_subquery(), 0)
-    )
+RunCounter = Literal["transactions", "labelled", "frauds", "scored", "alerts"]
 
 
-def run_count(run_id: str) -> Select:
-    """Rows scored for the run so far: the trigger-kept counter (migration 0003), no scan."""
-    scored = run_totals_table.c.scored
+def run_counter(run_id: str, counter: RunCounter) -> Select:
+    """One of the run's counters (`frauds`: inline label 1; `scored`: rows scored so far), kept
+    by triggers (migration 0003): a primary-key probe, 0 for a run with nothing stored."""
+    value = run_totals_table.c[counter]
     return select(
-        func.coalesce(select(scored).where(run_totals_table.c.run_id == run_id).scalar_subquery(), 0)
+        func.coalesce(select(value).where(run_totals_table.c.run_id == run_id).scalar_subquery(), 0)
     )

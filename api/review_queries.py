@@ -31,7 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnElement
 
-from api.queries import PCA_DB_COLUMNS, day_of
+from api.queries import PCA_DB_COLUMNS, day_of, run_counter
 from core.db.schema import (
     LIVE_RUN,
     backtest_runs,
@@ -42,7 +42,6 @@ from core.db.schema import (
     rollup_hours,
     rollup_known_classes,
     rollup_score_amounts,
-    run_totals,
     scores,
     transaction_keys,
     transactions,
@@ -178,8 +177,7 @@ def backlog() -> Select:
 
 def live_alerts() -> Select:
     """The live run's alerts: the trigger-kept counter (migration 0003)."""
-    r = run_totals.c
-    return select(func.coalesce(select(r.alerts).where(r.run_id == LIVE_RUN).scalar_subquery(), 0))
+    return run_counter(LIVE_RUN, "alerts")
 
 
 def reviewers(since_24h: datetime) -> Select:

@@ -97,7 +97,7 @@ def _statements(newest, since, some_ids: list[str]) -> dict[str, tuple[str, list
         "in-sample score rollup": queries.in_sample_score_rollup(LIVE_RUN),
         "models": queries.model_version_list(),
         # /api/backtests
-        "backtest count": queries.run_count(BACKTEST),
+        "backtest count": queries.run_counter(BACKTEST, "scored"),
         # /api/transactions, /api/anomalies, /api/alerts: keyset pages
         "page": queries.transaction_page(queries.ListFilter(LIVE_RUN), 100, None, True),
         "page after": queries.transaction_page(queries.ListFilter(LIVE_RUN), 100, after, True),

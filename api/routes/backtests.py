@@ -37,5 +37,5 @@ async def get_run(
     row = (await conn.execute(queries.backtest_one(run_id))).first()
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no backtest run {run_id!r}")
-    scored = (await conn.execute(queries.run_count(run_id))).scalar_one()
+    scored = (await conn.execute(queries.run_counter(run_id, "scored"))).scalar_one()
     return _run(row, scored)

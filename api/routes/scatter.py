@@ -20,8 +20,8 @@ router = APIRouter(prefix="/api", tags=["distributions"])
 #: Block-sample this many times the rows we need, to have enough after filtering by run and class.
 _OVERSAMPLE = 20
 #: Up to this many frauds in the run (or `PROBE_RATIO` times the frauds asked, if more), the
-#: frauds are drawn uniformly among all of them (a random sort of their partial index: ~6 ms
-#: at 5,000); above it, by index probes whose cost does not grow with the frauds. The ratio
+#: frauds are drawn uniformly among all of them (a random sort of their partial index, whose
+#: cost grows with them); above it, by index probes whose cost does not. The ratio
 #: keeps the probes' sample a small share of the frauds, where one found twice is rare.
 SORTED_MAX = 5_000
 PROBE_RATIO = 20
@@ -86,13 +86,13 @@ async def _sample_frauds(
     follows a longer gap is likelier to be drawn; across hours the sample follows the frauds.
     (The normal rows need no probes: a block sample finds them on few pages.)
     """
-    frauds = (await conn.execute(queries.run_frauds(run_id))).scalar_one()
+    frauds = (await conn.execute(queries.run_counter(run_id, "frauds"))).scalar_one()
     many = frauds > max(SORTED_MAX, PROBE_RATIO * n)
     hours = (await conn.execute(queries.fraud_hours(run_id))).all() if many else []
-    weights = np.array([row.frauds for row in hours], dtype=np.float64)
-    if not hours or weights.sum() <= 0:
+    if not hours:
         return list((await conn.execute(queries.scatter_frauds(fx, fy, run_id, n))).all())
     rng = np.random.default_rng()
+    weights = np.array([row.frauds for row in hours], dtype=np.float64)
     hour_numbers, chances = np.array([row.hour for row in hours]), weights / weights.sum()
     distinct: dict[str, object] = {}  # in the probes' order
     for _ in range(_PROBE_ROUNDS):

@@ -7,10 +7,9 @@ outlived a new day's empty partition (0014) it was planned at every call: over e
 and every day's partition. At the stream's ~20-row batches that planning was most of its
 cost, and it grew with the days kept: in `bench.scale` the write with the rollups at 20-row
 batches cost 1.80x at 10 M rows (70 day partitions) what it cost at 0.3 M (3), the
-rollup-free write 1.12x; a probe planned over the 10 M table took 1.2 ms to plan. Pruning
-the probe to the batch's days at planning was tried first and left out: a day's partition
-filling up but not analyzed yet looks empty to the planner, which then probed it through
-the wrong index, scanning the day's rows for every new row.
+rollup-free write 1.12x). Pruning the probe to the batch's days at planning was tried first
+and left out: a day's partition filling up but not analyzed yet looks empty to the planner,
+which then probed it through the wrong index, scanning the day's rows for every new row.
 
 The write statement (`core.db.store`) has every input the trigger looked up: it now upserts
 the three rollups from the scores it inserted (`RETURNING`) and its own input arrays, in the
