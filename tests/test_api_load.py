@@ -4,7 +4,7 @@ The API runs as its own process (`python -m api.cli`, a prediction queue of 32) 
 keep-alive HTTP/1.1 load generator here drives it at rising concurrency, each request a
 new transaction. Every figure is a ratio of rates and latencies measured in this same
 test, never a wall-clock bound: past capacity (concurrency 64) the accepted throughput
-stays within 25% of the peak (without shedding it would collapse), the p99 of accepted
+stays within 25% of the peak (without shedding it would collapse), the p90 of accepted
 requests stays near concurrency 32's (the queue's bound; without it, it would double),
 the excess is refused with 503 + Retry-After (and the refused clients wait as told), and
 nothing is half-stored: every 200 is in the database with its score and version, no 503 is.
@@ -47,19 +47,34 @@ class Phase:
     seconds: float = 0.0
     accepted: list[float] = field(default_factory=list)  # latency ms of each 200
     refused_ms: list[float] = field(default_factory=list)  # latency ms of each 503
+    refused_sent: list[float] = field(default_factory=list)  # perf_counter each 503's request was sent
     refused: int = 0
     other: list[int] = field(default_factory=list)
     answers: dict[str, str] = field(default_factory=dict)  # id -> model_version, for every 200
     refused_ids: list[str] = field(default_factory=list)
     retry_after: set[str] = field(default_factory=set)
+    first_answer: float = float("inf")  # perf_counter of the phase's first response
     last_answer: float = 0.0  # perf_counter of the phase's last response
 
     @property
     def rate(self) -> float:
         return len(self.accepted) / self.seconds
 
-    def p99(self) -> float:
-        return float(np.percentile(self.accepted, 99))
+    def latency(self, percentile: float) -> float:
+        return float(np.percentile(self.accepted, percentile))
+
+    def steady_refusals_ms(self) -> list[float]:
+        """Latency of the 503s sent after the phase's first answer.
+
+        The phase opens with every client sending at once: the excess of that herd is
+        refused one after another on the one event loop (about 0.3 ms each, a ramp of up to
+        tens of ms), which measures the load generator, not whether a refusal waits for a slot.
+        """
+        return [
+            ms
+            for ms, sent in zip(self.refused_ms, self.refused_sent, strict=True)
+            if sent > self.first_answer
+        ]
 
 
 async def _response(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, bytes], bytes]:
@@ -107,6 +122,7 @@ async def drive(port: int, rows: np.ndarray, concurrency: int, tag: str) -> Phas
                 writer.write(request)
                 status, headers, payload = await _response(reader)
                 phase.last_answer = time.perf_counter()
+                phase.first_answer = min(phase.first_answer, phase.last_answer)
                 elapsed = (phase.last_answer - started) * 1000
                 if status == 200:
                     phase.accepted.append(elapsed)
@@ -114,6 +130,7 @@ async def drive(port: int, rows: np.ndarray, concurrency: int, tag: str) -> Phas
                 elif status == 503:
                     phase.refused += 1
                     phase.refused_ms.append(elapsed)
+                    phase.refused_sent.append(started)
                     phase.refused_ids.append(event_id)
                     phase.retry_after.add(headers.get(b"retry-after", b"").decode())
                     pause = float(headers[b"retry-after"]) * (1 + 0.5 * jitter.random())
@@ -170,7 +187,7 @@ def test_predict_past_capacity_sheds_load_and_stores_all_or_nothing(
     print(
         "\n"
         + "\n".join(
-            f"concurrency {c:>2}: {p.rate:7.0f} accepted/s, p99 {p.p99():6.1f} ms, {p.refused} refused"
+            f"concurrency {c:>2}: {p.rate:7.0f} accepted/s, p99 {p.latency(99):6.1f} ms, {p.refused} refused"
             + (f" (p99 {np.percentile(p.refused_ms, 99):.1f} ms)" if p.refused else "")
             for c, p in phases.items()
         )
@@ -180,10 +197,20 @@ def test_predict_past_capacity_sheds_load_and_stores_all_or_nothing(
     assert all(phases[c].refused == 0 for c in (1, 8, 32))  # within the queue's bound nothing is refused
     # Latency of what is accepted stays bounded: past the queue's bound (32 in progress, not
     # 64) it stays near concurrency 32's, where without the bound it would double again; and
-    # the excess is refused without waiting in the queue: faster than what is accepted beside it.
-    assert past.p99() <= 1.6 * phases[32].p99(), (past.p99(), phases[32].p99())
-    refused_p99 = float(np.percentile(past.refused_ms, 99))
-    assert refused_p99 <= past.p99(), (refused_p99, past.p99())
+    # the excess is refused without waiting in the queue. Accepted latency is compared at the 90th
+    # percentile (without the bound every percentile doubles; the p99 of a 2 s phase is its ~40th
+    # slowest request and moved 0.7-1.6x between runs on one machine, where p90 stayed 0.9-1.2x).
+    # In the steady state (both rounds past capacity), nine in ten refusals answer well within a
+    # typical accepted request's time (they wait only for the event loop, e.g. behind a batch's
+    # responses); a refusal that waited for a slot would wait about as long as an accepted one.
+    assert past.latency(90) <= 1.5 * phases[32].latency(90), (past.latency(90), phases[32].latency(90))
+    steady = phases[64].steady_refusals_ms() + again[64].steady_refusals_ms()
+    accepted_p50 = float(np.percentile(phases[64].accepted + again[64].accepted, 50))
+    print(
+        f"steady refusals: {len(steady)}, p90 {np.percentile(steady, 90):.1f} ms; accepted p50 {accepted_p50:.1f} ms"
+    )
+    assert len(steady) >= 10, steady
+    assert np.percentile(steady, 90) <= 0.75 * accepted_p50, (sorted(steady), accepted_p50)
 
     answered = {i: v for phase in every for i, v in phase.answers.items()}
     refused = {i for phase in every for i in phase.refused_ids}
