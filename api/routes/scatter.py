@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 import numpy as np
@@ -14,6 +15,7 @@ from api.deps import Cache
 from api.params import DEFAULT_RUN, RunId
 from api.routes.distributions import SECONDS_PER_HOUR, unknown_feature_response
 from api.schemas import Problem, Scatter, ScatterPoint
+from api.snapshot import sibling_reader
 
 router = APIRouter(prefix="/api", tags=["distributions"])
 
@@ -53,16 +55,16 @@ async def scatter(
 
     async def compute(conn: AsyncConnection) -> Scatter:
         half = n // 2
-        frauds = await _sample_frauds(conn, fx, fy, run_id, half)
-        want = n - half
-        estimate = (await conn.execute(queries.table_rows_estimate())).scalar() or 0
-        normals = []
-        if estimate > 0:
-            percent = min(100.0, 100.0 * want * _OVERSAMPLE / estimate)
-            if percent < 100.0:
-                normals = (await conn.execute(queries.scatter_normals(fx, fy, run_id, want, percent))).all()
-        if len(normals) < want:  # a small run in a big table: sample its rows directly
-            normals = (await conn.execute(queries.scatter_normals(fx, fy, run_id, want, None))).all()
+        # The two samples are independent and cost about the same: run at once, one snapshot.
+        async with sibling_reader(conn) as other:
+            if other is None:
+                frauds = await _sample_frauds(conn, fx, fy, run_id, half)
+                normals = await _sample_normals(conn, fx, fy, run_id, n - half)
+            else:
+                async with asyncio.TaskGroup() as group:
+                    fraud_task = group.create_task(_sample_frauds(conn, fx, fy, run_id, half))
+                    normal_task = group.create_task(_sample_normals(other, fx, fy, run_id, n - half))
+                frauds, normals = fraud_task.result(), normal_task.result()
         points = [
             ScatterPoint(id=r.id, x=r.x, y=r.y, label=r.label, score=r.score, alert=r.alert)
             for r in (*frauds, *normals)
@@ -72,6 +74,21 @@ async def scatter(
         )
 
     return await cached_response(cache, ("scatter", fx.name, fy.name, n, run_id), run_id, compute, FULL_SCAN)
+
+
+async def _sample_normals(
+    conn: AsyncConnection, fx: queries.Feature, fy: queries.Feature, run_id: str, n: int
+) -> list:
+    """`n` rows of the run that are not known frauds (fewer if it has fewer): a block sample."""
+    estimate = (await conn.execute(queries.table_rows_estimate())).scalar() or 0
+    normals: list = []
+    if estimate > 0:
+        percent = min(100.0, 100.0 * n * _OVERSAMPLE / estimate)
+        if percent < 100.0:
+            normals = list((await conn.execute(queries.scatter_normals(fx, fy, run_id, n, percent))).all())
+    if len(normals) < n:  # a small run in a big table: sample its rows directly
+        normals = list((await conn.execute(queries.scatter_normals(fx, fy, run_id, n, None))).all())
+    return normals
 
 
 async def _sample_frauds(
