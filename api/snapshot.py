@@ -15,9 +15,11 @@ Otherwise the caller runs its reads on the first connection, one after the other
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
 from sqlalchemy import QueuePool, text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -25,6 +27,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 #: What `pg_export_snapshot()` returns (e.g. `00000003-0000001B-1`); checked before it is
 #: written into `SET TRANSACTION SNAPSHOT`, which takes no bind parameter.
 _SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+-[0-9]+")
+
+A = TypeVar("A")
+B = TypeVar("B")
 
 
 @asynccontextmanager
@@ -46,3 +51,21 @@ async def sibling_reader(conn: AsyncConnection) -> AsyncIterator[AsyncConnection
         # The first statement of its transaction, as PostgreSQL requires.
         await other.execute(text(f"SET TRANSACTION SNAPSHOT '{snapshot}'"))
         yield other
+
+
+async def run_together(first: Coroutine[Any, Any, A], second: Coroutine[Any, Any, B]) -> tuple[A, B]:
+    """Both results; if one fails, the other is cancelled and awaited, and that error is raised.
+
+    Neither is left running on its connection when this returns or raises, and the error comes
+    as itself (a `TaskGroup` would wrap it in an `ExceptionGroup`), so the API's handlers still
+    map it: a statement timeout or a lost database is a 503, never a 500.
+    """
+    tasks = (asyncio.ensure_future(first), asyncio.ensure_future(second))
+    try:
+        one, two = await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    return one, two

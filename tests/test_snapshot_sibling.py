@@ -1,13 +1,14 @@
-"""A sibling reader sees exactly its first connection's snapshot, and is never waited for."""
+"""Two reads at once: one snapshot, never a wait for the second connection, errors as themselves."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from api.snapshot import sibling_reader
+from api.snapshot import run_together, sibling_reader
 from core.db.urls import sqlalchemy_url
 
 _COUNT = text("SELECT count(*) FROM sibling_probe")
@@ -52,5 +53,30 @@ def test_no_sibling_when_the_pool_is_in_use_so_nothing_waits_for_one(database_ur
                 assert engine.pool.checkedout() == 1
         finally:
             await engine.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_run_together_raises_the_error_itself_after_the_other_stopped() -> None:
+    """A failed read comes out as itself (the API maps a database error to 503, an
+    ExceptionGroup would be a 500), and only once the other read is no longer running."""
+    finished: list[str] = []
+
+    async def fails() -> None:
+        await asyncio.sleep(0.01)
+        raise TimeoutError("statement timeout")
+
+    async def slow() -> int:
+        try:
+            await asyncio.sleep(30)
+            return 1
+        finally:
+            finished.append("slow")
+
+    async def scenario() -> None:
+        with pytest.raises(TimeoutError, match="statement timeout"):
+            await run_together(slow(), fails())
+        assert finished == ["slow"]
+        assert await run_together(asyncio.sleep(0, "a"), asyncio.sleep(0, 2)) == ("a", 2)
 
     asyncio.run(scenario())

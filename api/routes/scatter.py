@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 import numpy as np
@@ -15,7 +14,7 @@ from api.deps import Cache
 from api.params import DEFAULT_RUN, RunId
 from api.routes.distributions import SECONDS_PER_HOUR, unknown_feature_response
 from api.schemas import Problem, Scatter, ScatterPoint
-from api.snapshot import sibling_reader
+from api.snapshot import run_together, sibling_reader
 
 router = APIRouter(prefix="/api", tags=["distributions"])
 
@@ -61,10 +60,10 @@ async def scatter(
                 frauds = await _sample_frauds(conn, fx, fy, run_id, half)
                 normals = await _sample_normals(conn, fx, fy, run_id, n - half)
             else:
-                async with asyncio.TaskGroup() as group:
-                    fraud_task = group.create_task(_sample_frauds(conn, fx, fy, run_id, half))
-                    normal_task = group.create_task(_sample_normals(other, fx, fy, run_id, n - half))
-                frauds, normals = fraud_task.result(), normal_task.result()
+                frauds, normals = await run_together(
+                    _sample_frauds(conn, fx, fy, run_id, half),
+                    _sample_normals(other, fx, fy, run_id, n - half),
+                )
         points = [
             ScatterPoint(id=r.id, x=r.x, y=r.y, label=r.label, score=r.score, alert=r.alert)
             for r in (*frauds, *normals)
