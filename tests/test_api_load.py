@@ -46,9 +46,7 @@ class Phase:
     concurrency: int
     seconds: float = 0.0
     accepted: list[float] = field(default_factory=list)  # latency ms of each 200
-    refused_ms: list[float] = field(default_factory=list)  # latency ms of each 503
-    refused_sent: list[float] = field(default_factory=list)  # perf_counter each 503's request was sent
-    refused: int = 0
+    refusals: list[tuple[float, float]] = field(default_factory=list)  # each 503: (perf_counter sent, ms)
     other: list[int] = field(default_factory=list)
     answers: dict[str, str] = field(default_factory=dict)  # id -> model_version, for every 200
     refused_ids: list[str] = field(default_factory=list)
@@ -60,6 +58,14 @@ class Phase:
     def rate(self) -> float:
         return len(self.accepted) / self.seconds
 
+    @property
+    def refused(self) -> int:
+        return len(self.refusals)
+
+    @property
+    def refused_ms(self) -> list[float]:
+        return [ms for _, ms in self.refusals]
+
     def latency(self, percentile: float) -> float:
         return float(np.percentile(self.accepted, percentile))
 
@@ -70,11 +76,7 @@ class Phase:
         refused one after another on the one event loop (about 0.3 ms each, a ramp of up to
         tens of ms), which measures the load generator, not whether a refusal waits for a slot.
         """
-        return [
-            ms
-            for ms, sent in zip(self.refused_ms, self.refused_sent, strict=True)
-            if sent > self.first_answer
-        ]
+        return [ms for sent, ms in self.refusals if sent > self.first_answer]
 
 
 async def _response(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, bytes], bytes]:
@@ -128,9 +130,7 @@ async def drive(port: int, rows: np.ndarray, concurrency: int, tag: str) -> Phas
                     phase.accepted.append(elapsed)
                     phase.answers[event_id] = orjson.loads(payload)["model_version"]
                 elif status == 503:
-                    phase.refused += 1
-                    phase.refused_ms.append(elapsed)
-                    phase.refused_sent.append(started)
+                    phase.refusals.append((started, elapsed))
                     phase.refused_ids.append(event_id)
                     phase.retry_after.add(headers.get(b"retry-after", b"").decode())
                     pause = float(headers[b"retry-after"]) * (1 + 0.5 * jitter.random())
