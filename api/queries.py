@@ -16,7 +16,9 @@ from sqlalchemy import (
     BigInteger,
     Double,
     Select,
+    Text,
     and_,
+    any_,
     case,
     cast,
     column,
@@ -36,6 +38,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from core.db.schema import (
     FEATURE_COLUMNS,
+    alert_keys,
     backtest_runs,
     model_versions,
     rollup_histograms,
@@ -51,6 +54,7 @@ from core.features import PCA_COLUMNS
 
 t = transactions.c
 s = scores.c
+ak = alert_keys.c
 rm = rollup_minutes.c
 rl = rollup_latency.c
 
@@ -98,13 +102,14 @@ def lookup_feature(name: str) -> Feature | None:
 
 
 def watermark(run_id: str) -> Select:
-    """The newest `scored_at` of a run: one index probe; it moves whenever rows are stored."""
-    return select(func.max(s.scored_at)).where(s.run_id == run_id)
+    """The newest `scored_at` of a run (kept in its totals row, migration 0020): one primary-key
+    probe, whatever the days kept; it moves whenever rows are stored."""
+    return select(run_totals_table.c.last_scored_at).where(run_totals_table.c.run_id == run_id)
 
 
 def run_totals(run_id: str) -> Select:
-    """The run's counters (kept by triggers, migration 0003) and its first/last scored_at: a
-    primary-key probe and two index probes, one round trip. Zeros for a run with nothing stored."""
+    """The run's counters and its first/last scored_at, all kept by triggers (migrations 0003,
+    0020): one primary-key probe. Zeros (and no times) for a run with nothing stored."""
     r = run_totals_table.c
     counters = [
         func.coalesce(column_, 0).label(column_.name)
@@ -112,8 +117,8 @@ def run_totals(run_id: str) -> Select:
     ]
     return select(
         *counters,
-        select(func.min(s.scored_at)).where(s.run_id == run_id).scalar_subquery().label("first"),
-        select(func.max(s.scored_at)).where(s.run_id == run_id).scalar_subquery().label("last"),
+        r.first_scored_at.label("first"),
+        r.last_scored_at.label("last"),
     ).select_from(
         select(literal(1).label("one")).subquery("one").outerjoin(run_totals_table, r.run_id == run_id)
     )
@@ -251,6 +256,44 @@ def transaction_page(
 
 #: The score columns of a listed transaction.
 _SCORE_COLUMNS = (s.score, s.recon_error, s.alert, s.model_version, s.scored_at, s.latency_ms)
+
+
+def is_alert_list(where: ListFilter) -> bool:
+    """The run's alerts with no other filter: paged from `alert_keys` (`alert_page`)."""
+    return where == ListFilter(where.run_id, alert=True)
+
+
+def alert_page(run_id: str, limit: int, after: tuple[datetime, str] | None) -> Select:
+    """One page of the run's alerts, newest first by (scored_at, id), as keys: a range of
+    `ix_alert_keys_newest` (migration 0021), no partition of the history opened; `limit + 1`
+    keys, so the caller knows whether another page exists. Then `listed_rows`."""
+    where: list[ColumnElement] = [ak.run_id == run_id]
+    if after is not None:
+        where.append(tuple_(ak.scored_at, ak.id) < tuple_(literal(after[0]), literal(after[1])))
+    return (
+        select(ak.id, ak.day, ak.scored_at)
+        .where(*where)
+        .order_by(ak.scored_at.desc(), ak.id.desc())
+        .limit(literal_column(str(int(limit) + 1)))
+    )
+
+
+def listed_rows(run_id: str, keys: list[tuple[str, int]], with_features: bool) -> Select:
+    """The listed columns of these (id, data day) keys, newest first by (scored_at, id).
+
+    The days (numbers from `alert_keys`, never text from a request) are written into the
+    statement, so the planner keeps only those days' partitions: the others are neither
+    read nor locked, however many days are kept (a page is usually one or two days).
+    """
+    days = [literal_column(str(int(day))) for day in sorted({day for _, day in keys})]
+    ids = literal([id_ for id_, _ in keys], ARRAY(Text))
+    features = PCA_DB_COLUMNS if with_features else []
+    return (
+        select(t.id, t.run_id, t.time, t.amount, t.label, *_SCORE_COLUMNS, *features)
+        .select_from(_JOIN)
+        .where(s.run_id == run_id, s.day.in_(days), s.id == any_(ids), t.run_id == run_id, t.day.in_(days))
+        .order_by(s.scored_at.desc(), s.id.desc())
+    )
 
 
 def raw_features(run_id: str, ids: list[str]) -> Select:
@@ -585,12 +628,13 @@ def backtest_one(run_id: str) -> Select:
     return select(backtest_runs).where(backtest_runs.c.id == run_id)
 
 
-RunCounter = Literal["transactions", "labelled", "frauds", "scored", "alerts"]
+RunCounter = Literal["transactions", "labelled", "frauds", "scored", "alerts", "backlog"]
 
 
 def run_counter(run_id: str, counter: RunCounter) -> Select:
-    """One of the run's counters (`frauds`: inline label 1; `scored`: rows scored so far), kept
-    by triggers (migration 0003): a primary-key probe, 0 for a run with nothing stored."""
+    """One of the run's counters (`frauds`: inline label 1; `scored`: rows scored so far;
+    `backlog`: the live run's queued alerts), kept by triggers (migrations 0003, 0019): a
+    primary-key probe, 0 for a run with nothing stored."""
     value = run_totals_table.c[counter]
     return select(
         func.coalesce(select(value).where(run_totals_table.c.run_id == run_id).scalar_subquery(), 0)

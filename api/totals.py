@@ -1,8 +1,8 @@
 """A run's totals and watermark: the one way the API reads them.
 
-The counters (transactions, labelled, frauds, scored, alerts) are kept per run by
-triggers (migration 0003), so reading them is a primary-key probe, not a scan; the first
-and last `scored_at` are two index probes. `/api/stats` reads them on every request (a
+The counters (transactions, labelled, frauds, scored, alerts) and the first and last
+`scored_at` are kept per run by triggers (migrations 0003, 0020), so reading them is one
+primary-key probe, not a scan nor a probe per data-day partition. `/api/stats` reads them on every request (a
 stored row counts at once, whoever stored it); the aggregates read them inside their own
 snapshot to know whether a run has unlabelled rows.
 """

@@ -155,7 +155,7 @@ def test_the_review_queue_follows_alerts_and_analyst_verdicts(database_url: str)
             conn, scored(["q1", "q2", "q3", "early", "calm"], alerts=[True, True, True, True, False])
         )
         await store_scored(conn, scored(["q1", "bt"], alerts=[True, True], run_id="bt-1"))  # backtests: never
-        queued = [r["transaction_id"] for r in await conn.fetch("SELECT * FROM review_queue ORDER BY 1")]
+        queued = await _queue_and_backlog(conn)
         await store_labels(
             conn,
             [
@@ -163,15 +163,54 @@ def test_the_review_queue_follows_alerts_and_analyst_verdicts(database_url: str)
                 verdict("q2", 1, at=NOW),
             ],
         )
-        after = [r["transaction_id"] for r in await conn.fetch("SELECT * FROM review_queue ORDER BY 1")]
+        after = await _queue_and_backlog(conn)
         await conn.execute("DELETE FROM scores WHERE run_id = '' AND id = 'q3'")
-        deleted = [r["transaction_id"] for r in await conn.fetch("SELECT * FROM review_queue ORDER BY 1")]
-        return queued, after, deleted
+        deleted = await _queue_and_backlog(conn)
+        await conn.execute("TRUNCATE review_queue")
+        return queued, after, deleted, await _queue_and_backlog(conn)
 
-    queued, after, deleted = run(database_url, work)
-    assert queued == ["q1", "q2", "q3"]
-    assert after == ["q1", "q3"]
-    assert deleted == ["q1"]
+    queued, after, deleted, truncated = run(database_url, work)
+    assert queued == (["q1", "q2", "q3"], 3)
+    assert after == (["q1", "q3"], 2)
+    assert deleted == (["q1"], 1)
+    assert truncated == ([], 0)
+
+
+async def _queue_and_backlog(conn: asyncpg.Connection) -> tuple[list[str], int]:
+    """The queued alerts, and the backlog counter (migration 0019) beside them."""
+    queued = [
+        r["transaction_id"] for r in await conn.fetch("SELECT transaction_id FROM review_queue ORDER BY 1")
+    ]
+    return queued, await conn.fetchval("SELECT backlog FROM run_totals WHERE run_id = ''")
+
+
+@pytest.mark.parametrize("first", ["alert", "verdict"])
+def test_a_verdict_given_while_its_alert_is_written_never_stays_queued(database_url: str, first: str) -> None:
+    """Neither side sees the other's uncommitted row: without a lock both go ahead, and the
+    reviewed alert stays queued and counted. Whichever commits second must see the first."""
+    alert, review = scored(["racing"], alerts=[True]), verdict("racing", 1, at=NOW)
+
+    async def work(conn):
+        other = await asyncpg.connect(database_url)
+        try:
+            holder, waiter = (conn, other) if first == "alert" else (other, conn)
+            async with holder.transaction():
+                if first == "alert":
+                    await store_scored(holder, alert)
+                    second = asyncio.create_task(store_labels(waiter, [review]))
+                else:
+                    await store_labels(holder, [review])
+                    second = asyncio.create_task(store_scored(waiter, alert))
+                await asyncio.sleep(0.5)
+                blocked = not second.done()
+            await second
+        finally:
+            await other.close()
+        return blocked, await _queue_and_backlog(conn)
+
+    blocked, (queued, backlog) = run(database_url, work)
+    assert blocked, "the second writer went ahead while the first had not committed"
+    assert (queued, backlog) == ([], 0)
 
 
 def test_a_refused_source_never_reaches_the_table(database_url: str) -> None:

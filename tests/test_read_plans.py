@@ -76,7 +76,9 @@ def _bound(statement: Select) -> tuple[str, list]:
     return compiled.string, [compiled.params[name] for name in compiled.positiontup]
 
 
-def _statements(newest, since, some_ids: list[str]) -> dict[str, tuple[str, list]]:
+def _statements(
+    newest, since, some_ids: list[str], newest_alerts: list[tuple[str, int]]
+) -> dict[str, tuple[str, list]]:
     v14, v17 = queries.FEATURES["v14"], queries.FEATURES["v17"]
     minute = timedelta(minutes=1)
     after = (newest, "p299999")
@@ -105,9 +107,12 @@ def _statements(newest, since, some_ids: list[str]) -> dict[str, tuple[str, list
         "frauds page after": queries.transaction_page(
             queries.ListFilter(LIVE_RUN, label=1), 100, after, True
         ),
-        "alerts page": queries.transaction_page(queries.ListFilter(LIVE_RUN, alert=True), 100, None, True),
-        "alerts page after": queries.transaction_page(
-            queries.ListFilter(LIVE_RUN, alert=True), 100, after, True
+        # the alert list: keys from `alert_keys` (0021), then the rows of the page's days only
+        "alerts page": queries.alert_page(LIVE_RUN, 100, None),
+        "alerts page after": queries.alert_page(LIVE_RUN, 100, after),
+        "alert rows": queries.listed_rows(LIVE_RUN, newest_alerts, True),
+        "alerts filtered page": queries.transaction_page(
+            queries.ListFilter(LIVE_RUN, alert=True, time_from=1000.0), 100, None, True
         ),
         "backtest page": queries.transaction_page(queries.ListFilter(BACKTEST), 100, None, False),
         "high scores page": queries.transaction_page(
@@ -158,10 +163,10 @@ def _statements(newest, since, some_ids: list[str]) -> dict[str, tuple[str, list
 
 #: Statements that read single rows or pages: they must go through an index of scores/transactions.
 INDEXED = (
-    "watermark",
     "page",
     "frauds page",
-    "alerts page",
+    "alert rows",
+    "alerts filtered page",
     "backtest page",
     "high scores page",
     "data time page",
@@ -238,7 +243,13 @@ def test_analytics_reads_never_scan_the_history(database_url: str) -> None:
             since = newest - timedelta(minutes=5)
             some_ids = [f"p{g}" for g in range(1, 400, 19)]
             found = {}
-            for name, (sql, args) in _statements(newest, since, some_ids).items():
+            newest_alerts = [
+                (r["id"], r["day"])
+                for r in await conn.fetch(
+                    "SELECT id, day FROM scores WHERE run_id = '' AND alert ORDER BY scored_at DESC, id DESC LIMIT 15"
+                )
+            ]
+            for name, (sql, args) in _statements(newest, since, some_ids, newest_alerts).items():
                 rows = await conn.fetch("EXPLAIN " + sql, *args)
                 found[name] = "\n".join(r[0] for r in rows)
             partial = {
@@ -284,14 +295,29 @@ def test_analytics_reads_never_scan_the_history(database_url: str) -> None:
     # found among all rows in scored order (`alert IS TRUE` once missed `WHERE alert`)
     for names, index in (
         (("frauds page", "frauds page after", "scatter frauds"), "ix_scores_frauds"),
-        (("alerts page", "alerts page after"), "ix_scores_alerts"),
+        (("alerts filtered page",), "ix_scores_alerts"),
         (("scatter fraud probes",), "ix_transactions_frauds"),
     ):
         for name in names:
             used = set(re.findall(r"(?:Index Scan|Bitmap Index Scan)(?: Backward)? using (\w+)", found[name]))
             assert used & partial[index], found[name]
-    # the window reads touch the rollups only
+    # the alert list's keys come from their own index, its rows from the page's days only
+    for name in ("alerts page", "alerts page after"):
+        assert "ix_alert_keys_newest" in found[name] and not re.search(
+            r"on (transactions|scores)", found[name]
+        )
+    days = set(re.findall(r"(?:transactions|scores)_day_\d+", found["alert rows"]))
+    assert days and len(days) <= 4, found["alert rows"]
+    # the window reads touch the rollups only; totals, watermark and backlog their counters;
+    # the feedback summary the keys of the rows and the alerts, never a partition
     for name in (
+        "watermark",
+        "run totals",
+        "backlog",
+        "reviewed",
+        "reviewed by hour",
+        "chargebacks",
+        "chargebacks by hour",
         "stats window",
         "stats latency",
         "timeseries",

@@ -280,11 +280,40 @@ async def _scenario(database_url: str) -> None:
         )
         assert await _actual(conn) == before
 
+        # each run's first and last scored_at (migration 0020) through the rarer writes too:
+        # a hand edit of a time, a delete of the run's first and last rows, a truncate
+        await _check_span(conn)
+        await conn.execute(
+            "UPDATE scores SET scored_at = scored_at - interval '3 days' WHERE run_id = $1 AND id = 'r7'", RUN
+        )
+        await _check_span(conn)
+        await conn.execute(
+            "DELETE FROM scores WHERE (run_id, scored_at) IN "
+            "(SELECT run_id, min(scored_at) FROM scores GROUP BY 1 UNION SELECT run_id, max(scored_at) FROM scores GROUP BY 1)"
+        )
+        await _check_span(conn)
         await conn.execute("TRUNCATE transactions, scores")
         assert not any((await _actual(conn)).values())
+        assert (
+            await conn.fetch("SELECT 1 FROM run_totals WHERE first_scored_at IS NOT NULL OR scored <> 0")
+            == []
+        )
     finally:
         await conn.close()
         await other.close()
+
+
+async def _check_span(conn: asyncpg.Connection) -> None:
+    """Every run's totals row holds its scored rows' count, alerts and first / last scored_at."""
+    stored = await conn.fetch(
+        "SELECT run_id, count(*), count(*) FILTER (WHERE alert), min(scored_at), max(scored_at) "
+        "FROM scores GROUP BY run_id ORDER BY run_id"
+    )
+    kept = await conn.fetch(
+        "SELECT run_id, scored, alerts, first_scored_at, last_scored_at FROM run_totals "
+        "WHERE scored <> 0 OR first_scored_at IS NOT NULL ORDER BY run_id"
+    )
+    assert len(stored) > 1 and [tuple(r) for r in kept] == [tuple(r) for r in stored]
 
 
 def test_rollups_equal_numpy_over_the_stored_rows_exactly_once(database_url: str) -> None:

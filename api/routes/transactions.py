@@ -37,10 +37,18 @@ async def _page(
     conn, where: queries.ListFilter, limit: int, cursor: str | None, with_features: bool
 ) -> tuple[list, str | None]:
     after = decode_cursor(cursor) if cursor else None
-    rows = (await conn.execute(queries.transaction_page(where, limit, after, with_features))).all()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    next_cursor = encode_cursor(rows[-1].scored_at, rows[-1].id) if more else None
+    if queries.is_alert_list(where):  # keys from the small alert index, then only their days' rows
+        keys = (await conn.execute(queries.alert_page(where.run_id, limit, after))).all()
+        more, keys = len(keys) > limit, keys[:limit]
+        listed = queries.listed_rows(where.run_id, [(k.id, k.day) for k in keys], with_features)
+        rows = (await conn.execute(listed)).all() if keys else []
+        last = keys[-1] if keys else None
+    else:
+        rows = (await conn.execute(queries.transaction_page(where, limit, after, with_features))).all()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        last = rows[-1] if rows else None
+    next_cursor = encode_cursor(last.scored_at, last.id) if more and last is not None else None
     return rows, next_cursor
 
 

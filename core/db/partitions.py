@@ -269,6 +269,7 @@ async def _drop_day(conn: asyncpg.Connection, day: int, report: MaintenanceRepor
             statements.append(f"LOCK TABLE {transactions} IN ACCESS EXCLUSIVE MODE")
         statements.append(f"SELECT rollup_fold_day({day})")
         statements.append(f"DELETE FROM review_queue q USING {scores} s WHERE q.transaction_id = s.id")
+        statements.append(f"DELETE FROM alert_keys WHERE run_id = '' AND day = {int(day)}")
     if "transactions" in existing:
         statements.append(
             f"DELETE FROM transaction_keys k USING {transactions} t WHERE k.run_id = '' AND k.id = t.id"

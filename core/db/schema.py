@@ -210,15 +210,19 @@ backtest_runs = Table(
 )
 
 #: Per-run counters, kept by statement-level triggers on `transactions` and `scores`
-#: (migration 0003): the API's totals without scanning either table.
+#: (migration 0003): the API's totals without scanning either table; `backlog` (the live
+#: run's row only): the rows of `review_queue`, kept by its own triggers (migration 0019);
+#: the first and last `scored_at` of the run, kept by the trigger on `scores` (0020).
 run_totals = Table(
     "run_totals",
     metadata,
     Column("run_id", Text, nullable=False),
     *(
         Column(name, BigInteger, nullable=False, server_default=text("0"))
-        for name in ("transactions", "labelled", "frauds", "scored", "alerts")
+        for name in ("transactions", "labelled", "frauds", "scored", "alerts", "backlog")
     ),
+    Column("first_scored_at", TIMESTAMP(timezone=True), nullable=True),
+    Column("last_scored_at", TIMESTAMP(timezone=True), nullable=True),
     PrimaryKeyConstraint("run_id", name="pk_run_totals"),
 )
 
@@ -333,6 +337,19 @@ review_queue = Table(
     PrimaryKeyConstraint("transaction_id", name="pk_review_queue"),
     Index("ix_review_queue_score", text("score DESC"), text("transaction_id DESC")),
     Index("ix_review_queue_age", "scored_at", "transaction_id"),
+)
+
+#: Every run's alerting scores by `scored_at` (migration 0021), kept by triggers on `scores`:
+#: the alert list and the feedback summary find alerts without touching the day partitions.
+alert_keys = Table(
+    "alert_keys",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("id", Text, nullable=False),
+    Column("day", Integer, nullable=False),
+    Column("scored_at", TIMESTAMP(timezone=True), nullable=False),
+    PrimaryKeyConstraint("run_id", "id", name="pk_alert_keys"),
+    Index("ix_alert_keys_newest", "run_id", text("scored_at DESC"), text("id DESC")),
 )
 
 # --------------------------------------------------------------------------- rollups (migration 0009)
