@@ -27,8 +27,9 @@ At each step N (cumulative):
 - **reads**: each analytics GET against a real API process with its result cache off
   (`--requests` each, one at a time, after a warm-up): p50 and p99;
 - **refresh cost**: the CPU seconds PostgreSQL (all its processes) spends per minute keeping
-  the Live page fresh: its four requests every 1.5 s (its default refresh), cache off, for
-  `--refresh-seconds`, less the idle server's CPU over as long;
+  the Live page fresh: its four requests every 1.5 s (its default refresh), cache off, after
+  a warm-up, in slices alternating with the idle server's over `--refresh-seconds` each,
+  less the idle server's CPU;
 - the database's size on disk.
 
 The machine line and the load average come first and last: the machine is shared, and a
@@ -232,27 +233,35 @@ async def _write_cost(
     return off, on
 
 
-async def _refresh_cost(port: int, postgres_pid: int, seconds: float) -> float:
+async def _refresh_cost(port: int, postgres_pid: int, seconds: float, slices: int = 6) -> float:
     """PostgreSQL CPU seconds per minute spent answering the Live page (its requests every
-    `LIVE_REFRESH_SECONDS`, the API's cache off), less what the server spends idle over as long.
+    `LIVE_REFRESH_SECONDS`, the API's cache off), less what the server spends idle.
 
     Every PostgreSQL process counts (the postmaster's tree: backends, background workers),
-    so work a request leaves behind (e.g. a sort spilled to disk) is in the figure too."""
+    so work a request leaves behind (e.g. a sort spilled to disk) is in the figure too. The
+    page refreshes a while first, as a page left open does (each pooled connection has its
+    statements prepared then); then `slices` idle and busy slices alternate over `seconds`
+    each, so a checkpoint or an autovacuum lands in either kind alike, not in one of two."""
     meter = CpuMeter({"postgres": (postgres_pid, True)})
-    before = meter.sample()
-    await asyncio.sleep(seconds)
-    idle = meter.sample().seconds["postgres"] - before.seconds["postgres"]
     requests = [_request("GET", path, port) for path in LIVE_PAGE]
-    before = meter.sample()
-    started = time.perf_counter()
-    ticks = 0
-    while (elapsed := time.perf_counter() - started) < seconds:
-        await asyncio.sleep(max(0.0, ticks * LIVE_REFRESH_SECONDS - elapsed))
-        await load(port, requests, len(requests), total=len(requests))  # as the page's callbacks: at once
-        ticks += 1
-    busy = meter.sample().seconds["postgres"] - before.seconds["postgres"]
-    wall = time.perf_counter() - started
-    return max(0.0, busy - idle * wall / seconds) * 60.0 / wall
+
+    async def refresh(for_seconds: float) -> None:
+        started, ticks = time.perf_counter(), 0
+        while (elapsed := time.perf_counter() - started) < for_seconds:
+            await asyncio.sleep(max(0.0, ticks * LIVE_REFRESH_SECONDS - elapsed))
+            await load(port, requests, len(requests), total=len(requests))  # as the page's callbacks: at once
+            ticks += 1
+
+    await refresh(min(15.0, seconds))
+    spent = {False: 0.0, True: 0.0}
+    walls = {False: 0.0, True: 0.0}
+    for _ in range(slices):
+        for busy in (False, True):
+            before, started = meter.sample(), time.perf_counter()
+            await (refresh(seconds / slices) if busy else asyncio.sleep(seconds / slices))
+            spent[busy] += meter.sample().seconds["postgres"] - before.seconds["postgres"]
+            walls[busy] += time.perf_counter() - started
+    return max(0.0, spent[True] / walls[True] - spent[False] / walls[False]) * 60.0
 
 
 async def _reads(port: int, requests: int) -> dict[str, tuple[float, float, int]]:
@@ -422,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         "--refresh-seconds",
         type=float,
         default=60.0,
-        help="how long the Live page's refreshes are measured per step (and the idle server before)",
+        help="how long the Live page's refreshes are measured per step (and the idle server, in alternating slices)",
     )
     args = parser.parse_args(argv)
     args.data = args.data or SAMPLE_PATH
