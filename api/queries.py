@@ -15,10 +15,10 @@ from typing import Literal
 from sqlalchemy import (
     BigInteger,
     Double,
+    Integer,
     Select,
     Text,
     and_,
-    any_,
     case,
     cast,
     column,
@@ -281,18 +281,48 @@ def alert_page(run_id: str, limit: int, after: tuple[datetime, str] | None) -> S
 def listed_rows(run_id: str, keys: list[tuple[str, int]], with_features: bool) -> Select:
     """The listed columns of these (id, data day) keys, newest first by (scored_at, id).
 
-    The days (numbers from `alert_keys`, never text from a request) are written into the
-    statement, so the planner keeps only those days' partitions: the others are neither
-    read nor locked, however many days are kept (a page is usually one or two days).
+    Each key looks up its score and its transaction by primary key (a lateral subquery per
+    key, kept apart by `OFFSET 0`), only in the keys' days' partitions: the days (numbers
+    from `alert_keys`, never text from a request) are written into the statement, so the
+    planner keeps no other partition, and no other is read or locked, however many days
+    are kept. (A plain join was tried first: a day partition filled since it was last
+    analyzed looked nearly empty to the planner, which then drove the join from a scan of
+    the whole day.)
     """
     days = [literal_column(str(int(day))) for day in sorted({day for _, day in keys})]
-    ids = literal([id_ for id_, _ in keys], ARRAY(Text))
+    k = (
+        func.unnest(
+            literal([id_ for id_, _ in keys], ARRAY(Text)), literal([day for _, day in keys], ARRAY(Integer))
+        )
+        .table_valued("id", "day")
+        .render_derived()
+        .alias("k")
+    )
+    score = (
+        select(*_SCORE_COLUMNS)
+        .where(s.run_id == run_id, s.id == k.c.id, s.day == k.c.day, s.day.in_(days))
+        .offset(literal_column("0"))
+        .lateral("ks")
+    )
     features = PCA_DB_COLUMNS if with_features else []
+    row = (
+        select(t.id, t.run_id, t.time, t.amount, t.label, *features)
+        .where(t.run_id == run_id, t.id == k.c.id, t.day == k.c.day, t.day.in_(days))
+        .offset(literal_column("0"))
+        .lateral("kt")
+    )
     return (
-        select(t.id, t.run_id, t.time, t.amount, t.label, *_SCORE_COLUMNS, *features)
-        .select_from(_JOIN)
-        .where(s.run_id == run_id, s.day.in_(days), s.id == any_(ids), t.run_id == run_id, t.day.in_(days))
-        .order_by(s.scored_at.desc(), s.id.desc())
+        select(
+            row.c.id,
+            row.c.run_id,
+            row.c.time,
+            row.c.amount,
+            row.c.label,
+            *(score.c[c.name] for c in _SCORE_COLUMNS),
+            *(row.c[c.name] for c in features),
+        )
+        .select_from(k.join(score, true()).join(row, true()))
+        .order_by(score.c.scored_at.desc(), row.c.id.desc())
     )
 
 

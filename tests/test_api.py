@@ -170,6 +170,22 @@ def test_anomalies_and_alerts(http: httpx.Client, api_db: StoredSample) -> None:
     assert len(anomalies) == int(api_db.labels.sum()) and {a["label"] for a in anomalies} == {1}
     alerts = all_pages(http, "/api/alerts", limit=1000, features="false")
     assert len(alerts) == int(api_db.alert.sum()) and all(a["alert"] for a in alerts)
+    # small pages (keys from `alert_keys`, then each page's rows): the same alerts in the same
+    # order, newest first, each with its stored values
+    paged = all_pages(http, "/api/alerts", limit=7)
+    assert [a["id"] for a in paged] == [a["id"] for a in alerts]
+    order = [(a["scored_at"], a["id"]) for a in paged]
+    assert order == sorted(order, reverse=True)
+    position = {id_: i for i, id_ in enumerate(api_db.ids)}
+    for item in paged:
+        i = position[item["id"]]
+        assert (item["time"], item["amount"], item["label"]) == (
+            api_db.raw[i, 0],
+            api_db.raw[i, -1],
+            api_db.labels[i],
+        )
+        assert [item["features"][name] for name in PCA_COLUMNS] == api_db.raw[i, 1:-1].tolist()
+        assert item["score"] == pytest.approx(api_db.score[i])
     explained = http.get("/api/alerts", params={"limit": 5, "explain": "true", "top": 3}).json()["items"]
     assert len(explained) == 5
     for item in explained:
