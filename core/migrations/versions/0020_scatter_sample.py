@@ -156,11 +156,12 @@ _LOCK = """
     PERFORM 1 FROM scatter_sample_state g WHERE (g.run_id, g.day) IN ({affected})
     ORDER BY g.run_id, g.day, g.fraud FOR UPDATE;"""
 
-#: Rows `{rows}` (run_id, id, day, fraud, key) leave their group (`fraud`): out of the sample and counts.
+#: Rows `{rows}` (run_id, id, day, fraud) leave their group (`fraud`): out of the sample and
+#: counts. Matched by id in the group, not by key: a run's delete need not hash every row.
 _LEAVE = """
     WITH out AS ({rows}), gone AS (
         DELETE FROM scatter_sample x USING out o
-        WHERE x.run_id = o.run_id AND x.day = o.day AND x.fraud = o.fraud AND x.key = o.key AND x.id = o.id
+        WHERE x.run_id = o.run_id AND x.day = o.day AND x.fraud = o.fraud AND x.id = o.id
         RETURNING x.run_id, x.day, x.fraud
     ), counts AS (
         SELECT o.run_id, o.day, o.fraud, count(*) AS n FROM out o GROUP BY 1, 2, 3
@@ -197,7 +198,7 @@ BEGIN
     UPDATE scatter_sample x SET label = c.label FROM ({_RELABELLED}) c
     WHERE c.was = c.now AND x.run_id = c.run_id AND x.day = c.day AND x.fraud = c.now AND x.key = c.key
       AND x.id = c.id;
-    {_LEAVE.format(rows=f"SELECT run_id, id, day, was AS fraud, key FROM ({_RELABELLED}) c WHERE was <> now")}
+    {_LEAVE.format(rows=f"SELECT run_id, id, day, was AS fraud FROM ({_RELABELLED}) c WHERE was <> now")}
     -- into the new class: counted, and sampled if under that group's threshold
     WITH c AS ({_RELABELLED} AND coalesce(o.label = 1, false) <> coalesce(n.label = 1, false)), groups AS (
         INSERT INTO scatter_sample_state AS g (run_id, day, fraud, total, sampled, threshold)
@@ -226,7 +227,7 @@ _FORGET_SCORES = f"""
 CREATE FUNCTION scatter_sample_forget_scores() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     {_LOCK.format(affected=_DELETED_DAYS)}
-    {_LEAVE.format(rows="SELECT o.run_id, o.id, o.day, o.fraud, scatter_key(o.run_id, o.id) AS key FROM old_rows o")}
+    {_LEAVE.format(rows="SELECT o.run_id, o.id, o.day, o.fraud FROM old_rows o")}
     {_SETTLE.format(affected=_DELETED_DAYS)}
     RETURN NULL;
 END
