@@ -14,6 +14,7 @@ from typing import Literal
 
 from sqlalchemy import (
     BigInteger,
+    CompoundSelect,
     Double,
     Integer,
     Select,
@@ -21,17 +22,15 @@ from sqlalchemy import (
     and_,
     case,
     cast,
-    column,
+    false,
     func,
     literal,
     literal_column,
     not_,
-    or_,
     select,
-    table,
-    tablesample,
     true,
     tuple_,
+    union_all,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql.elements import ColumnElement
@@ -46,6 +45,7 @@ from core.db.schema import (
     rollup_latency,
     rollup_minutes,
     rollup_score_hours,
+    scatter_sample,
     scores,
     transactions,
 )
@@ -412,110 +412,31 @@ def histogram_of_label(
 # --------------------------------------------------------------------------- scatter
 
 
-def table_rows_estimate() -> Select:
-    """The planner's row estimate of `transactions` (free: no scan)."""
-    pg_class = table("pg_class", column("reltuples"), column("oid"))
-    return select(pg_class.c.reltuples).where(pg_class.c.oid == func.to_regclass("transactions"))
+def scatter_points(x: Feature, y: Feature, run_id: str, frauds: int, normals: int) -> CompoundSelect:
+    """The run's `frauds` frauds and `normals` normal rows with the smallest keys, each class in
+    key order, from the sample the write path keeps (`scatter_sample`, migration 0022): one
+    range of `ix_scatter_sample_read` per class, no join. The smallest keys of the day samples
+    are the smallest of all the run's retained rows (up to `scatter_sample_k()` per class), so
+    this is a uniform sample without replacement, the same at every call."""
+    c = scatter_sample.c
 
-
-def _transaction_columns(x: Feature, y: Feature, tc) -> list:
-    """What a sample takes from `transactions` (x may equal y: each column once)."""
-    own = [tc[f.column.name] for f in (x, y) if f.column.table is transactions]
-    return list(dict.fromkeys([tc.id, tc.run_id, tc.day, tc.label, *own]))
-
-
-def _scatter_points(x: Feature, y: Feature, picked, source=None) -> Select:
-    """The points of `picked` (a sample of `transactions`), joined to their scores by primary
-    key; `source`: what `picked` is joined from (the probes of a lateral sample)."""
-    pc = picked.c
-    x_col = s[x.column.name] if x.column.table is scores else pc[x.column.name]
-    y_col = s[y.column.name] if y.column.table is scores else pc[y.column.name]
-    rows = picked if source is None else source.join(picked, true())
-    return select(pc.id, x_col.label("x"), y_col.label("y"), pc.label, s.score, s.alert).select_from(
-        rows.join(scores, and_(s.run_id == pc.run_id, s.id == pc.id, s.day == pc.day))
-    )
-
-
-def scatter_frauds(x: Feature, y: Feature, run_id: str, n: int) -> Select:
-    """A uniform sample of a run with few frauds: picked among the scores of the run's frauds
-    (their partial index, migration 0016) BEFORE the join, so only those `n` are looked up in
-    `transactions` (by primary key, in their day's partition). O(the run's frauds)."""
-    picked = (
-        select(s.run_id, s.id, s.day, s.score, s.alert, s.recon_error)
-        .where(s.run_id == run_id, s.fraud)
-        .order_by(func.random())
-        .limit(n)
-        .subquery("picked")
-    )
-    pc = picked.c
-    x_col = pc[x.column.name] if x.column.table is scores else t[x.column.name]
-    y_col = pc[y.column.name] if y.column.table is scores else t[y.column.name]
-    return select(pc.id, x_col.label("x"), y_col.label("y"), t.label, pc.score, pc.alert).select_from(
-        picked.join(transactions, and_(t.run_id == pc.run_id, t.id == pc.id, t.day == pc.day))
-    )
-
-
-def fraud_hours(run_id: str) -> Select:
-    """The run's data hours with frauds (known class 1), and how many: where fraud probes go."""
-    return (
-        select(rhours.hour, func.sum(rhours.scored).cast(BigInteger).label("frauds"))
-        .where(rhours.run_id == run_id, rhours["class"] == 1)
-        .group_by(rhours.hour)
-        .having(func.sum(rhours.scored) > 0)  # relabels can leave an hour at 0
-    )
-
-
-def scatter_fraud_probes(x: Feature, y: Feature, run_id: str, times: list[float]) -> Select:
-    """For each data time, the run's first fraud at or after it in that time's data day: one
-    probe of `ix_transactions_frauds` in one day's partition each, however many frauds the run
-    holds. The caller draws the times; two probes may find the same fraud."""
-    probe = (
-        func.unnest(literal(times, ARRAY(Double)))
-        .table_valued("t", with_ordinality="n")
-        .render_derived()
-        .alias("probe")
-    )
-    hit = (
-        select(*_transaction_columns(x, y, t))
-        .where(
-            t.run_id == run_id,
-            t.label == literal_column("1"),  # in the text: a generic plan still proves the index predicate
-            t.day == func.data_day(probe.c.t),
-            t.time >= probe.c.t,
+    def smallest(fraud: bool, n: int) -> Select:
+        return (
+            select(
+                c.id,
+                c[x.column.name].label("x"),
+                c[y.column.name].label("y"),
+                c.label,
+                c.score,
+                c.alert,
+                c.fraud,
+            )
+            .where(c.run_id == run_id, c.fraud == (true() if fraud else false()))
+            .order_by(c.key, c.id)
+            .limit(n)
         )
-        .order_by(t.time)
-        .limit(literal_column("1"))
-        .lateral("hit")
-    )
-    return _scatter_points(x, y, hit, probe).order_by(probe.c.n)
 
-
-def scatter_normals(x: Feature, y: Feature, run_id: str, n: int, percent: float | None) -> Select:
-    """A random sample of non-fraud rows; with `percent`, from a block sample of that size first.
-
-    TABLESAMPLE SYSTEM reads only the sampled pages (many rows each: cheaper than a probe per
-    row), so this stays fast on the full data; the `n` rows are picked among them BEFORE the
-    join, so only those `n` are looked up in `scores` (by primary key), never the whole table.
-    The caller falls back to `percent=None` (a sort over the run's rows) when the block sample
-    came back short (a small run in a big table).
-
-    `n` and `percent` (numbers, never text from a request) are written into the statement: a
-    prepared statement whose only parameter is the run is then planned once and kept (as a
-    generic plan) instead of planned at every call over every day partition, half of its cost
-    at 10 M rows. `percent` is rounded to two significant digits so the text rarely changes.
-    """
-    tx = transactions
-    if percent is not None:
-        tx = tablesample(transactions, func.system(literal_column(f"{float(percent):.2g}")), name="tx")
-    tc = tx.c
-    picked = (
-        select(*_transaction_columns(x, y, tc))
-        .where(tc.run_id == run_id, or_(tc.label.is_(None), tc.label == literal_column("0")))
-        .order_by(func.random())
-        .limit(literal_column(str(int(n))))
-        .subquery("picked")
-    )
-    return _scatter_points(x, y, picked)
+    return union_all(smallest(True, frauds), smallest(False, normals))
 
 
 # --------------------------------------------------------------------------- model performance

@@ -17,17 +17,13 @@ import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer
 from sklearn.metrics import average_precision_score, roc_auc_score
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from api import queries
 from api.curves import metrics_from_bins
-from api.routes import scatter as scatter_route
 from core.bins import QUANTITY_BINS, SCORE_BINS
-from core.db.urls import sqlalchemy_url
 from core.events import decode_batch
 from core.features import EVENT_FEATURES, PCA_COLUMNS
 from tests.api_fixtures import StoredSample, api_db_fixture, api_settings, serve  # noqa: F401
+from tests.test_scatter_sample import key_of
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -260,6 +256,8 @@ def test_unknown_feature_names(http: httpx.Client) -> None:
 
 
 def test_scatter_is_a_balanced_sample(http: httpx.Client, api_db: StoredSample) -> None:
+    """Half frauds, half normal rows: in each class the rows with the smallest keys (md5 of the
+    run and id, as `tests.test_scatter_sample` recomputes it), with their stored values."""
     data = http.get("/api/scatter", params={"x": "v14", "y": "Amount", "n": 200}).json()
     assert data["x"] == "V14" and data["y"] == "Amount"
     assert data["frauds"] == 100 and data["normals"] == 100
@@ -268,73 +266,14 @@ def test_scatter_is_a_balanced_sample(http: httpx.Client, api_db: StoredSample) 
         i = index[point["id"]]
         assert point["x"] == api_db.raw[i, 14] and point["y"] == api_db.raw[i, -1]
         assert point["label"] == api_db.labels[i]
-    assert sum(p["label"] == 1 for p in data["points"]) == 100
-    assert len({p["id"] for p in data["points"]}) == 200
-
-
-def test_scatter_probes_find_each_times_first_fraud_in_its_day(api_db: StoredSample) -> None:
-    """The probes behind a run with many frauds, checked against numpy on the stored rows."""
-    rng = np.random.default_rng(7)
-    time_ = api_db.raw[:, 0]
-    fraud = api_db.labels == 1
-    last_of_day = [time_[fraud & (np.floor(time_ / 86400) == day)].max() for day in (0, 1)]
-    times = [
-        *rng.uniform(-10.0, 172_900.0, 80),
-        *rng.choice(time_[fraud], 10),
-        *(t + 0.5 for t in last_of_day),
-    ]
-    v14, score = queries.lookup_feature("V14"), queries.lookup_feature("score")
-    statement = queries.scatter_fraud_probes(v14, score, "", times).compile(
-        dialect=postgresql.dialect(paramstyle="numeric_dollar")
-    )
-    params = [statement.params[key] for key in statement.positiontup]
-    found = asyncio.run(_fetch(api_db.database_url, str(statement), *params))
-    expected = []  # per probe with a hit: the ids of the first frauds at or after it, that day
-    for t in times:
-        after = fraud & (np.floor(time_ / 86400) == math.floor(t / 86400)) & (time_ >= t)
-        if after.any():
-            first = time_[after].min()
-            expected.append({api_db.ids[i] for i in np.flatnonzero(after & (time_ == first))})
-    assert len(found) == len(expected) > 60  # the probes after a day's last fraud find none
-    index = {id_: i for i, id_ in enumerate(api_db.ids)}
-    for row, ids in zip(found, expected, strict=True):
-        assert row["id"] in ids
-        i = index[row["id"]]
-        assert (row["x"], row["y"], row["label"]) == (api_db.raw[i, 14], api_db.score[i], 1)
-
-
-def test_scatter_of_a_run_with_many_frauds_samples_them_by_probes(
-    api_db: StoredSample, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Past `SORTED_MAX` frauds, the frauds come from probes: distinct frauds, as many as asked,
-    their values as stored, spread over the run's hours."""
-    monkeypatch.setattr(scatter_route, "SORTED_MAX", 0)
-    v14, amount = queries.lookup_feature("V14"), queries.lookup_feature("Amount")
-
-    async def sample(n: int) -> list:
-        engine = create_async_engine(sqlalchemy_url(api_db.database_url))
-        try:
-            async with engine.connect() as conn:
-                return await scatter_route._sample_frauds(conn, v14, amount, "", n)
-        finally:
-            await engine.dispose()
-
-    index = {id_: i for i, id_ in enumerate(api_db.ids)}
-    rows = asyncio.run(sample(24))  # 492 frauds: at most 1/PROBE_RATIO of them by probes
-    assert len(rows) == 24 and len({r.id for r in rows}) == 24
-    at = [index[r.id] for r in rows]
-    assert all(api_db.labels[i] == 1 for i in at)
-    assert [(r.x, r.y) for r in rows] == [(api_db.raw[i, 14], api_db.raw[i, -1]) for i in at]
-    assert len({math.floor(api_db.raw[i, 0] / 3600) for i in at}) > 12  # many hours, not one stretch
-    assert len(asyncio.run(sample(25))) == 25  # 25 x 20 > 492: the uniform sample among all
-
-
-async def _fetch(url: str, sql: str, *args: object) -> list:
-    conn = await asyncpg.connect(url)
-    try:
-        return await conn.fetch(sql, *args)
-    finally:
-        await conn.close()
+        assert (point["score"], point["alert"]) == (api_db.score[i], api_db.alert[i])
+    by_key = sorted(range(len(api_db.ids)), key=lambda i: (key_of("", api_db.ids[i]), api_db.ids[i]))
+    frauds = [api_db.ids[i] for i in by_key if api_db.labels[i] == 1][:100]
+    normals = [api_db.ids[i] for i in by_key if api_db.labels[i] != 1][:100]
+    assert [p["id"] for p in data["points"]] == frauds + normals
+    wider = http.get("/api/scatter", params={"x": "score", "y": "score", "n": 400}).json()
+    assert [p["id"] for p in wider["points"][:100]] == frauds  # more points add to the same ones
+    assert all(p["x"] == p["y"] == p["score"] for p in wider["points"])
 
 
 # --------------------------------------------------------------------------- model

@@ -268,6 +268,14 @@ def test_retention_drops_exactly_the_old_live_days_and_nothing_else(
                     tuple(r) for r in await conn.fetch("SELECT day, transactions FROM data_days_dropped")
                 ],
                 "state": dict(await conn.fetchrow("SELECT newest_day, dropped FROM maintenance_state")),
+                "sampled": {
+                    (r["run_id"], r["day"])
+                    for r in await conn.fetch("SELECT run_id, day FROM scatter_sample")
+                },
+                "sample_groups": {
+                    (r["run_id"], r["day"])
+                    for r in await conn.fetch("SELECT run_id, day FROM scatter_sample_state")
+                },
             }
         finally:
             await conn.close()
@@ -307,6 +315,9 @@ def test_retention_drops_exactly_the_old_live_days_and_nothing_else(
     } <= {3, 4}
     assert after["dropped"] == [(0, 40), (1, 40), (2, 40)]
     assert after["state"] == {"newest_day": 4, "dropped": 9}
+    # the scatter's sample (0022): the dropped days' share gone with them, the backtest's kept
+    kept_days = {("", 3), ("", 4), *(("bt-keep", d) for d in range(5))}
+    assert after["sampled"] == after["sample_groups"] == kept_days
     assert review.status_code == 404 and "beyond retention" in review.json()["detail"]
     assert "data day 3" in review.json()["detail"]
     assert listed.status_code == 404 and "beyond retention" in listed.json()["detail"]

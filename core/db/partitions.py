@@ -20,8 +20,8 @@ redelivery from a conflict.
 
 `maintain` is one pass of the maintenance task: move rows out of the default partitions
 into their days' partitions, create the next days' partitions, and drop the live days
-beyond retention (`DROP TABLE` of each table's day partition, with that day's keys and
-review-queue entries; its scores not folded into the wide rollups yet are folded first,
+beyond retention (`DROP TABLE` of each table's day partition, with that day's keys,
+review-queue entries and scatter sample; its scores not folded into the wide rollups yet are folded first,
 `rollup_fold_day`, migration 0014). One instance acts at a time (an advisory lock); DDL waits at most
 `LOCK_TIMEOUT` for the tables' locks and is tried again at the next pass, so writers never
 queue behind it for long.
@@ -256,7 +256,8 @@ async def _move_out_of_default(conn: asyncpg.Connection, table: str, report: Mai
 
 
 async def _drop_day(conn: asyncpg.Connection, day: int, report: MaintenanceReport) -> None:
-    """Drop one live data day from every partitioned table, its keys and queued reviews with it."""
+    """Drop one live data day from every partitioned table, its keys, queued reviews and
+    scatter sample with it."""
     statements = []
     scores = day_table("scores", day)
     transactions = day_table("transactions", day)
@@ -279,6 +280,11 @@ async def _drop_day(conn: asyncpg.Connection, day: int, report: MaintenanceRepor
             "ON CONFLICT (day) DO UPDATE SET dropped_at = now(), "
             "transactions = data_days_dropped.transactions + EXCLUDED.transactions"
         )
+    if statements:
+        # the day's share of the scatter's sample (0022): the sample of the days kept stays
+        # the bottom-k of what is kept, so it stays uniform over the retained rows
+        statements.append(f"DELETE FROM scatter_sample WHERE run_id = '' AND day = {day}")
+        statements.append(f"DELETE FROM scatter_sample_state WHERE run_id = '' AND day = {day}")
     names = [day_table(t, day) for t in PARTITIONED if t in existing]
     for table in PARTITIONED:
         if table in existing:

@@ -502,3 +502,38 @@ rollup_known_classes = Table(
     Column("class", SmallInteger, nullable=False),
     PrimaryKeyConstraint("run_id", "transaction_id", name="pk_rollup_known_classes"),
 )
+
+#: The scatter plot's sample (migration 0022): per (run, data day, class) the scored rows whose
+#: key (`scatter_key(run_id, id)`, uniform in [0, 1)) is under the group's `threshold`: every
+#: row while the threshold is 1.0, else at least `scatter_sample_k()` (2,500) rows. Kept by the
+#: write statement (`core.db.store`), relabels, deletes and retention; `GET /api/scatter`
+#: reads a run's smallest keys per class through `ix_scatter_sample_read`.
+scatter_sample_state = Table(
+    "scatter_sample_state",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("day", Integer, nullable=False),
+    Column("fraud", Boolean, nullable=False),  # the class: `scores.fraud` (inline label 1)
+    Column("total", BigInteger, nullable=False),  # the group's scored rows
+    Column("sampled", Integer, nullable=False),  # of them in the sample
+    Column("threshold", Double, nullable=False),
+    PrimaryKeyConstraint("run_id", "day", "fraud", name="pk_scatter_sample_state"),
+)
+
+scatter_sample = Table(
+    "scatter_sample",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("day", Integer, nullable=False),
+    Column("fraud", Boolean, nullable=False),
+    Column("key", Double, nullable=False),
+    Column("id", Text, nullable=False),
+    *(Column(name, Double, nullable=False) for name in FEATURE_COLUMNS),
+    Column("label", SmallInteger, nullable=True),
+    Column("score", Double, nullable=False),
+    Column("recon_error", Double, nullable=False),
+    Column("alert", Boolean, nullable=False),
+    Column("model_version", Text, nullable=False),
+    PrimaryKeyConstraint("run_id", "day", "fraud", "key", "id", name="pk_scatter_sample"),
+    Index("ix_scatter_sample_read", "run_id", "fraud", "key", "id"),
+)

@@ -60,7 +60,7 @@ input AS (
            (extract(epoch FROM clock_timestamp()) - i.produced_at) * 1000.0, coalesce(i.label = 1, false)
     FROM input i JOIN stored s USING (run_id, id)
     ON CONFLICT DO NOTHING
-    RETURNING run_id, id, model_version, alert, scored_at, latency_ms
+    RETURNING run_id, id, day, model_version, alert, scored_at, latency_ms
 )"""
 
 #: The narrow rollups (0009, kept by the statement since 0018): each newly stored score,
@@ -96,7 +96,40 @@ narrow AS MATERIALIZED (
     GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
     ON CONFLICT (run_id, minute, bin) DO UPDATE SET n = l.n + EXCLUDED.n
 )"""
-_INPUT = f"{_INPUT_ONLY},{_NARROW_ROLLUPS}"
+
+#: The scatter plot's sample (migration 0022): per (run, data day, class) the rows with the
+#: smallest keys (`scatter_key`). Each group's counts are upserted first, in key order, and
+#: the upsert answers the group's threshold as it is now (the state row locked, so a prune
+#: in another transaction is waited for); the new rows under it go into the sample. A row
+#: is one of the batch's newly stored ones (`scored`), so a redelivery adds nothing. Pruning
+#: a sample past 2k rows is a trigger on the state (`scatter_sample_prune`).
+_SCATTER_SAMPLE = f"""
+sample_rows AS MATERIALIZED (
+    SELECT DISTINCT ON (c.run_id, c.id) c.run_id, c.id, c.day, c.model_version, coalesce(i.label = 1, false) AS fraud,
+           scatter_key(c.run_id, c.id) AS key, i.position
+    FROM scored c JOIN input i USING (run_id, id)
+    ORDER BY c.run_id, c.id, i.position
+), sample_groups AS (
+    INSERT INTO scatter_sample_state AS g (run_id, day, fraud, total, sampled, threshold)
+    SELECT run_id, day, fraud, count(*), count(*), 1.0 FROM sample_rows GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (run_id, day, fraud) DO UPDATE
+    SET total = g.total + EXCLUDED.total,
+        sampled = g.sampled + (SELECT count(*) FROM sample_rows r
+                               WHERE r.run_id = g.run_id AND r.day = g.day AND r.fraud = g.fraud
+                                 AND r.key < g.threshold)
+    RETURNING g.run_id, g.day, g.fraud, g.threshold
+), sampled AS (
+    INSERT INTO scatter_sample (run_id, day, fraud, key, id, {_FEATURE_LIST}, label, score, recon_error, alert,
+                                model_version)
+    SELECT r.run_id, r.day, r.fraud, r.key, r.id, {", ".join(f"i.{name}" for name in FEATURE_COLUMNS)}, i.label,
+           i.score, i.recon_error, i.alert, r.model_version
+    FROM sample_rows r
+    JOIN sample_groups g ON g.run_id = r.run_id AND g.day = r.day AND g.fraud = r.fraud
+    JOIN input i ON i.position = r.position
+    WHERE r.key < g.threshold
+    ON CONFLICT DO NOTHING
+)"""
+_INPUT = f"{_INPUT_ONLY},{_NARROW_ROLLUPS},{_SCATTER_SAMPLE}"
 
 INSERT_SCORED = f"WITH {_INPUT}\nSELECT count(*) FROM stored"
 
@@ -110,10 +143,11 @@ _ALREADY_STORED = (
     "SELECT i.position - 1 AS position FROM input i LEFT JOIN stored s USING (run_id, id) WHERE s.id IS NULL"
 )
 
-#: The scorer's write: rows, scores, the narrow rollups and the new rows' alerts in one
-#: statement; returns the (0-based) positions of the rows that were already stored.
+#: The scorer's write: rows, scores, the narrow rollups, the scatter's sample and the new
+#: rows' alerts in one statement; returns the (0-based) positions of the rows that were already stored.
 STORE_NEW = f"WITH {_INPUT}, {_OUTBOX}\n{_ALREADY_STORED}\n"
-#: `STORE_NEW` without the narrow rollups: only `bench.scale`'s rollup-free baseline.
+#: `STORE_NEW` without the narrow rollups and the scatter's sample: only `bench.scale`'s
+#: rollup-free baseline.
 STORE_NEW_WITHOUT_ROLLUPS = f"WITH {_INPUT_ONLY}, {_OUTBOX}\n{_ALREADY_STORED}\n"
 
 _SHADOW_VERSION, _SHADOW_POSITIONS, _SHADOW_SCORE, _SHADOW_ERROR, _SHADOW_ALERT = range(_N + 12, _N + 17)
@@ -282,7 +316,8 @@ async def store_new(
 
     Returns the positions of the rows that were already stored: nothing of theirs is
     written (not even their alert or shadow score). Row keys must be unique within the batch.
-    `rollups=False` leaves the narrow rollups out: only for `bench.scale`'s baseline.
+    `rollups=False` leaves the narrow rollups and the scatter's sample out: only for
+    `bench.scale`'s baseline.
     """
     if not len(rows.ids):
         return []
