@@ -41,7 +41,10 @@ depends_on = None
 _LOCK_LIVE_TOTALS = """INSERT INTO run_totals (run_id) VALUES ('') ON CONFLICT (run_id) DO NOTHING;
             PERFORM 1 FROM run_totals WHERE run_id = '' FOR UPDATE;"""
 
-_FOLLOW_SCORES = f"""
+
+def _follow_scores(lock: str) -> str:
+    """The queue's trigger on `scores`; `lock` taken before the verdict check (0008: none)."""
+    return f"""
 CREATE OR REPLACE FUNCTION review_queue_follow_scores() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP IN ('DELETE', 'UPDATE') THEN
@@ -49,7 +52,7 @@ BEGIN
     END IF;
     IF TG_OP IN ('INSERT', 'UPDATE') THEN  -- nested: `new_rows` exists for these only
         IF EXISTS (SELECT 1 FROM new_rows n WHERE n.run_id = '' AND n.alert) THEN
-            {_LOCK_LIVE_TOTALS}
+            {lock}
             INSERT INTO review_queue (transaction_id, score, scored_at)
             SELECT n.id, n.score, n.scored_at FROM new_rows n
             WHERE n.run_id = '' AND n.alert
@@ -65,17 +68,21 @@ BEGIN
 END
 $$"""
 
-_FOLLOW_FEEDBACK = f"""
+
+def _follow_feedback(lock: str) -> str:
+    """The queue's trigger on `feedback`; `lock` taken before the queue is read (0008: none)."""
+    return f"""
 CREATE OR REPLACE FUNCTION review_queue_follow_feedback() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM new_rows n WHERE n.run_id = '' AND n.source = 'analyst') THEN
-        {_LOCK_LIVE_TOTALS}
+        {lock}
         DELETE FROM review_queue q USING new_rows n
         WHERE n.run_id = '' AND n.source = 'analyst' AND q.transaction_id = n.transaction_id;
     END IF;
     RETURN NULL;
 END
 $$"""
+
 
 _COUNT_QUEUE = """
 CREATE FUNCTION review_queue_backlog() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -93,37 +100,6 @@ BEGIN
 END
 $$"""
 
-#: 0008's bodies, for the downgrade.
-_FOLLOW_SCORES_0008 = """
-CREATE OR REPLACE FUNCTION review_queue_follow_scores() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_OP IN ('DELETE', 'UPDATE') THEN
-        DELETE FROM review_queue q USING old_rows o WHERE o.run_id = '' AND q.transaction_id = o.id;
-    END IF;
-    IF TG_OP IN ('INSERT', 'UPDATE') THEN
-        INSERT INTO review_queue (transaction_id, score, scored_at)
-        SELECT n.id, n.score, n.scored_at FROM new_rows n
-        WHERE n.run_id = '' AND n.alert
-          AND NOT EXISTS (SELECT 1 FROM feedback f
-                          WHERE f.run_id = '' AND f.transaction_id = n.id AND f.source = 'analyst')
-        ON CONFLICT (transaction_id) DO NOTHING;
-    END IF;
-    IF TG_OP = 'TRUNCATE' THEN
-        DELETE FROM review_queue;
-    END IF;
-    RETURN NULL;
-END
-$$"""
-
-_FOLLOW_FEEDBACK_0008 = """
-CREATE OR REPLACE FUNCTION review_queue_follow_feedback() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    DELETE FROM review_queue q USING new_rows n
-    WHERE n.run_id = '' AND n.source = 'analyst' AND q.transaction_id = n.transaction_id;
-    RETURN NULL;
-END
-$$"""
-
 
 def _feedback_triggers(prefix: str) -> list[str]:
     return [
@@ -137,8 +113,8 @@ def upgrade() -> None:
     op.add_column(
         "run_totals", sa.Column("backlog", sa.BigInteger(), server_default=sa.text("0"), nullable=False)
     )
-    op.execute(_FOLLOW_SCORES)
-    op.execute(_FOLLOW_FEEDBACK)
+    op.execute(_follow_scores(_LOCK_LIVE_TOTALS))
+    op.execute(_follow_feedback(_LOCK_LIVE_TOTALS))
     for event in ("insert", "update"):
         op.execute(f"DROP TRIGGER review_queue_feedback_{event} ON feedback")
     for statement in _feedback_triggers("then_review_queue_feedback"):
@@ -170,6 +146,7 @@ def downgrade() -> None:
         op.execute(f"DROP TRIGGER IF EXISTS then_review_queue_feedback_{event} ON feedback")
     for statement in _feedback_triggers("review_queue_feedback"):
         op.execute(statement)
-    op.execute(_FOLLOW_FEEDBACK_0008)
-    op.execute(_FOLLOW_SCORES_0008)
+    # 0008's behaviour: the same bodies without the lock
+    op.execute(_follow_feedback(""))
+    op.execute(_follow_scores(""))
     op.drop_column("run_totals", "backlog")

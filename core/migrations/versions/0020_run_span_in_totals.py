@@ -3,8 +3,8 @@
 Every cached read checks its run's watermark (the newest `scored_at`) and `/api/stats` reads
 the run's first and last `scored_at` beside its counters. Both were index probes of `scores`:
 one per data-day partition, each partition and index locked at every call, so their cost
-grew with the days kept (at 70 days: ~0.9 ms a watermark, ~1.8 ms the totals; the Live page
-reads the watermark four times and the totals twice per refresh, most of its database time).
+grew with the days kept (the Live page reads the watermark four times and the totals twice
+per refresh).
 
 - `run_totals.first_scored_at`, `last_scored_at`: kept by 0003's trigger on `scores` with the
   counters it already upserts (least / greatest of each statement's rows, so two writers in
