@@ -401,3 +401,74 @@ def test_the_migration_fills_the_sample_from_the_rows_stored_before(database_url
 
     sizes = asyncio.run(checked())
     assert max(n for _, n in sizes) > 2500  # a group the migration had to cut to its k smallest
+
+
+async def _waiting_for_a_lock(conn: asyncpg.Connection, pid: int) -> bool:
+    return bool(
+        await conn.fetchval("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid)
+    )
+
+
+async def _locked_by_another(conn: asyncpg.Connection, table: str) -> bool:
+    """Does another transaction hold a row of `table` locked?"""
+    try:
+        async with conn.transaction():
+            await conn.execute(f"SELECT 1 FROM {table} FOR UPDATE NOWAIT")
+    except asyncpg.LockNotAvailableError:
+        return True
+    return False
+
+
+#: Each writer's statements, in one transaction (none: the scorer's `store_new`).
+_WRITERS: dict[str, tuple[str, ...]] = {
+    "the scorer's write": (),
+    "a relabel": ("UPDATE transactions SET label = 1 WHERE run_id = '' AND id = 'r0'",),
+    "a delete of scores": ("DELETE FROM scores WHERE run_id = '' AND id = 'r0'",),
+    "a delete of transactions, then scores": (
+        "DELETE FROM transactions WHERE run_id = '' AND id = 'r0'",
+        "DELETE FROM scores WHERE run_id = '' AND id = 'r0'",
+    ),
+}
+
+
+@pytest.mark.parametrize("writer", list(_WRITERS))
+def test_every_writer_locks_the_sample_groups_before_the_run_totals(database_url: str, writer: str) -> None:
+    """One lock order for every writer, or two of them deadlock: the scorer's write takes a
+    day's groups (`scatter_sample_state`) before the run's totals row; so must a relabel or a
+    delete (migration 0023). The groups are held from a third connection: the writer must be
+    waiting for them with the totals row not yet taken."""
+
+    async def run() -> tuple[bool, bool]:
+        conn, holder, other = [await asyncpg.connect(database_url) for _ in range(3)]
+        try:
+            await ensure_days(conn, DAYS)
+            await store_new(conn, batch(["r0", "r1"], [0, 0], [0, None], "", 1), {})
+            hold = holder.transaction()
+            await hold.start()
+            await holder.execute("SELECT 1 FROM scatter_sample_state FOR UPDATE")
+            pid = await other.fetchval("SELECT pg_backend_pid()")
+
+            async def write() -> None:
+                if not _WRITERS[writer]:
+                    await store_new(other, batch(["r2", "r3"], [0, 0], [1, 0], "", 2), {})
+                async with other.transaction():
+                    for statement in _WRITERS[writer]:
+                        await other.execute(statement)
+
+            task = asyncio.ensure_future(write())
+            for _ in range(100):
+                if await _waiting_for_a_lock(conn, pid):
+                    break
+                await asyncio.sleep(0.05)
+            waiting = await _waiting_for_a_lock(conn, pid)
+            totals_taken = await _locked_by_another(conn, "run_totals")
+            await hold.rollback()
+            await task
+            return waiting, totals_taken
+        finally:
+            for c in (conn, holder, other):
+                await c.close()
+
+    waiting, totals_taken = asyncio.run(run())
+    assert waiting, "the writer did not wait for the held groups"
+    assert not totals_taken, "the writer took the run's totals row before the sample's groups"
