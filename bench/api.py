@@ -15,12 +15,15 @@ What it does, all on loopback and in a temporary folder:
    new rows per second through `store_scored` (the live dashboard's case: the data move
    under every answer), with how old each served answer's data were (`X-As-Of`); then
    the `/` heartbeat at concurrency 8 and 32 (what the server itself costs per request)
-   and `/api/predict` at concurrency 1 and 32 (new ids, so every request stores a row).
+   and `/api/predict` at concurrency 1 and 32 (new ids, so every request stores a row),
+   each with the CPU a request cost the API, PostgreSQL and the load generator.
    The machine's load average is sampled during each phase (the machine is shared).
 
 The headline is a ratio measured in the same run, which carries from one machine to
 another: `/api/predict` ÷ the `/` heartbeat at concurrency 32 (target >= 0.8), printed
-with the machine line (`bench.machine`) before the absolute figures.
+with the machine line (`bench.machine`) before the absolute figures, and beside it the
+CPU a prediction cost against what the target leaves it (the machine's CPUs over 0.8 x
+the heartbeat's rate): above 1, no scheduling can reach the target on this machine.
 
 Without `--model` (and no bundle at the default path) it trains a quick one on the
 shipped sample first.

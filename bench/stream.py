@@ -32,8 +32,10 @@ processes, and (without `--model`) trains a small bundle on the shipped sample. 
 
 Prints the machine line (`bench.machine`) and the load average sampled through the run, then
 the headline ratios, measured in this run, that carry from one machine to another:
-end-to-end ÷ the bare consumer, with a shadow ÷ without, and the Faust scorer ÷ the plain loop, then the absolute
-figures, with CPU seconds per 100k events per process. Figures vary with what else runs on
+end-to-end ÷ the bare consumer (and beside it the CPU an event cost against what that target
+leaves it: the machine's CPUs over 0.20 x the bare consumer's rate), with a shadow ÷ without,
+and the Faust scorer ÷ the plain loop, then the absolute figures, with CPU seconds per 100k
+events per process. Figures vary with what else runs on
 the machine: run it on a quiet one.
 """
 
