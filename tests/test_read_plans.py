@@ -229,6 +229,41 @@ async def _fold_plans(conn: asyncpg.Connection) -> dict[str, str]:
     return plans
 
 
+async def _drift_partitions_read(conn: asyncpg.Connection) -> dict[str, tuple[set[str], set[str]]]:
+    """For drift's two row reads: the day partitions of the confined tables a scan actually
+    ran in (EXPLAIN ANALYZE), and those of the days of the rows counted. Each row's other
+    half is probed by primary key with its day, so only its own day's partition is read
+    (not every day's); the data-hour window reads its own days' transactions. (The live
+    minutes find their scores by `scored_at` in every day: that side is not confined.)"""
+    edges = [[-1.0, 0.0, 1.0]] * len(drift.QUANTITY_COLUMNS)
+    quantities = list(drift.QUANTITY_COLUMNS.items())
+    window = 600.0  # the fill's last ~9 minutes of scoring: days 1 and 2
+    reads = {
+        "drift partial hour": (
+            drift._statement(quantities, *drift._BY_DATA_HOUR),
+            [LIVE_RUN, 36_000.0, 37_800.0, VERSION, *edges],
+            "SELECT DISTINCT day FROM transactions WHERE run_id = '' AND time >= 36000 AND time < 37800",
+            ("transactions", "scores"),
+        ),
+        "drift live minutes": (
+            drift._statement(quantities, *drift._RECENT),
+            [LIVE_RUN, window, VERSION, *edges],
+            f"SELECT DISTINCT day FROM scores WHERE run_id = '' AND scored_at >= now() - interval '{window} s'",
+            ("transactions",),
+        ),
+    }
+    out = {}
+    for name, (sql, args, days_sql, confined) in reads.items():
+        explain = "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) " + sql
+        plan = "\n".join(r[0] for r in await conn.fetch(explain, *args))
+        ran = re.findall(r"Scan (?:Backward )?(?:using \w+ )?on ((\w+)_day_\d+) .*?loops=(\d+)\)", plan)
+        days = {r["day"] for r in await conn.fetch(days_sql)}
+        assert days, name
+        read = {part for part, table, loops in ran if int(loops) > 0 and table in confined}
+        out[name] = (read, {f"{table}_day_{day}" for table in confined for day in days})
+    return out
+
+
 def test_analytics_reads_never_scan_the_history(database_url: str) -> None:
     async def plans() -> dict[str, str]:
         conn = await asyncpg.connect(database_url)
@@ -258,6 +293,7 @@ def test_analytics_reads_never_scan_the_history(database_url: str) -> None:
                 }
                 for index in ("ix_scores_frauds", "ix_scores_alerts", "ix_transactions_frauds")
             }
+            probed = await _drift_partitions_read(conn)
             found.update(await _fold_plans(conn))
             # Partitions by data day: a day without rows (the days ahead, the default partition)
             # is planned as a scan of its zero pages; only a scan of rows is a defect.
@@ -267,11 +303,14 @@ def test_analytics_reads_never_scan_the_history(database_url: str) -> None:
                 for table in scanned
                 if not await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table})")
             }
-            return found, empty, partial
+            return found, empty, partial, probed
         finally:
             await conn.close()
 
-    found, empty, partial = asyncio.run(plans())
+    found, empty, partial, probed = asyncio.run(plans())
+    # drift's rows and their lateral probes read only the partitions of the rows' own days
+    for name, (read, wanted) in probed.items():
+        assert read == wanted, (name, read, wanted)
     assert len(found) >= 40
     scans = {
         name: plan

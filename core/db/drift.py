@@ -50,22 +50,25 @@ class HourCounts:
 
 
 #: Which rows one statement counts, and how it names their bucket: hours of data in a window
-#: (index `ix_transactions_run_time`), or every row scored in the last minutes (index
-#: `ix_scores_run_scored`), as bucket 0. The other table is read per row by its primary key
-#: (a lateral probe: a plain join is planned as a scan of the whole other table).
+#: (index `ix_transactions_run_time`, in the window's day partitions only), or every row
+#: scored in the last minutes (index `ix_scores_run_scored`), as bucket 0. The other table is
+#: read per row by its primary key (a lateral probe: a plain join is planned as a scan of the
+#: whole other table), day included: the probe is pruned to the row's day partition, where
+#: without it each row probed every day's (`bench.scale`'s drift tail at 10 M rows).
 _BY_DATA_HOUR = (
     f"floor(t.time / {SECONDS_PER_HOUR})::int",
     """transactions t CROSS JOIN LATERAL (
         SELECT s.score, s.recon_error, s.alert, s.model_version FROM scores s
-        WHERE s.run_id = t.run_id AND s.id = t.id OFFSET 0) AS s""",
-    "t.run_id = $1 AND t.time >= $2 AND t.time < $3 AND s.model_version = $4",
+        WHERE s.run_id = t.run_id AND s.id = t.id AND s.day = t.day OFFSET 0) AS s""",
+    "t.run_id = $1 AND t.day BETWEEN data_day($2) AND data_day($3) AND t.time >= $2 AND t.time < $3 "
+    "AND s.model_version = $4",
     5,
 )
 _RECENT = (
     "0",
     f"""scores s CROSS JOIN LATERAL (
         SELECT {", ".join(f"t.{c}" for c in _FEATURE_COLUMNS.values())} FROM transactions t
-        WHERE t.run_id = s.run_id AND t.id = s.id OFFSET 0) AS t""",
+        WHERE t.run_id = s.run_id AND t.id = s.id AND t.day = s.day OFFSET 0) AS t""",
     "s.run_id = $1 AND s.scored_at >= now() - make_interval(secs => $2) AND s.model_version = $3",
     4,
 )
