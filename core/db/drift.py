@@ -54,7 +54,7 @@ class HourCounts:
 #: scored in the last minutes (index `ix_scores_run_scored`), as bucket 0. The other table is
 #: read per row by its primary key (a lateral probe: a plain join is planned as a scan of the
 #: whole other table), day included: the probe is pruned to the row's day partition, where
-#: without it each row probed every day's (`bench.scale`'s drift tail at 10 M rows).
+#: without it each row probed every day's partition (with months of days, most of the read).
 _BY_DATA_HOUR = (
     f"floor(t.time / {SECONDS_PER_HOUR})::int",
     """transactions t CROSS JOIN LATERAL (
