@@ -102,13 +102,29 @@ def psi(expected: Sequence[float] | np.ndarray, actual: Sequence[float] | np.nda
         raise ValueError(
             f"expected and actual counts must be equal-length lists, got {e.shape} and {a.shape}"
         )
-    if np.any(e < 0) or np.any(a < 0):
+    return float(psi_rows(e[None, :], a[None, :])[0])
+
+
+def psi_rows(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """`psi` of each row of two (quantities, bins) count arrays, in one pass.
+
+    An hour's drift is ~31 PSIs of ~12 bins: a dozen numpy calls each cost more than the
+    arithmetic, so `hour_drift` computes the quantities with equal bins together.
+    """
+    if expected.shape != actual.shape or expected.ndim != 2:
+        raise ValueError(
+            f"expected and actual counts must have one shape, got {expected.shape} and {actual.shape}"
+        )
+    if (expected < 0).any() or (actual < 0).any():
         raise ValueError("counts cannot be negative")
-    if e.sum() <= 0 or a.sum() <= 0:
-        return float("nan")
-    e_share = np.maximum(e / e.sum(), PSI_EPSILON)
-    a_share = np.maximum(a / a.sum(), PSI_EPSILON)
-    return float(np.sum((a_share - e_share) * np.log(a_share / e_share)))
+    e_total = expected.sum(axis=1, keepdims=True)
+    a_total = actual.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e_share = np.maximum(expected / e_total, PSI_EPSILON)
+        a_share = np.maximum(actual / a_total, PSI_EPSILON)
+        values = np.sum((a_share - e_share) * np.log(a_share / e_share), axis=1)
+    values[(e_total[:, 0] <= 0) | (a_total[:, 0] <= 0)] = np.nan
+    return values
 
 
 def psi_against(reference: Mapping[str, Any], values: np.ndarray) -> float:
@@ -146,10 +162,20 @@ def hour_drift(
         "score": reference["score"],
     }
     enough = rows >= MIN_ROWS_FOR_PSI
-    values: dict[str, float | None] = {}
+    values: dict[str, float | None] = dict.fromkeys(histograms)
+    by_bins: dict[int, list[str]] = {}  # the quantities to compute, grouped by their number of bins
     for name, histogram in histograms.items():
         actual = counts.get(name)
-        values[name] = psi(histogram["counts"], actual) if enough and actual is not None else None
+        if enough and actual is not None:
+            if len(actual) != len(histogram["counts"]):
+                raise ValueError(f"{name}: {len(actual)} counts for {len(histogram['counts'])} bins")
+            by_bins.setdefault(len(actual), []).append(name)
+    for names in by_bins.values():
+        computed = psi_rows(
+            np.array([histograms[name]["counts"] for name in names], dtype=np.float64),
+            np.array([counts[name] for name in names], dtype=np.float64),
+        )
+        values.update(zip(names, computed.tolist(), strict=True))
     expected = reference.get("alert_rate", {}).get("expected")
     return {
         "rows": rows,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -10,10 +12,13 @@ from hypothesis.extra.numpy import arrays
 
 from core.dataset import SAMPLE_PATH, load_csv
 from core.drift import (
+    MIN_ROWS_FOR_PSI,
+    PSI_EPSILON,
     PSI_MAJOR,
     PSI_MODERATE,
     REFERENCE_FORMAT,
     bin_counts,
+    hour_drift,
     psi,
     psi_against,
     quantile_edges,
@@ -83,6 +88,52 @@ def test_counts_and_psi_hold_for_any_values(reference_values: np.ndarray, new_va
     else:
         assert value >= 0.0 and np.isfinite(value)
         assert value == pytest.approx(psi(counts, reference["counts"]))
+
+
+def _psi_by_hand(expected: list[int], actual: list[int]) -> float:
+    """The PSI formula written out, bin by bin, in plain Python."""
+    if sum(expected) <= 0 or sum(actual) <= 0:
+        return math.nan
+    total = 0.0
+    for e, a in zip(expected, actual, strict=True):
+        e_share, a_share = max(e / sum(expected), PSI_EPSILON), max(a / sum(actual), PSI_EPSILON)
+        total += (a_share - e_share) * math.log(a_share / e_share)
+    return total
+
+
+#: Bin counts drawn from a few lengths, so quantities often share one and are computed together.
+_counts = st.sampled_from([1, 3, 12]).flatmap(
+    lambda n: st.lists(st.integers(0, 10**9), min_size=n, max_size=n)
+)
+
+
+@given(
+    st.lists(st.tuples(_counts, st.data()), min_size=1, max_size=10),
+    st.integers(0, 2 * MIN_ROWS_FOR_PSI),
+)
+def test_an_hours_psis_are_each_quantitys_psi(quantities: list, rows: int) -> None:
+    """`hour_drift` computes quantities with equal bins together (`psi_rows`): each value is
+    still that quantity's PSI, whatever the mix of bin counts, zeros and sizes."""
+    features, counts = {}, {}
+    for i, (expected, data) in enumerate(quantities):
+        features[f"V{i + 1}"] = {"edges": [0.0] * (len(expected) - 1), "counts": expected}
+        if data.draw(st.booleans()):  # a quantity the hour has no counts for
+            counts[f"V{i + 1}"] = data.draw(
+                st.lists(st.integers(0, 10**9), min_size=len(expected), max_size=len(expected))
+            )
+    reference = {"features": features, "recon_error": features["V1"], "score": features["V1"]}
+    counts_with = {**counts, **({"score": counts["V1"]} if "V1" in counts else {})}
+    report = hour_drift(reference, counts_with, rows, 0)
+    for name, value in report["psi"].items():
+        wanted = counts_with.get(name)
+        expected = reference["features"].get(name, features["V1"])["counts"]
+        if rows < MIN_ROWS_FOR_PSI or wanted is None:
+            assert value is None, name
+        elif math.isnan(by_hand := _psi_by_hand(expected, wanted)):
+            assert math.isnan(value), name
+        else:
+            assert value == pytest.approx(by_hand, rel=1e-9, abs=1e-12), name
+            assert value == pytest.approx(psi(expected, wanted), rel=1e-12, abs=1e-15), name
 
 
 # --------------------------------------------------------------------------- in the bundle
