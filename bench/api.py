@@ -51,7 +51,7 @@ import numpy as np
 import orjson
 from tqdm import tqdm
 
-from bench.cpu import CpuMeter, per_100k
+from bench.cpu import CpuMeter, cpu_budget, per_events
 from bench.machine import LoadSampler, measure_machine
 from bench.stack import REPO_ROOT, sample_bundle
 from bench.tables import markdown_table, ratio
@@ -397,8 +397,10 @@ def _rate_phase(
             asyncio.run(load(port, requests, concurrency, total=200))
             before = meter.sample()
             measured = asyncio.run(load(port, requests, concurrency, duration=duration))
-            used = per_100k(before, meter.sample(), measured.requests)
-            rows.append(RateRow(concurrency, measured, {name: cpu * 10 for name, cpu in used.items()}))
+            per_request = per_events(before, meter.sample(), measured.requests, 1)
+            rows.append(
+                RateRow(concurrency, measured, {name: cpu * 1e6 for name, cpu in per_request.items()})
+            )
     return rows, loadavg.describe()
 
 
@@ -533,8 +535,7 @@ def run(args: argparse.Namespace) -> int:
     heartbeat_32 = next(r for r in heartbeat_rows if r.concurrency == 32)
     predict_32 = next(r for r in predict_rows if r.concurrency == 32)
     hb_rate, predict_rate = heartbeat_32.measured.rate, predict_32.measured.rate
-    # At 0.8 x the heartbeat's rate, every CPU of the machine may spend this much per prediction.
-    budget_us = (os.cpu_count() or 1) * 1e6 / (0.8 * hb_rate) if hb_rate else float("nan")
+    budget_us = cpu_budget(0.8, hb_rate, 1) * 1e6  # per prediction, at 0.8 x the heartbeat's rate
     print()
     print(machine.describe())
     print(

@@ -60,9 +60,20 @@ class CpuMeter:
         )
 
 
-def per_100k(before: CpuSample, after: CpuSample, events: int) -> dict[str, float]:
-    """CPU seconds per 100,000 events of each group between two samples (and their total)."""
-    scale = 100_000 / max(events, 1)
+def per_events(before: CpuSample, after: CpuSample, events: int, per: int) -> dict[str, float]:
+    """CPU seconds per `per` events of each group between two samples (and their total)."""
+    scale = per / max(events, 1)
     used = {name: (after.seconds[name] - before.seconds.get(name, 0.0)) * scale for name in after.seconds}
     used["total"] = sum(used.values())
     return used
+
+
+def per_100k(before: CpuSample, after: CpuSample, events: int) -> dict[str, float]:
+    """CPU seconds per 100,000 events of each group between two samples (and their total)."""
+    return per_events(before, after, events, 100_000)
+
+
+def cpu_budget(target: float, baseline_rate: float, per: int) -> float:
+    """CPU seconds all of the machine's CPUs may spend on `per` events for a rate of `target`
+    x `baseline_rate` (events/s): a ratio target's budget. NaN without a baseline."""
+    return (os.cpu_count() or 1) * per / (target * baseline_rate) if baseline_rate else float("nan")

@@ -35,8 +35,7 @@ the headline ratios, measured in this run, that carry from one machine to anothe
 end-to-end ÷ the bare consumer (and beside it the CPU an event cost against what that target
 leaves it: the machine's CPUs over 0.20 x the bare consumer's rate), with a shadow ÷ without,
 and the Faust scorer ÷ the plain loop, then the absolute figures, with CPU seconds per 100k
-events per process. Figures vary with what else runs on
-the machine: run it on a quiet one.
+events per process. Figures vary with what else runs on the machine: run it on a quiet one.
 """
 
 from __future__ import annotations
@@ -55,7 +54,7 @@ import asyncpg
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bench.cpu import CpuMeter, per_100k
+from bench.cpu import CpuMeter, cpu_budget, per_100k
 from bench.machine import LoadSampler, measure_machine
 from bench.stack import REPO_ROOT, sample_bundle
 from bench.stages import StageCounts, stage_rows
@@ -763,8 +762,7 @@ def _streaming(
             stop(process, timeout=30)
 
     fast = per_100k(cpu_start, cpu_end, report.sent)
-    # At 0.20 x the bare consumer's rate, every CPU of the machine may spend this much per event.
-    budget = (os.cpu_count() or 1) * 100_000 / (0.20 * bare) if bare else float("nan")
+    budget = cpu_budget(0.20, bare, 100_000)  # per 100k events, at 0.20 x the bare consumer's rate
     ratios = [
         (
             "end-to-end throughput ÷ bare aiokafka consumer",
